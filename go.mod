@@ -1,6 +1,6 @@
 module github.com/accel-device-plugin/accel-device-plugin
 
-go 1.26
+go 1.26.0
 
 require (
 	github.com/hanwen/go-fuse/v2 v2.12.1

@@ -1,0 +1,107 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel"
+	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel/devfs"
+	"github.com/accel-device-plugin/accel-device-plugin/pkg/fakedev"
+)
+
+func runSim(args []string, stderr io.Writer) error {
+	fs := newFlagSet("sim", "sim --devices N --dir DIR [flags]", stderr)
+	devices := fs.Int("devices", 4, "number of simulated devices at start (0-256; more can be hot-plugged with `sim ctl add`)")
+	dir := fs.String("dir", "/run/accel/dev", "empty directory to mount the device nodes on (created if missing)")
+	seed := fs.String("seed", "accel-sim", "seed of the device serials: same seed and slot, same serial on every run")
+	model := fs.String("model", "Simulated Accel SA-1", "model name the devices report")
+	memGiB := fs.Uint64("memory-gib", 16, "memory per device, GiB")
+	numa := fs.Int("numa-nodes", 1, "spread devices round-robin over this many NUMA nodes")
+	resetDur := fs.Duration("reset-duration", 100*time.Millisecond, "how long a reset keeps a device in_reset")
+	computeMode := fs.String("compute-mode", "0666", "permission bits of compute nodes (e.g. 0660 with --gid)")
+	gid := fs.Uint("gid", 0, "group owning the device nodes")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q (did you mean `accel-plugin sim ctl ...`?)", fs.Arg(0))
+	}
+	if *devices < 0 || *devices > accel.MaxDevices {
+		return fmt.Errorf("--devices %d is out of range: want 0 to %d", *devices, accel.MaxDevices)
+	}
+	if *numa < 1 || *numa > 64 {
+		return fmt.Errorf("--numa-nodes %d is out of range: want 1 to 64", *numa)
+	}
+	if *memGiB == 0 || *memGiB > 1<<20 {
+		return fmt.Errorf("--memory-gib %d is out of range: want 1 to %d", *memGiB, 1<<20)
+	}
+	if *resetDur <= 0 || *resetDur > time.Minute {
+		return fmt.Errorf("--reset-duration %s is out of range: want more than 0 and at most 1m", *resetDur)
+	}
+	mode, err := strconv.ParseUint(*computeMode, 8, 32)
+	if err != nil || mode > 0o777 {
+		return fmt.Errorf("--compute-mode %q: want octal permission bits such as 0666 or 0660", *computeMode)
+	}
+	log, err := newLogger(stderr, *logLevel)
+	if err != nil {
+		return err
+	}
+
+	reg := accel.NewRegistry(accel.Options{Logger: log})
+	sim := fakedev.New(reg, fakedev.Config{
+		Seed: *seed, Model: *model, MemoryTotal: *memGiB << 30, NUMANodes: *numa,
+		ResetDuration: *resetDur, Logger: log,
+	})
+	for range *devices {
+		if _, err := sim.Add(); err != nil {
+			return err
+		}
+	}
+	srv, err := devfs.Mount(*dir, reg, devfs.Options{
+		ComputeMode: os.FileMode(mode), GID: uint32(*gid), Control: sim, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	log.Info("simulator running", "dir", srv.Dir(), "devices", *devices, "seed", *seed,
+		"control", fmt.Sprintf("accel-plugin sim ctl --dir %s COMMAND", srv.Dir()))
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	unmounted := make(chan struct{})
+	go func() { srv.Wait(); close(unmounted) }()
+	select {
+	case <-ctx.Done():
+		log.Info("signal received; unmounting", "dir", srv.Dir())
+	case <-unmounted:
+		log.Warn("mount went away (unmounted from outside); exiting", "dir", srv.Dir())
+	}
+	reg.Close()
+	return srv.Unmount(2 * time.Second)
+}
+
+func runSimCtl(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("sim ctl", "sim ctl --dir DIR COMMAND [ARGS]\n\n"+fakedev.ControlUsage, stderr)
+	dir := fs.String("dir", "/run/accel/dev", "directory a running `accel-plugin sim` serves")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() == 0 {
+		fs.Usage()
+		return errUsage
+	}
+	out, err := devfs.Control(*dir, strings.Join(fs.Args(), " "))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, out)
+	return nil
+}

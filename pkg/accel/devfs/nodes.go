@@ -1,0 +1,200 @@
+package devfs
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel"
+)
+
+// rootNode is the mount's root directory. Device nodes are added and
+// removed by a registry hook, so they change in step with the registry's
+// events.
+type rootNode struct {
+	fs.Inode
+	srv *Server
+
+	mu      sync.Mutex
+	nodes   map[string]*fs.Inode
+	nextIno uint64
+}
+
+var _ = (fs.NodeOnAdder)((*rootNode)(nil))
+
+// OnAdd builds the tree once the mount is live.
+func (r *rootNode) OnAdd(ctx context.Context) {
+	sys := r.NewPersistentInode(ctx, &fs.Inode{}, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: r.ino()})
+	r.AddChild(SysDir, sys, true)
+	sys.AddChild(EventsFile, r.NewPersistentInode(ctx, &eventsNode{srv: r.srv}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: r.ino()}), true)
+	if r.srv.opts.Control != nil {
+		sys.AddChild(ControlFile, r.NewPersistentInode(ctx, &controlNode{srv: r.srv}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: r.ino()}), true)
+	}
+	for _, d := range r.srv.reg.Attach(r.onEvent) {
+		r.expose(d)
+	}
+}
+
+func (r *rootNode) ino() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.nextIno++
+	return r.nextIno + 1 // 1 is the root
+}
+
+// onEvent runs synchronously before consumers see the event.
+func (r *rootNode) onEvent(ev accel.Event) {
+	switch ev.Type {
+	case accel.EventAdded:
+		d, err := r.srv.reg.Lookup(ev.Name)
+		if err != nil {
+			r.srv.log.Error("added device vanished before exposure", "device", ev.Name, "err", err)
+			return
+		}
+		r.expose(d)
+	case accel.EventRemoved:
+		r.hide(ev.Name)
+		r.hide(accel.MonitorName(ev.Index))
+	}
+}
+
+func (r *rootNode) expose(d *accel.Device) {
+	ctx := context.Background()
+	for _, kind := range []accel.NodeKind{accel.NodeCompute, accel.NodeMonitor} {
+		name, mode := d.Name(), r.srv.opts.ComputeMode
+		if kind == accel.NodeMonitor {
+			name, mode = d.MonitorName(), r.srv.opts.MonitorMode
+		}
+		n := &devNode{dev: d, kind: kind, mode: uint32(mode.Perm()), gid: r.srv.opts.GID, born: time.Now()}
+		ch := r.NewPersistentInode(ctx, n, fs.StableAttr{Mode: syscall.S_IFREG, Ino: r.ino()})
+		r.AddChild(name, ch, true)
+		r.mu.Lock()
+		r.nodes[name] = ch
+		r.mu.Unlock()
+		// A lookup that failed before may be cached as negative.
+		_ = r.NotifyEntry(name)
+	}
+}
+
+func (r *rootNode) hide(name string) {
+	r.mu.Lock()
+	ch := r.nodes[name]
+	delete(r.nodes, name)
+	r.mu.Unlock()
+	if ch == nil {
+		return
+	}
+	r.RmChild(name)
+	if errno := r.NotifyDelete(name, ch); errno != 0 && errno != syscall.ENOENT {
+		_ = r.NotifyEntry(name)
+	}
+}
+
+// devNode is a compute or monitor node of one device.
+type devNode struct {
+	fs.Inode
+	dev  *accel.Device
+	kind accel.NodeKind
+	mode uint32
+	gid  uint32
+	born time.Time // when the node appeared: its mtime and ctime
+}
+
+var (
+	_ = (fs.NodeOpener)((*devNode)(nil))
+	_ = (fs.NodeGetattrer)((*devNode)(nil))
+)
+
+// Getattr reports a zero-size file with the node's permissions.
+func (n *devNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode = syscall.S_IFREG | n.mode
+	out.Gid = n.gid
+	out.Nlink = 1
+	out.SetTimes(nil, &n.born, &n.born)
+	return 0
+}
+
+// Open applies the core's open rules on behalf of the calling process.
+func (n *devNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	f, err := n.dev.Open(ctx, n.kind, callerPID(ctx))
+	if err != nil {
+		return nil, 0, toErrno(err)
+	}
+	return &devHandle{f: f}, fuse.FOPEN_DIRECT_IO, 0
+}
+
+// devHandle is one open file description of a device node.
+type devHandle struct {
+	f *accel.File
+
+	mu      sync.Mutex
+	summary []byte // monitor read() text, fixed at the read at offset 0
+}
+
+var (
+	_ = (fs.FileFlusher)((*devHandle)(nil))
+	_ = (fs.FileReleaser)((*devHandle)(nil))
+	_ = (fs.FileIoctler)((*devHandle)(nil))
+	_ = (fs.FileReader)((*devHandle)(nil))
+)
+
+// Flush is sent on every close(); see accel.File.Flush.
+func (h *devHandle) Flush(ctx context.Context) syscall.Errno {
+	h.f.Flush()
+	return 0
+}
+
+// Release is sent after the last descriptor is closed.
+func (h *devHandle) Release(ctx context.Context) syscall.Errno {
+	h.f.Release()
+	return 0
+}
+
+// Ioctl forwards to the core.
+func (h *devHandle) Ioctl(ctx context.Context, cmd uint32, arg uint64, input, output []byte) (int32, syscall.Errno) {
+	if err := h.f.Ioctl(cmd, input, output); err != nil {
+		return 0, toErrno(err)
+	}
+	return 0, 0
+}
+
+// Read returns the one-line summary on a monitor node; the compute node
+// has no read().
+func (h *devHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if h.f.Kind() != accel.NodeMonitor {
+		return nil, syscall.EINVAL
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if off == 0 || h.summary == nil {
+		if h.f.Device().Status() == accel.StatusRemoved {
+			return nil, syscall.ENODEV
+		}
+		h.summary = []byte(Summary(h.f.Device().Info()) + "\n")
+	}
+	if off >= int64(len(h.summary)) {
+		return fuse.ReadResultData(nil), 0
+	}
+	return fuse.ReadResultData(h.summary[off:]), 0
+}
+
+// Summary is the one-line human summary a monitor node's read() returns.
+func Summary(i accel.Info) string {
+	holder := "free"
+	if i.ComputeInUse {
+		holder = fmt.Sprintf("held by pid %d", i.HolderPID)
+	}
+	return fmt.Sprintf("%s %s: %s %s serial %s, memory %s/%s, numa %d, compute %s, %d monitor client(s), %d reset(s)",
+		i.Name, i.Status, i.Driver, i.Model, i.Serial, humanBytes(i.MemoryUsed), humanBytes(i.MemoryTotal),
+		i.NUMANode, holder, i.MonitorClients, i.ResetCount)
+}
+
+func humanBytes(b uint64) string {
+	const gib = 1 << 30
+	return fmt.Sprintf("%.1fGiB", float64(b)/gib)
+}

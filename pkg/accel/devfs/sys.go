@@ -1,0 +1,158 @@
+package devfs
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel"
+)
+
+// eventsNode is sys/events: every open gets its own subscription.
+type eventsNode struct {
+	fs.Inode
+	srv *Server
+}
+
+var (
+	_ = (fs.NodeOpener)((*eventsNode)(nil))
+	_ = (fs.NodeGetattrer)((*eventsNode)(nil))
+)
+
+func (n *eventsNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode = syscall.S_IFREG | 0o444
+	out.Nlink = 1
+	return 0
+}
+
+func (n *eventsNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	if flags&syscall.O_ACCMODE != syscall.O_RDONLY {
+		return nil, 0, syscall.EACCES
+	}
+	return &eventsHandle{srv: n.srv, sub: n.srv.reg.Subscribe()}, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NONSEEKABLE, 0
+}
+
+// eventsHandle streams JSON lines; a read blocks until at least one event.
+type eventsHandle struct {
+	srv *Server
+
+	mu      sync.Mutex
+	sub     *accel.Subscription
+	pending []byte // encoded events that did not fit the last read
+}
+
+var _ = (fs.FileReader)((*eventsHandle)(nil))
+
+func (h *eventsHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(h.srv.ctx, cancel)
+	defer stop()
+
+	for len(h.pending) == 0 {
+		ev, err := h.sub.Next(rctx)
+		switch {
+		case errors.Is(err, accel.ErrClosed) || h.srv.ctx.Err() != nil:
+			return fuse.ReadResultData(nil), 0 // EOF: the daemon is going away
+		case err != nil:
+			return nil, syscall.EINTR
+		}
+		h.pending = appendEvent(h.pending, ev)
+	}
+	// Add whatever else is already queued, without blocking.
+	for len(h.pending) < len(dest) {
+		ev, ok := h.tryNext()
+		if !ok {
+			break
+		}
+		h.pending = appendEvent(h.pending, ev)
+	}
+	n := min(len(dest), len(h.pending))
+	if n < len(h.pending) {
+		// Prefer whole lines when the buffer is large enough for one.
+		if i := strings.LastIndexByte(string(h.pending[:n]), '\n'); i >= 0 {
+			n = i + 1
+		}
+	}
+	out := make([]byte, n)
+	copy(out, h.pending[:n])
+	h.pending = h.pending[n:]
+	return fuse.ReadResultData(out), 0
+}
+
+func (h *eventsHandle) tryNext() (accel.Event, bool) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	ev, err := h.sub.Next(ctx)
+	return ev, err == nil
+}
+
+func appendEvent(b []byte, ev accel.Event) []byte {
+	line, _ := json.Marshal(ev)
+	return append(append(b, line...), '\n')
+}
+
+// controlNode is sys/control: write a command, then read its result line
+// from the same descriptor. The write itself fails with the command's errno.
+type controlNode struct {
+	fs.Inode
+	srv *Server
+}
+
+var (
+	_ = (fs.NodeOpener)((*controlNode)(nil))
+	_ = (fs.NodeGetattrer)((*controlNode)(nil))
+)
+
+func (n *controlNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode = syscall.S_IFREG | 0o600
+	out.Nlink = 1
+	return 0
+}
+
+func (n *controlNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	return &controlHandle{srv: n.srv}, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NONSEEKABLE, 0
+}
+
+type controlHandle struct {
+	srv *Server
+
+	mu     sync.Mutex
+	result []byte
+}
+
+var (
+	_ = (fs.FileReader)((*controlHandle)(nil))
+	_ = (fs.FileWriter)((*controlHandle)(nil))
+)
+
+func (h *controlHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	cmd := strings.TrimSpace(string(data))
+	out, err := h.srv.opts.Control.Control(ctx, cmd)
+	if err != nil {
+		h.result = []byte("error: " + err.Error() + "\n")
+		h.srv.log.Warn("control command failed", "command", cmd, "err", err)
+		return 0, toErrno(err)
+	}
+	h.result = []byte(out + "\n")
+	h.srv.log.Info("control command", "command", cmd, "result", out)
+	return uint32(len(data)), 0
+}
+
+func (h *controlHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := copy(dest, h.result)
+	h.result = h.result[n:]
+	return fuse.ReadResultData(dest[:n]), 0
+}

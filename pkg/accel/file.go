@@ -1,0 +1,201 @@
+package accel
+
+import (
+	"context"
+	"errors"
+	"syscall"
+	"time"
+)
+
+// File is one open file description of a device node, the core's side of
+// what the kernel calls struct file. Every descriptor that refers to it
+// (dup, fork) shares it; the core learns of the last close through Release.
+//
+// Rules the core enforces here:
+//   - the compute node has at most one open File at a time; a second Open
+//     gets EBUSY until the holder is released;
+//   - the monitor node has any number of open Files;
+//   - compute opens are refused with EAGAIN while the device resets, EPERM
+//     while it is malfunctioning or needs a reset, and ENODEV once it is
+//     removed;
+//   - driver-specific commands are accepted on the compute node only.
+type File struct {
+	dev  *Device
+	kind NodeKind
+	pid  int32
+
+	// Guarded by dev.mu.
+	flushed bool // a descriptor was closed since the holder last showed activity
+	closed  bool
+
+	// Private belongs to the driver: per-client state set in Driver.Open.
+	Private any
+}
+
+// Device returns the file's device.
+func (f *File) Device() *Device { return f.dev }
+
+// Kind returns which node the file was opened on.
+func (f *File) Kind() NodeKind { return f.kind }
+
+// PID returns the process that opened the file.
+func (f *File) PID() int32 { return f.pid }
+
+// Open opens the device's compute or monitor node on behalf of process pid.
+//
+// A compute open that finds the node held waits up to the registry's
+// ReleaseGrace, but only if the holder has announced its end through
+// Flush: with FUSE the kernel sends the release after close() has returned,
+// so a client that closes and reopens at once would otherwise see a spurious
+// EBUSY. A holder that still has descriptors open after a Flush (dup, fork)
+// keeps the node, and the waiting open gets EBUSY.
+func (d *Device) Open(ctx context.Context, kind NodeKind, pid int32) (*File, error) {
+	f := &File{dev: d, kind: kind, pid: pid}
+	d.mu.Lock()
+	if kind == NodeMonitor {
+		if d.status == StatusRemoved {
+			d.mu.Unlock()
+			return nil, syscall.ENODEV
+		}
+		d.monitors++
+		d.open++
+		d.mu.Unlock()
+		return f, nil
+	}
+
+	var deadline *time.Timer
+	defer func() {
+		if deadline != nil {
+			deadline.Stop()
+		}
+	}()
+	for {
+		switch d.status {
+		case StatusRemoved:
+			d.mu.Unlock()
+			return nil, syscall.ENODEV
+		case StatusInReset:
+			d.mu.Unlock()
+			return nil, syscall.EAGAIN
+		case StatusMalfunction, StatusNeedsReset:
+			d.mu.Unlock()
+			return nil, syscall.EPERM
+		}
+		if d.holder == nil {
+			break
+		}
+		if !d.holder.flushed {
+			d.mu.Unlock()
+			return nil, syscall.EBUSY
+		}
+		if d.released == nil {
+			d.released = make(chan struct{})
+		}
+		wait := d.released
+		d.mu.Unlock()
+		if deadline == nil {
+			deadline = time.NewTimer(d.reg.opts.ReleaseGrace)
+		}
+		select {
+		case <-wait:
+		case <-deadline.C:
+			return nil, syscall.EBUSY
+		case <-ctx.Done():
+			return nil, syscall.EINTR
+		}
+		d.mu.Lock()
+	}
+	d.holder = f
+	d.open++
+	d.mu.Unlock()
+
+	if err := d.drv.Open(f); err != nil {
+		d.releaseFile(f)
+		var errno syscall.Errno
+		if errors.As(err, &errno) {
+			return nil, errno
+		}
+		return nil, syscall.EIO
+	}
+	return f, nil
+}
+
+// Flush records that a descriptor of f was closed. The kernel sends it on
+// every close(); the release follows only after the last one. Until f shows
+// activity again (an ioctl), a competing compute open waits briefly for the
+// release instead of failing at once.
+func (f *File) Flush() {
+	f.dev.mu.Lock()
+	f.flushed = true
+	f.dev.mu.Unlock()
+}
+
+// Release closes f: its last descriptor is gone. It is idempotent.
+func (f *File) Release() {
+	if f.kind == NodeCompute {
+		f.dev.mu.Lock()
+		closed := f.closed
+		f.dev.mu.Unlock()
+		if !closed {
+			f.dev.drv.Release(f)
+		}
+	}
+	f.dev.releaseFile(f)
+}
+
+func (d *Device) releaseFile(f *File) {
+	d.mu.Lock()
+	if f.closed {
+		d.mu.Unlock()
+		return
+	}
+	f.closed = true
+	if f.kind == NodeMonitor {
+		d.monitors--
+	} else if d.holder == f {
+		d.holder = nil
+		d.wakeWaitersLocked()
+	}
+	d.open--
+	gone := d.open == 0 && d.status == StatusRemoved
+	d.mu.Unlock()
+	if gone {
+		d.reg.free(d)
+	}
+}
+
+// Ioctl runs command cmd on f. in holds the caller's argument bytes and
+// out (sized from cmd) receives the reply. Errors are syscall.Errno values
+// as documented in uapi.go.
+func (f *File) Ioctl(cmd uint32, in, out []byte) error {
+	d := f.dev
+	d.mu.Lock()
+	status := d.status
+	f.flushed = false
+	d.mu.Unlock()
+	if status == StatusRemoved {
+		return syscall.ENODEV
+	}
+	if IoctlTypeOf(cmd) != IoctlType {
+		return syscall.ENOTTY
+	}
+	nr := IoctlNR(cmd)
+	switch {
+	case nr == IoctlNR(IoctlInfo):
+		if cmd != IoctlInfo || len(out) != InfoSize {
+			return syscall.EINVAL
+		}
+		info := d.Info()
+		info.encode(out)
+		return nil
+	case nr < DriverCommandBase || nr >= DriverCommandEnd:
+		return syscall.ENOTTY
+	case f.kind != NodeCompute:
+		return syscall.EPERM
+	case status == StatusInReset:
+		return syscall.EAGAIN
+	case status != StatusOperational:
+		return syscall.EPERM
+	}
+	return d.drv.Command(f, cmd, in, out)
+}

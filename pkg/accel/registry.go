@@ -1,0 +1,189 @@
+package accel
+
+import (
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// MaxDevices is the largest number of device indices the core hands out,
+// as the kernel's accel core limits its minors.
+const MaxDevices = 256
+
+// Options tune a Registry. The zero value is usable.
+type Options struct {
+	// MaxDevices caps the indices handed out (default and maximum MaxDevices).
+	MaxDevices int
+	// ReleaseGrace is how long a compute open waits for a release the
+	// holder has announced by closing a descriptor (default 50ms). See File.Flush.
+	ReleaseGrace time.Duration
+	// EventBacklog is how many events a slow consumer may lag behind
+	// before it gets EventResync (default 1024).
+	EventBacklog int
+	// Logger receives structured logs (default: discard).
+	Logger *slog.Logger
+}
+
+// Registry is the accel core's device table. It assigns each registered
+// device the lowest free index, and an index becomes free again only when
+// the device that had it is unregistered and its last open file is closed,
+// so a name never refers to two devices at once.
+type Registry struct {
+	opts Options
+	log  *slog.Logger
+
+	// pubMu orders every state change with its event and hooks, so that
+	// consumers see changes in the order they were made.
+	pubMu sync.Mutex
+	hooks []func(Event)
+
+	mu    sync.Mutex
+	slots []*Device // by index; a removed device keeps its slot until gone
+
+	events *eventLog
+}
+
+// NewRegistry returns an empty registry.
+func NewRegistry(opts Options) *Registry {
+	if opts.MaxDevices <= 0 || opts.MaxDevices > MaxDevices {
+		opts.MaxDevices = MaxDevices
+	}
+	if opts.ReleaseGrace <= 0 {
+		opts.ReleaseGrace = 50 * time.Millisecond
+	}
+	if opts.EventBacklog <= 0 {
+		opts.EventBacklog = 1024
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Registry{
+		opts:   opts,
+		log:    opts.Logger,
+		slots:  make([]*Device, opts.MaxDevices),
+		events: newEventLog(opts.EventBacklog),
+	}
+}
+
+// Register adds a device driven by drv, as a driver does at probe time, and
+// returns it with its index and names assigned. It fails with ENOSPC when
+// every index is taken.
+func (r *Registry) Register(drv Driver) (*Device, error) {
+	r.pubMu.Lock()
+	defer r.pubMu.Unlock()
+	id := drv.Identity()
+	r.mu.Lock()
+	index := -1
+	for i, d := range r.slots {
+		if d == nil {
+			index = i
+			break
+		}
+	}
+	if index < 0 {
+		r.mu.Unlock()
+		return nil, fmt.Errorf("register %s device %s: all %d indices in use: %w", id.Driver, id.Serial, len(r.slots), syscall.ENOSPC)
+	}
+	d := &Device{reg: r, index: index, name: ComputeName(index), id: id, drv: drv}
+	r.slots[index] = d
+	r.mu.Unlock()
+	r.log.Info("device registered", "device", d.name, "serial", id.Serial, "driver", id.Driver)
+	r.publishLocked(d.event(EventAdded, StatusOperational))
+	return d, nil
+}
+
+// Unregister removes d, as on hot-unplug: its status becomes removed, its
+// nodes disappear, every ioctl on a file still open gets ENODEV, and its
+// index is reused only after the last of those files is closed.
+func (r *Registry) Unregister(d *Device) error {
+	r.pubMu.Lock()
+	defer r.pubMu.Unlock()
+	d.mu.Lock()
+	if d.status == StatusRemoved {
+		d.mu.Unlock()
+		return fmt.Errorf("unregister %s: %w", d.name, syscall.ENODEV)
+	}
+	d.status = StatusRemoved
+	gone := d.open == 0
+	d.wakeWaitersLocked()
+	d.mu.Unlock()
+	if gone {
+		r.free(d)
+	}
+	r.log.Info("device unregistered", "device", d.name, "serial", d.id.Serial, "open_files", !gone)
+	r.publishLocked(d.event(EventRemoved, StatusRemoved))
+	return nil
+}
+
+// free returns d's index once d is fully gone.
+func (r *Registry) free(d *Device) {
+	r.mu.Lock()
+	if r.slots[d.index] == d {
+		r.slots[d.index] = nil
+	}
+	r.mu.Unlock()
+}
+
+// Devices returns the present (not removed) devices ordered by index.
+func (r *Registry) Devices() []*Device {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]*Device, 0, len(r.slots))
+	for _, d := range r.slots {
+		if d != nil && d.Status() != StatusRemoved {
+			out = append(out, d)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].index < out[j].index })
+	return out
+}
+
+// Lookup finds a present device by its compute or monitor node name.
+// It fails with ENODEV, naming the device, when there is none.
+func (r *Registry) Lookup(name string) (*Device, error) {
+	index, _, ok := ParseNodeName(name)
+	if ok && index < len(r.slots) {
+		r.mu.Lock()
+		d := r.slots[index]
+		r.mu.Unlock()
+		if d != nil && d.Status() != StatusRemoved {
+			return d, nil
+		}
+	}
+	return nil, fmt.Errorf("no device named %q: %w", name, syscall.ENODEV)
+}
+
+// Attach adds a hook that sees every later event synchronously, before any
+// subscriber does, and returns the devices present at that moment. Hooks
+// are how node exposure (package devfs) keeps files in step with the
+// registry: a consumer that reads "added" can open the node at once. A hook
+// must not call back into the registry's state-changing methods.
+func (r *Registry) Attach(hook func(Event)) []*Device {
+	r.pubMu.Lock()
+	defer r.pubMu.Unlock()
+	r.hooks = append(r.hooks, hook)
+	return r.Devices()
+}
+
+// Subscribe returns a subscription to every event from now on.
+func (r *Registry) Subscribe() *Subscription {
+	r.events.mu.Lock()
+	defer r.events.mu.Unlock()
+	return &Subscription{log: r.events, cursor: r.events.next}
+}
+
+// Close ends every subscription (Next returns ErrClosed). Devices stay
+// usable; Close is for shutting the daemon down.
+func (r *Registry) Close() { r.events.close() }
+
+// publishLocked runs hooks then appends ev to the log; r.pubMu must be held.
+func (r *Registry) publishLocked(ev Event) {
+	ev.Time = time.Now()
+	for _, h := range r.hooks {
+		h(ev)
+	}
+	r.events.append(ev)
+}
