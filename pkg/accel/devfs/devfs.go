@@ -22,6 +22,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -197,6 +198,9 @@ func Mount(dir string, reg *accel.Registry, opts Options) (*Server, error) {
 		return nil, fmt.Errorf("mount %s: %w", abs, err)
 	}
 	s.srv = srv
+	if err := closeOnExecFUSE(); err != nil {
+		s.log.Warn("cannot mark /dev/fuse close-on-exec; child processes may keep the mount alive", "err", err)
+	}
 	s.log.Info("devfs mounted", "dir", abs)
 	return s, nil
 }
@@ -215,11 +219,21 @@ func (s *Server) Unmount(timeout time.Duration) error {
 		s.cancel()
 		done := make(chan error, 1)
 		go func() { done <- s.srv.Unmount() }()
+		var reason string
 		select {
 		case err := <-done:
-			s.unmountErr = err
+			if err == nil {
+				break
+			}
+			reason = err.Error() // typically EBUSY: files are still open
 		case <-time.After(timeout):
-			s.log.Warn("unmount did not finish; detaching lazily", "dir", s.dir, "timeout", timeout)
+			reason = "unmount did not finish within " + timeout.String()
+		}
+		if reason != "" {
+			// Open files (or copies of the mount in other namespaces)
+			// keep the mount busy: detach it so the directory is free at
+			// once; the open files fail with ENOTCONN when we exit.
+			s.log.Warn("detaching mount lazily", "dir", s.dir, "reason", reason)
 			if err := unix.Unmount(s.dir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
 				s.unmountErr = fmt.Errorf("lazy unmount %s: %w", s.dir, err)
 			}
@@ -231,12 +245,51 @@ func (s *Server) Unmount(timeout time.Duration) error {
 	return s.unmountErr
 }
 
-// callerPID returns the pid of the process behind a FUSE request.
-func callerPID(ctx context.Context) int32 {
-	if c, ok := fuse.FromContext(ctx); ok {
-		return int32(c.Pid)
+// closeOnExecFUSE marks this process's /dev/fuse descriptors close-on-exec.
+// go-fuse's direct mount opens /dev/fuse without O_CLOEXEC, and a child
+// holding a copy keeps the FUSE connection (and so Unmount) alive.
+func closeOnExecFUSE() error {
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return err
 	}
-	return 0
+	for _, e := range entries {
+		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && target == "/dev/fuse" {
+			fd, err := strconv.Atoi(e.Name())
+			if err == nil {
+				unix.CloseOnExec(fd)
+			}
+		}
+	}
+	return nil
+}
+
+// callerPID returns the process (thread group) behind a FUSE request. The
+// kernel reports the calling thread's id, which differs from the process
+// id in any multi-threaded program, so it is mapped through /proc.
+func callerPID(ctx context.Context) int32 {
+	c, ok := fuse.FromContext(ctx)
+	if !ok || c.Pid == 0 {
+		return 0
+	}
+	return tgid(int32(c.Pid))
+}
+
+// tgid returns the thread group id of thread tid, or tid itself when /proc
+// does not say (the thread is gone, or lives in a pid namespace we cannot see).
+func tgid(tid int32) int32 {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(int(tid)) + "/status")
+	if err != nil {
+		return tid
+	}
+	for line := range strings.SplitSeq(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "Tgid:"); ok {
+			if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil {
+				return int32(n)
+			}
+		}
+	}
+	return tid
 }
 
 // toErrno maps an error to the errno a FUSE reply carries.

@@ -121,7 +121,11 @@ func (n *devNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOu
 
 // Open applies the core's open rules on behalf of the calling process.
 func (n *devNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	f, err := n.dev.Open(ctx, n.kind, callerPID(ctx))
+	var pid int32
+	if n.kind == accel.NodeCompute { // only the holder's pid is reported
+		pid = callerPID(ctx)
+	}
+	f, err := n.dev.Open(ctx, n.kind, pid)
 	if err != nil {
 		return nil, 0, toErrno(err)
 	}

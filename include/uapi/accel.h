@@ -1,0 +1,78 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * accel.h - user-space API of accel-device-plugin's accel core.
+ *
+ * The C rendering of pkg/accel/uapi.go (the source of truth; a test keeps
+ * them in step). Every device has two nodes:
+ *   acN          compute node: one open file at a time (a second open()
+ *                fails with EBUSY until the holder's last descriptor closes)
+ *   acN_monitor  monitor node: any number of readers; read() returns a
+ *                one-line summary
+ * Both answer ACCEL_IOCTL_INFO. All integers are little-endian; strings are
+ * NUL-terminated within their fixed fields.
+ *
+ * Example:
+ *   struct accel_info info;
+ *   int fd = open("/dev/accel/ac0_monitor", O_RDONLY);
+ *   if (ioctl(fd, ACCEL_IOCTL_INFO, &info) == 0 && info.version >= 1)
+ *       printf("%s %s\n", info.name, info.serial);
+ *
+ * errno: EBUSY compute node held; EAGAIN device resetting; EPERM device
+ * malfunctioning / needs reset, or driver command on the monitor node;
+ * ENODEV device removed; ENOTTY unknown command; EINVAL malformed argument.
+ */
+#ifndef ACCEL_UAPI_H
+#define ACCEL_UAPI_H
+
+#include <linux/ioctl.h>
+#include <linux/types.h>
+
+#define ACCEL_IOCTL_BASE         0xAC
+#define ACCEL_DRIVER_CMD_BASE    0x40 /* 0x40-0x9F: driver-specific, compute node only */
+#define ACCEL_DRIVER_CMD_END     0xA0
+
+#define ACCEL_INFO_VERSION       1
+#define ACCEL_INFO_FLAG_COMPUTE_IN_USE (1u << 0)
+
+enum accel_status {
+	ACCEL_STATUS_OPERATIONAL = 0,
+	ACCEL_STATUS_IN_RESET    = 1,
+	ACCEL_STATUS_MALFUNCTION = 2,
+	ACCEL_STATUS_NEEDS_RESET = 3,
+	ACCEL_STATUS_REMOVED     = 4,
+};
+
+struct accel_info {
+	__u32 size;            /* sizeof(struct accel_info) filled: 256 */
+	__u32 version;         /* ACCEL_INFO_VERSION */
+	__u32 index;           /* N of acN */
+	__u32 status;          /* enum accel_status */
+	__u64 memory_total;    /* bytes */
+	__u64 memory_used;     /* bytes */
+	__s32 numa_node;       /* -1 when unknown */
+	__u32 flags;           /* ACCEL_INFO_FLAG_* */
+	__s32 holder_pid;      /* pid that opened the compute node; 0 if none */
+	__u32 monitor_clients; /* open files of the monitor node */
+	__u32 reset_count;     /* completed resets */
+	__u32 reserved0;
+	char  name[32];        /* "acN" */
+	char  driver[32];
+	char  model[64];
+	char  serial[64];      /* stable identity */
+	__u8  reserved1[8];
+};
+
+#define ACCEL_IOCTL_INFO _IOR(ACCEL_IOCTL_BASE, 0x00, struct accel_info)
+
+/* fakedev (simulated devices) driver-specific commands. */
+struct fakedev_mem_alloc {
+	__u64 size;   /* in: bytes */
+	__u64 handle; /* out */
+};
+struct fakedev_mem_free {
+	__u64 handle;
+};
+#define FAKEDEV_IOCTL_MEM_ALLOC _IOWR(ACCEL_IOCTL_BASE, ACCEL_DRIVER_CMD_BASE + 0, struct fakedev_mem_alloc)
+#define FAKEDEV_IOCTL_MEM_FREE  _IOW(ACCEL_IOCTL_BASE, ACCEL_DRIVER_CMD_BASE + 1, struct fakedev_mem_free)
+
+#endif /* ACCEL_UAPI_H */
