@@ -91,6 +91,7 @@ func runEvents(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("open event stream (is `accel-plugin sim --dir %s` running?): %w", *dir, err)
 	}
 	defer f.Close()
+	fmt.Fprintf(stderr, "watching %s for device events\n", *dir)
 	sc := bufio.NewScanner(f)
 	for n := 0; *count == 0 || n < *count; n++ {
 		if !sc.Scan() {
