@@ -72,6 +72,8 @@ type Server struct {
 	srv  *fuse.Server
 	root *rootNode
 
+	mounted time.Time // timestamps of the sys files
+
 	ctx    context.Context // ends when unmounting: wakes blocked readers
 	cancel context.CancelFunc
 
@@ -177,7 +179,7 @@ func Mount(dir string, reg *accel.Registry, opts Options) (*Server, error) {
 		opts.FSName = "accel-sim"
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Server{dir: abs, reg: reg, opts: opts, log: opts.Logger, ctx: ctx, cancel: cancel}
+	s := &Server{dir: abs, reg: reg, opts: opts, log: opts.Logger, mounted: time.Now(), ctx: ctx, cancel: cancel}
 	s.root = &rootNode{srv: s, nodes: make(map[string]*fs.Inode)}
 
 	entryTimeout := time.Second

@@ -29,7 +29,7 @@ var _ = (fs.NodeOnAdder)((*rootNode)(nil))
 
 // OnAdd builds the tree once the mount is live.
 func (r *rootNode) OnAdd(ctx context.Context) {
-	sys := r.NewPersistentInode(ctx, &fs.Inode{}, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: r.ino()})
+	sys := r.NewPersistentInode(ctx, &sysDir{srv: r.srv}, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: r.ino()})
 	r.AddChild(SysDir, sys, true)
 	sys.AddChild(EventsFile, r.NewPersistentInode(ctx, &eventsNode{srv: r.srv}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: r.ino()}), true)
 	if r.srv.opts.Control != nil {
@@ -93,6 +93,21 @@ func (r *rootNode) hide(name string) {
 	if errno := r.NotifyDelete(name, ch); errno != 0 && errno != syscall.ENOENT {
 		_ = r.NotifyEntry(name)
 	}
+}
+
+// sysDir is the sys directory.
+type sysDir struct {
+	fs.Inode
+	srv *Server
+}
+
+var _ = (fs.NodeGetattrer)((*sysDir)(nil))
+
+func (n *sysDir) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode = syscall.S_IFDIR | 0o755
+	out.Nlink = 2
+	out.SetTimes(nil, &n.srv.mounted, &n.srv.mounted)
+	return 0
 }
 
 // devNode is a compute or monitor node of one device.

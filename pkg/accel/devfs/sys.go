@@ -14,6 +14,14 @@ import (
 	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel"
 )
 
+// fileAttr fills the attributes of a sys file: mode perm, owned by root,
+// timestamps from the mount.
+func (s *Server) fileAttr(out *fuse.AttrOut, perm uint32) {
+	out.Mode = syscall.S_IFREG | perm
+	out.Nlink = 1
+	out.SetTimes(nil, &s.mounted, &s.mounted)
+}
+
 // eventsNode is sys/events: every open gets its own subscription.
 type eventsNode struct {
 	fs.Inode
@@ -26,8 +34,7 @@ var (
 )
 
 func (n *eventsNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	out.Mode = syscall.S_IFREG | 0o444
-	out.Nlink = 1
+	n.srv.fileAttr(out, 0o444)
 	return 0
 }
 
@@ -113,8 +120,7 @@ var (
 )
 
 func (n *controlNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	out.Mode = syscall.S_IFREG | 0o600
-	out.Nlink = 1
+	n.srv.fileAttr(out, 0o600)
 	return 0
 }
 
