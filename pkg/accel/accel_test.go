@@ -468,3 +468,23 @@ func BenchmarkCoreOpenClose(b *testing.B) {
 		f.Release()
 	}
 }
+
+func TestConcurrentReleaseReachesDriverOnce(t *testing.T) {
+	r := newTestRegistry(t, Options{})
+	d := mustRegister(t, r, "A")
+	f := mustOpen(t, d, NodeCompute)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(f.Release)
+	}
+	wg.Wait()
+	drv := d.Driver().(*stubDriver)
+	drv.mu.Lock()
+	defer drv.mu.Unlock()
+	if drv.releases != 1 {
+		t.Fatalf("driver Release ran %d times for one file, want 1", drv.releases)
+	}
+	if info := d.Info(); info.ComputeInUse {
+		t.Fatal("compute still held after release")
+	}
+}

@@ -110,7 +110,10 @@ func (d *Device) Open(ctx context.Context, kind NodeKind, pid int32) (*File, err
 	d.mu.Unlock()
 
 	if err := d.drv.Open(f); err != nil {
-		d.releaseFile(f)
+		d.mu.Lock()
+		f.closed = true
+		d.mu.Unlock()
+		d.dropFile(f)
 		var errno syscall.Errno
 		if errors.As(err, &errno) {
 			return nil, errno
@@ -130,26 +133,27 @@ func (f *File) Flush() {
 	f.dev.mu.Unlock()
 }
 
-// Release closes f: its last descriptor is gone. It is idempotent.
+// Release closes f: its last descriptor is gone. It is idempotent, and
+// the driver's Release runs exactly once, before the node can be reopened.
 func (f *File) Release() {
-	if f.kind == NodeCompute {
-		f.dev.mu.Lock()
-		closed := f.closed
-		f.dev.mu.Unlock()
-		if !closed {
-			f.dev.drv.Release(f)
-		}
-	}
-	f.dev.releaseFile(f)
-}
-
-func (d *Device) releaseFile(f *File) {
+	d := f.dev
 	d.mu.Lock()
 	if f.closed {
 		d.mu.Unlock()
 		return
 	}
 	f.closed = true
+	d.mu.Unlock()
+	if f.kind == NodeCompute {
+		d.drv.Release(f)
+	}
+	d.dropFile(f)
+}
+
+// dropFile removes a closed f from the device's open-file bookkeeping and
+// frees the index once a removed device has no open file left.
+func (d *Device) dropFile(f *File) {
+	d.mu.Lock()
 	if f.kind == NodeMonitor {
 		d.monitors--
 	} else if d.holder == f {
