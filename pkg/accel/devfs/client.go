@@ -1,6 +1,8 @@
 package devfs
 
 import (
+	"bufio"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -8,6 +10,9 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel"
 )
@@ -55,4 +60,68 @@ func Nodes(dir string) ([]int, error) {
 	}
 	sort.Ints(out)
 	return out, nil
+}
+
+// EventStream follows a simulator's sys/events file. Next blocks until the
+// next event; Close may be called from another goroutine to end a blocked
+// Next, which then returns io.EOF.
+type EventStream struct {
+	f     *os.File
+	sc    *bufio.Scanner
+	wake  int // a second descriptor for the same open file; see Close
+	close sync.Once
+}
+
+// OpenEvents opens dir's event file. Events start from the moment of the
+// open, so a consumer opens the stream first and reads the nodes second,
+// and misses nothing in between.
+func OpenEvents(dir string) (*EventStream, error) {
+	path := filepath.Join(dir, SysDir, EventsFile)
+	f, err := os.Open(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%s: no event file (is `accel-plugin sim --dir %s` running?)", path, dir)
+		}
+		return nil, fmt.Errorf("open event file: %w", err)
+	}
+	wake, err := unix.Dup(int(f.Fd()))
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("dup event file: %w", err)
+	}
+	unix.CloseOnExec(wake)
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 4096), 1<<20)
+	return &EventStream{f: f, sc: sc, wake: wake}, nil
+}
+
+// Next returns the next event. It returns io.EOF once the stream has ended
+// (Close was called, or the simulator is shutting down) and the read error
+// (e.g. ENOTCONN when the simulator died) otherwise.
+func (s *EventStream) Next() (accel.Event, error) {
+	if !s.sc.Scan() {
+		if err := s.sc.Err(); err != nil && !errors.Is(err, os.ErrClosed) {
+			return accel.Event{}, fmt.Errorf("read events: %w", err)
+		}
+		return accel.Event{}, io.EOF
+	}
+	var ev accel.Event
+	if err := json.Unmarshal(s.sc.Bytes(), &ev); err != nil {
+		return accel.Event{}, fmt.Errorf("decode event %q: %w", s.sc.Text(), err)
+	}
+	return ev, nil
+}
+
+// Close ends the stream. A read blocked in the simulator is not interrupted
+// by closing its own descriptor (the kernel keeps the file until the read
+// returns), but closing any descriptor sends FLUSH, which the simulator
+// answers by ending the stream. Close therefore closes the spare
+// descriptor first; the blocked Next returns io.EOF.
+func (s *EventStream) Close() error {
+	var err error
+	s.close.Do(func() {
+		unix.Close(s.wake)
+		err = s.f.Close()
+	})
+	return err
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -450,4 +451,69 @@ func runKV(t *testing.T, bin string, args ...string) map[string]string {
 		}
 	}
 	return kv
+}
+
+// A consumer blocked on the event file can stop following it from another
+// goroutine: EventStream.Close sends FLUSH, and the blocked read ends.
+func TestEventStreamCloseEndsBlockedRead(t *testing.T) {
+	m := mountSim(t, 1)
+	s, err := OpenEvents(m.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.sim.Add(); err != nil {
+		t.Fatal(err)
+	}
+	ev, err := s.Next()
+	if err != nil || ev.Type != accel.EventAdded || ev.Name != "ac1" {
+		t.Fatalf("first event = %+v, %v; want added ac1", ev, err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Next() // blocks: nothing else happens
+		done <- err
+	}()
+	waitBlockedInRead(t, int(s.f.Fd()))
+	if err := s.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, io.EOF) {
+			t.Fatalf("Next after Close = %v, want io.EOF", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not end a blocked Next within 5s")
+	}
+}
+
+func TestOpenEventsWithoutSimulator(t *testing.T) {
+	_, err := OpenEvents(t.TempDir())
+	if err == nil || !strings.Contains(err.Error(), "is `accel-plugin sim") {
+		t.Fatalf("err = %v, want a hint to start the simulator", err)
+	}
+}
+
+// waitBlockedInRead waits until some thread of this process is inside
+// read(fd), as /proc/self/task/*/syscall shows (syscall 0 on amd64, 63 on
+// arm64, first argument fd).
+func waitBlockedInRead(t *testing.T, fd int) {
+	t.Helper()
+	readNr := "0"
+	if runtime.GOARCH == "arm64" {
+		readNr = "63"
+	}
+	want := fmt.Sprintf("%s 0x%x ", readNr, fd)
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		tasks, _ := filepath.Glob("/proc/self/task/*/syscall")
+		for _, p := range tasks {
+			b, err := os.ReadFile(p)
+			if err == nil && strings.HasPrefix(string(b), want) {
+				return
+			}
+		}
+		runtime.Gosched()
+	}
+	t.Fatalf("no thread entered read(%d) within 5s", fd)
 }

@@ -42,33 +42,59 @@ func (n *eventsNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uin
 	if flags&syscall.O_ACCMODE != syscall.O_RDONLY {
 		return nil, 0, syscall.EACCES
 	}
-	return &eventsHandle{srv: n.srv, sub: n.srv.reg.Subscribe()}, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NONSEEKABLE, 0
+	ctx, cancel := context.WithCancel(n.srv.ctx)
+	h := &eventsHandle{srv: n.srv, sub: n.srv.reg.Subscribe(), ctx: ctx, cancel: cancel}
+	return h, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NONSEEKABLE, 0
 }
 
 // eventsHandle streams JSON lines; a read blocks until at least one event.
+//
+// close() does not interrupt a read that is blocked in the daemon, but the
+// kernel sends FLUSH at once, so Flush ends the stream: a blocked read
+// returns end-of-file and so does every later read on the handle (dup'd
+// copies included). A reader can therefore stop following events by
+// closing the file from another goroutine.
 type eventsHandle struct {
-	srv *Server
+	srv    *Server
+	ctx    context.Context // ends with the server or on Flush
+	cancel context.CancelFunc
 
 	mu      sync.Mutex
 	sub     *accel.Subscription
 	pending []byte // encoded events that did not fit the last read
 }
 
-var _ = (fs.FileReader)((*eventsHandle)(nil))
+var (
+	_ = (fs.FileReader)((*eventsHandle)(nil))
+	_ = (fs.FileFlusher)((*eventsHandle)(nil))
+	_ = (fs.FileReleaser)((*eventsHandle)(nil))
+)
+
+// Flush ends the stream; see eventsHandle.
+func (h *eventsHandle) Flush(ctx context.Context) syscall.Errno {
+	h.cancel()
+	return 0
+}
+
+// Release frees the handle's context.
+func (h *eventsHandle) Release(ctx context.Context) syscall.Errno {
+	h.cancel()
+	return 0
+}
 
 func (h *eventsHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stop := context.AfterFunc(h.srv.ctx, cancel)
+	stop := context.AfterFunc(h.ctx, cancel)
 	defer stop()
 
 	for len(h.pending) == 0 {
 		ev, err := h.sub.Next(rctx)
 		switch {
-		case errors.Is(err, accel.ErrClosed) || h.srv.ctx.Err() != nil:
-			return fuse.ReadResultData(nil), 0 // EOF: the daemon is going away
+		case errors.Is(err, accel.ErrClosed) || h.ctx.Err() != nil:
+			return fuse.ReadResultData(nil), 0 // EOF: the daemon is going away, or the reader closed
 		case err != nil:
 			return nil, syscall.EINTR
 		}
