@@ -1,6 +1,7 @@
 // Command accel-plugin is the single binary of accel-device-plugin.
 //
 //	accel-plugin sim      run simulated accel devices and expose their nodes
+//	accel-plugin serve    run the Kubernetes device plugin for the devices in a directory
 //	accel-plugin sim ctl  inject faults, reset, hot-plug into a running simulator
 //	accel-plugin events   print device events as they happen
 //	accel-plugin info     print the info of device nodes as JSON
@@ -22,6 +23,7 @@ const usage = `accel-plugin: Kubernetes device plugin for accel-subsystem comput
 usage:
   accel-plugin sim --devices N --dir DIR      run N simulated devices, nodes mounted on DIR
   accel-plugin sim ctl --dir DIR COMMAND...   control a running simulator (fault, recover, reset, add, remove)
+  accel-plugin serve [--dev-dir DIR]         advertise the devices in DIR to kubelet (accel.io/ac, accel.io/ac-monitor)
   accel-plugin events --dir DIR               print device events as JSON lines as they happen
   accel-plugin info PATH...                   print each node's info as one JSON object per line
   accel-plugin list --dir DIR                 print a table of the devices in DIR
@@ -51,6 +53,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		} else {
 			err = runSim(rest, stderr)
 		}
+	case "serve":
+		err = runServe(rest, stderr)
 	case "events":
 		err = runEvents(rest, stdout, stderr)
 	case "info":

@@ -1,0 +1,69 @@
+package plugin
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel"
+)
+
+// Device is what the plugin knows about one device at one moment. It is a
+// plain value (comparable with ==), so snapshots diff by value.
+type Device struct {
+	// ID is the device's one identity, used for kubelet device IDs, logs and
+	// events alike: its serial, which the driver keeps stable across
+	// restarts and never gives to another device.
+	ID       string
+	Name     string // node name, e.g. "ac0"
+	Index    int
+	Driver   string
+	Model    string
+	NUMANode int // -1 when unknown
+	Status   accel.Status
+	// Healthy says whether a container may be given the device now.
+	Healthy bool
+	// Reason says why the device is unhealthy ("" when healthy).
+	Reason string
+	// Source names the discovery source that found the device.
+	Source string
+	// HostDir is the host directory holding the device's nodes (as
+	// kubelet and the container runtime see it, which may differ from
+	// where this process sees them).
+	HostDir string
+}
+
+// health derives Healthy and Reason from the device's status: only an
+// operational device can be handed out. Health follows status both ways, so
+// a device that is reset and operational again is healthy again.
+func (d *Device) health() {
+	switch d.Status {
+	case accel.StatusOperational:
+		d.Healthy, d.Reason = true, ""
+	default:
+		d.Healthy, d.Reason = false, "status "+d.Status.String()
+	}
+}
+
+// monitorSlotSep separates a device ID from a monitor slot number.
+const monitorSlotSep = "-m"
+
+// MonitorSlotID returns the kubelet device ID of monitor slot k of the
+// device with ID id.
+func MonitorSlotID(id string, k int) string { return fmt.Sprintf("%s%s%d", id, monitorSlotSep, k) }
+
+// parseMonitorSlotID splits a monitor slot ID into the device ID and slot.
+func parseMonitorSlotID(slotID string) (id string, ok bool) {
+	i := strings.LastIndex(slotID, monitorSlotSep)
+	if i <= 0 {
+		return "", false
+	}
+	for _, c := range slotID[i+len(monitorSlotSep):] {
+		if c < '0' || c > '9' {
+			return "", false
+		}
+	}
+	if i+len(monitorSlotSep) == len(slotID) {
+		return "", false
+	}
+	return slotID[:i], true
+}

@@ -1,0 +1,42 @@
+package plugin
+
+import (
+	"path/filepath"
+
+	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel"
+	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
+)
+
+// ContainerDevDir is where a container finds the nodes it was given.
+const ContainerDevDir = "/dev/accel"
+
+// Environment variables a container receives, listing device names
+// (e.g. "ac0,ac2") in index order.
+const (
+	EnvVisibleDevices = "ACCEL_VISIBLE_DEVICES" // devices whose compute and monitor nodes it got
+	EnvMonitorDevices = "ACCEL_MONITOR_DEVICES" // devices whose monitor node it got
+)
+
+// nodeKind says whether a container gets a device's compute or monitor node.
+type nodeKind int
+
+const (
+	computeNode nodeKind = iota
+	monitorNode
+)
+
+// containerNode is the one place that decides how a device node reaches a
+// container. Simulated nodes are FUSE files, which container runtimes refuse
+// as devices, so they are bind-mounted; a real kernel character device
+// would be returned as a DeviceSpec here instead.
+func containerNode(d Device, kind nodeKind, resp *pluginapi.ContainerAllocateResponse) {
+	name := d.Name
+	if kind == monitorNode {
+		name = accel.MonitorName(d.Index)
+	}
+	resp.Mounts = append(resp.Mounts, &pluginapi.Mount{
+		HostPath:      filepath.Join(d.HostDir, name),
+		ContainerPath: filepath.Join(ContainerDevDir, name),
+		ReadOnly:      kind == monitorNode,
+	})
+}
