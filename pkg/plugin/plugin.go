@@ -62,7 +62,9 @@ func (c Config) Validate() error {
 	return nil
 }
 
-func hasSuffix(s, suffix string) bool { return len(s) >= len(suffix) && s[len(s)-len(suffix):] == suffix }
+func hasSuffix(s, suffix string) bool {
+	return len(s) >= len(suffix) && s[len(s)-len(suffix):] == suffix
+}
 
 // Plugin is a running device plugin: discovery, the store, the resources
 // and their registrar.
