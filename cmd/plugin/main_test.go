@@ -47,6 +47,14 @@ func TestBadInputGivesOneLineError(t *testing.T) {
 		{[]string{"sim", "ctl", "--dir", t.TempDir(), "add"}, 1, "is `accel-plugin sim --dir"},
 		{[]string{"info", filepath.Join(full, "x")}, 1, "could not be read"},
 		{[]string{"info"}, 2, "usage: accel-plugin info"},
+		{[]string{"serve", "--monitor-slots", "-2"}, 1, "--monitor-slots must be between 0 and 1024, got -2"},
+		{[]string{"serve", "--resource-prefix", "Accel_IO"}, 1, "--resource-prefix must be a DNS subdomain"},
+		{[]string{"serve", "--dev-dir", "relative/dev"}, 1, "--dev-dir must be an absolute path"},
+		{[]string{"serve", "--resync", "1ms"}, 1, "--resync must be at least 1s"},
+		{[]string{"serve", "--resync", "soon"}, 2, "invalid value"},
+		{[]string{"serve", "--kubelet-dir", filepath.Join(full, "none")}, 1, "kubelet creates it"},
+		{[]string{"serve", "--kubelet-dir", full, "--log-level", "loud"}, 1, "--log-level"},
+		{[]string{"serve", "extra"}, 1, "unexpected argument"},
 		{[]string{"frobnicate"}, 2, `unknown command "frobnicate"`},
 		{nil, 2, "usage:"},
 	} {
@@ -54,6 +62,19 @@ func TestBadInputGivesOneLineError(t *testing.T) {
 		code := run(tc.args, &stdout, &stderr)
 		if code != tc.code || !strings.Contains(stderr.String(), tc.want) {
 			t.Errorf("accel-plugin %v: exit %d, stderr %q; want exit %d mentioning %q", tc.args, code, stderr.String(), tc.code, tc.want)
+		}
+	}
+}
+
+// serve --help explains every flag.
+func TestServeHelp(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"serve", "--help"}, &stdout, &stderr); code != 0 {
+		t.Fatalf("serve --help: exit %d", code)
+	}
+	for _, flag := range []string{"-dev-dir", "-host-dev-dir", "-kubelet-dir", "-resource-prefix", "-monitor-slots", "-resync", "-log-level", "/var/lib/kubelet/device-plugins", "accel.io"} {
+		if !strings.Contains(stderr.String(), flag) {
+			t.Errorf("serve --help does not mention %s:\n%s", flag, stderr.String())
 		}
 	}
 }

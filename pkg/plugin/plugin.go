@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"sync"
 	"time"
 )
@@ -52,7 +53,7 @@ func (c Config) Validate() error {
 	case len(c.ResourcePrefix) > 253 || !prefixRE.MatchString(c.ResourcePrefix):
 		return fmt.Errorf("--resource-prefix must be a DNS subdomain such as accel.io, got %q", c.ResourcePrefix)
 	case c.ResourcePrefix == "kubernetes.io" || c.ResourcePrefix == "k8s.io" ||
-		hasSuffix(c.ResourcePrefix, ".kubernetes.io") || hasSuffix(c.ResourcePrefix, ".k8s.io"):
+		strings.HasSuffix(c.ResourcePrefix, ".kubernetes.io") || strings.HasSuffix(c.ResourcePrefix, ".k8s.io"):
 		return fmt.Errorf("--resource-prefix %q is reserved for Kubernetes itself", c.ResourcePrefix)
 	case c.MonitorSlots < 0 || c.MonitorSlots > MaxMonitorSlots:
 		return fmt.Errorf("--monitor-slots must be between 0 and %d, got %d", MaxMonitorSlots, c.MonitorSlots)
@@ -60,10 +61,6 @@ func (c Config) Validate() error {
 		return fmt.Errorf("--resync must be at least 1s, got %s", c.Resync)
 	}
 	return nil
-}
-
-func hasSuffix(s, suffix string) bool {
-	return len(s) >= len(suffix) && s[len(s)-len(suffix):] == suffix
 }
 
 // Plugin is a running device plugin: discovery, the store, the resources
