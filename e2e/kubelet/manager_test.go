@@ -34,7 +34,7 @@ const (
 
 // node is a kubelet's device manager with the pods it considers active.
 type node struct {
-	t      *testing.T
+	t      testing.TB
 	logger klog.Logger
 	mgr    *devicemanager.ManagerImpl
 
@@ -283,7 +283,7 @@ func TestRealDeviceManager(t *testing.T) {
 
 // freshNode empties the (private) device-plugin directory, including the
 // device manager's checkpoint, as on a node that never ran pods.
-func freshNode(t *testing.T) {
+func freshNode(t testing.TB) {
 	t.Helper()
 	entries, err := os.ReadDir(pluginapi.DevicePluginPath)
 	if err != nil {

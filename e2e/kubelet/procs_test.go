@@ -15,7 +15,7 @@ import (
 
 // proc is an accel-plugin process whose log lines the test can wait for.
 type proc struct {
-	t    *testing.T
+	t    testing.TB
 	name string
 	cmd  *exec.Cmd
 
@@ -25,9 +25,14 @@ type proc struct {
 	exited  chan struct{}
 }
 
-func startProc(t *testing.T, args ...string) *proc {
+func startProc(t testing.TB, args ...string) *proc {
 	t.Helper()
-	p := &proc{t: t, name: args[0], cmd: exec.Command(pluginBin, args...),
+	return startProcBin(t, pluginBin, args...)
+}
+
+func startProcBin(t testing.TB, bin string, args ...string) *proc {
+	t.Helper()
+	p := &proc{t: t, name: args[0], cmd: exec.Command(bin, args...),
 		changed: make(chan struct{}), exited: make(chan struct{})}
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stderr, err := p.cmd.StderrPipe()
@@ -115,7 +120,7 @@ func (p *proc) stop() {
 
 // startSim runs `accel-plugin sim` on a fresh directory and waits until its
 // nodes are mounted.
-func startSim(t *testing.T, args ...string) (dir string) {
+func startSim(t testing.TB, args ...string) (dir string) {
 	t.Helper()
 	dir = t.TempDir() + "/dev"
 	p := startProc(t, append([]string{"sim", "--dir", dir}, args...)...)
