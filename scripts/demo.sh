@@ -2,6 +2,7 @@
 # Walks through the accel core with 4 simulated devices: run by `make demo`.
 set -euo pipefail
 BIN=$(realpath "${1:-bin/accel-plugin}")
+VIEW=$(realpath "${2:-bin/kubelet-view}")
 if [ "$(id -u)" != 0 ]; then
   echo "make demo mounts a FUSE file system with allow_other: run it as root (sudo make demo)" >&2
   exit 1
@@ -9,7 +10,9 @@ fi
 WORK=$(mktemp -d /tmp/accel-demo.XXXXXX)
 DEV=$WORK/dev
 SIM_PID=
+VIEW_PID=
 cleanup() {
+  [ -n "$VIEW_PID" ] && kill -TERM "$VIEW_PID" 2>/dev/null && wait "$VIEW_PID" 2>/dev/null || true
   [ -n "$SIM_PID" ] && kill -TERM "$SIM_PID" 2>/dev/null && wait "$SIM_PID" 2>/dev/null || true
   rm -rf "$WORK"
 }
@@ -62,6 +65,41 @@ show "$BIN" list --dir "$DEV"
 step "What the event consumer saw"
 wait "$EVENTS_PID" || true
 cat "$WORK/events.txt"
+
+step "The device plugin: accel-plugin serve, registered with kubelet's real device manager"
+echo "kubelet-view runs kubelet's device manager (k8s.io/kubernetes v1.37.2) in a private mount namespace"
+echo "and admits two pods; \$ $(basename "$VIEW") --pod train=accel.io/ac:2 --pod watch=accel.io/ac-monitor:3 -- accel-plugin serve --dev-dir $DEV"
+"$VIEW" --plugin-log "$WORK/plugin.log" --pod train=accel.io/ac:2 --pod watch=accel.io/ac-monitor:3 \
+  -- "$BIN" serve --dev-dir "$DEV" --monitor-slots 8 >"$WORK/kubelet.txt" 2>"$WORK/kubelet.err" &
+VIEW_PID=$!
+SEEN=0
+# await PATTERN: wait (at most 10 s) for a new kubelet-view line matching PATTERN, then print the new lines.
+await() {
+  for _ in $(seq 200); do
+    if tail -n +$((SEEN + 1)) "$WORK/kubelet.txt" | grep -q -- "$1"; then break; fi
+    kill -0 "$VIEW_PID" 2>/dev/null || { cat "$WORK/kubelet.err" "$WORK/plugin.log"; exit 1; }
+    sleep 0.05
+  done
+  tail -n +$((SEEN + 1)) "$WORK/kubelet.txt"
+  SEEN=$(wc -l <"$WORK/kubelet.txt")
+}
+await "pod watch"
+
+step "Health follows the device both ways: fault, then reset"
+show "$BIN" sim ctl --dir "$DEV" fault ac1
+await "accel.io/ac capacity=4 allocatable=3"
+show "$BIN" sim ctl --dir "$DEV" reset ac1
+await "accel.io/ac capacity=4 allocatable=4"
+
+step "Hot-plug reaches kubelet within milliseconds"
+show "$BIN" sim ctl --dir "$DEV" add
+await "accel.io/ac capacity=5 allocatable=5"
+echo "plugin log (structured, every health change with the device ID and reason):"
+grep -E "health changed|device found|registered" "$WORK/plugin.log" | tail -4 | cut -c1-200
+
+step "Stop kubelet-view: SIGTERM to the plugin removes its sockets; kubelet marks the resources unusable"
+kill -TERM "$VIEW_PID"; wait "$VIEW_PID" || true; VIEW_PID=
+tail -n +$((SEEN + 1)) "$WORK/kubelet.txt"
 
 step "Stop the simulator (SIGTERM): it unmounts and exits 0"
 kill -TERM "$SIM_PID"; wait "$SIM_PID"; echo "simulator exit status: $?"; SIM_PID=

@@ -34,7 +34,7 @@ func BenchmarkFootprint(b *testing.B) {
 
 func footprint(b *testing.B, bin string) {
 	freshNode(b)
-	n := &node{t: b, logger: logr.Discard()}
+	n := newNode(b, logr.Discard())
 	devDir := startSim(b, "--devices", "128", "--numa-nodes", "2")
 	n.startManager()
 	defer n.stopManager()

@@ -7,23 +7,14 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	cadvisorapi "github.com/google/cadvisor/lib/model"
 	v1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/sets"
 	"k8s.io/klog/v2"
 	"k8s.io/klog/v2/ktesting"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
-	"k8s.io/kubernetes/pkg/kubelet/cm/containermap"
 	"k8s.io/kubernetes/pkg/kubelet/cm/devicemanager"
-	"k8s.io/kubernetes/pkg/kubelet/cm/topologymanager"
-	"k8s.io/kubernetes/pkg/kubelet/lifecycle"
 )
 
 const (
@@ -32,47 +23,26 @@ const (
 	slots      = 8
 )
 
-// node is a kubelet's device manager with the pods it considers active.
+// node is a Node that fails the test on errors.
 type node struct {
-	t      testing.TB
-	logger klog.Logger
-	mgr    *devicemanager.ManagerImpl
-
-	mu   sync.Mutex
-	pods []*v1.Pod
+	*Node
+	t testing.TB
 }
 
-type readySources struct{}
+func newNode(t testing.TB, logger klog.Logger) *node {
+	return &node{Node: &Node{Logger: logger, NUMANodes: 2}, t: t}
+}
 
-func (readySources) AddSource(string) {}
-func (readySources) AllReady() bool   { return true }
-
-// startManager starts a device manager as kubelet does, on two NUMA nodes.
-// It serves kubelet.sock in the (private) device-plugin directory.
 func (n *node) startManager() {
 	n.t.Helper()
-	topo := []cadvisorapi.Node{{Id: 0}, {Id: 1}}
-	mgr, err := devicemanager.NewManagerImpl(n.logger, topo, topologymanager.NewFakeManager(n.logger))
-	if err != nil {
-		n.t.Fatalf("new device manager: %v", err)
+	if err := n.Start(); err != nil {
+		n.t.Fatal(err)
 	}
-	active := func() []*v1.Pod {
-		n.mu.Lock()
-		defer n.mu.Unlock()
-		return slices.Clone(n.pods)
-	}
-	if err := mgr.Start(n.logger, active, readySources{}, containermap.NewContainerMap(), sets.New[string]()); err != nil {
-		n.t.Fatalf("start device manager: %v", err)
-	}
-	n.mgr = mgr
 }
 
 func (n *node) stopManager() {
-	if n.mgr != nil {
-		if err := n.mgr.Stop(n.logger); err != nil {
-			n.t.Errorf("stop device manager: %v", err)
-		}
-		n.mgr = nil
+	if err := n.Stop(); err != nil {
+		n.t.Errorf("stop device manager: %v", err)
 	}
 }
 
@@ -84,12 +54,10 @@ func (n *node) awaitCapacity(d time.Duration, acCap, acAlloc, monCap, monAlloc i
 	start := time.Now()
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
-	var got string
 	want := fmt.Sprintf("ac %d/%d, ac-monitor %d/%d", acCap, acAlloc, monCap, monAlloc)
 	for {
-		capacity, alloc, _ := n.mgr.GetCapacity(n.logger)
-		q := func(l v1.ResourceList, r string) int64 { v := l[v1.ResourceName(r)]; return v.Value() }
-		got = fmt.Sprintf("ac %d/%d, ac-monitor %d/%d", q(capacity, acRes), q(alloc, acRes), q(capacity, monitorRes), q(alloc, monitorRes))
+		c := n.Capacity()
+		got := fmt.Sprintf("ac %d/%d, ac-monitor %d/%d", c[acRes].Capacity, c[acRes].Allocatable, c[monitorRes].Capacity, c[monitorRes].Allocatable)
 		if got == want {
 			return time.Since(start)
 		}
@@ -100,42 +68,13 @@ func (n *node) awaitCapacity(d time.Duration, acCap, acAlloc, monCap, monAlloc i
 	}
 }
 
-// admit allocates a pod's devices like kubelet admitting it, and returns
-// what its container is given.
-func (n *node) admit(name string, res string, count int64) (*devicemanager.DeviceRunContainerOptions, *v1.Pod, error) {
-	qty := v1.ResourceList{v1.ResourceName(res): *resource.NewQuantity(count, resource.DecimalSI)}
-	pod := &v1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default", UID: types.UID("uid-" + name)},
-		Spec: v1.PodSpec{Containers: []v1.Container{{
-			Name: "main", Resources: v1.ResourceRequirements{Limits: qty, Requests: qty},
-		}}},
-	}
-	ctx := klog.NewContext(context.Background(), n.logger)
-	n.mu.Lock()
-	n.pods = append(n.pods, pod)
-	n.mu.Unlock()
-	if err := n.mgr.Allocate(ctx, pod, &pod.Spec.Containers[0], lifecycle.AddOperation); err != nil {
-		n.forget(pod)
-		return nil, nil, err
-	}
-	opts, err := n.mgr.GetDeviceRunContainerOptions(ctx, pod, &pod.Spec.Containers[0])
-	return opts, pod, err
+func (n *node) admit(name, res string, count int64) (*devicemanager.DeviceRunContainerOptions, *v1.Pod, error) {
+	return n.Admit(name, res, count)
 }
 
-func (n *node) forget(pod *v1.Pod) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	n.pods = slices.DeleteFunc(n.pods, func(p *v1.Pod) bool { return p == pod })
-}
+func (n *node) forget(pod *v1.Pod) { n.Forget(pod) }
 
-func env(opts *devicemanager.DeviceRunContainerOptions, name string) string {
-	for _, e := range opts.Envs {
-		if e.Name == name {
-			return e.Value
-		}
-	}
-	return ""
-}
+func env(opts *devicemanager.DeviceRunContainerOptions, name string) string { return Env(opts, name) }
 
 func mountsOf(opts *devicemanager.DeviceRunContainerOptions) []string {
 	var out []string
@@ -152,7 +91,7 @@ func mountsOf(opts *devicemanager.DeviceRunContainerOptions) []string {
 // manager restarts (kubelet restart).
 func TestRealDeviceManager(t *testing.T) {
 	logger, _ := ktesting.NewTestContext(t)
-	n := &node{t: t, logger: logger}
+	n := newNode(t, logger)
 	freshNode(t)
 	// ac0, ac2 on NUMA node 0; ac1, ac3 on NUMA node 1.
 	devDir := startSim(t, "--devices", "4", "--numa-nodes", "2", "--reset-duration", "20ms")
@@ -253,10 +192,10 @@ func TestRealDeviceManager(t *testing.T) {
 	}
 	t.Logf("manager restarted → both resources re-registered in %s", time.Since(start))
 	n.awaitCapacity(time.Second, 4, 4, 4*slots, 4*slots)
-	if devs := n.mgr.GetDevices("uid-pair-a", "main")[acRes]; len(devs) != 2 {
+	if devs := n.Manager().GetDevices("uid-pair-a", "main")[acRes]; len(devs) != 2 {
 		t.Errorf("after restart the manager lost pair-a's devices: %v", devs)
 	}
-	if opts, err := n.mgr.GetDeviceRunContainerOptions(klog.NewContext(context.Background(), logger),
+	if opts, err := n.Manager().GetDeviceRunContainerOptions(klog.NewContext(context.Background(), logger),
 		podNamed(n, "pair-a"), &podNamed(n, "pair-a").Spec.Containers[0]); err != nil || env(opts, "ACCEL_VISIBLE_DEVICES") != pairA {
 		t.Errorf("after restart pair-a's container options = %v, %v; want %s", opts, err, pairA)
 	}
@@ -297,13 +236,9 @@ func freshNode(t testing.TB) {
 }
 
 func podNamed(n *node, name string) *v1.Pod {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	for _, p := range n.pods {
-		if p.Name == name {
-			return p
-		}
+	p, ok := n.Pod(name)
+	if !ok {
+		n.t.Fatalf("no pod %s", name)
 	}
-	n.t.Fatalf("no pod %s", name)
-	return nil
+	return p
 }
