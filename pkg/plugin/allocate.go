@@ -29,6 +29,8 @@ func (r *Resource) allocate(snap *Snapshot, ids []string) (*pluginapi.ContainerA
 		switch {
 		case !ok:
 			return nil, status.Errorf(codes.NotFound, "%s: unknown device ID %q", r.Name, id)
+		case r.kind == monitorNode && !d.HasMonitor():
+			return nil, status.Errorf(codes.NotFound, "%s: device ID %q: %s has no monitor node (kernel accel device)", r.Name, id, d.Name)
 		case r.kind == monitorNode && !r.validSlot(id):
 			return nil, status.Errorf(codes.NotFound, "%s: unknown device ID %q (each device has %d monitor slots)", r.Name, id, r.slots)
 		case !d.Healthy:

@@ -30,7 +30,15 @@ type Device struct {
 	// kubelet and the container runtime see it, which may differ from
 	// where this process sees them).
 	HostDir string
+	// Kernel marks a device of the kernel's accel subsystem: its node is a
+	// character device (handed to containers as a DeviceSpec) and it has
+	// no monitor node.
+	Kernel bool
 }
+
+// HasMonitor reports whether the device has a monitor node (and so offers
+// monitor slots).
+func (d Device) HasMonitor() bool { return !d.Kernel }
 
 // health derives Healthy and Reason from the device's status: only an
 // operational device can be handed out. Health follows status both ways, so

@@ -27,9 +27,20 @@ const (
 
 // containerNode is the one place that decides how a device node reaches a
 // container. Simulated nodes are FUSE files, which container runtimes refuse
-// as devices, so they are bind-mounted; a real kernel character device
-// would be returned as a DeviceSpec here instead.
+// as devices, so they are bind-mounted; a kernel accel device is a
+// character device and is handed over as a DeviceSpec (the runtime then
+// also allows it in the container's device cgroup).
 func containerNode(d Device, kind nodeKind, resp *pluginapi.ContainerAllocateResponse) {
+	if d.Kernel {
+		if kind == computeNode {
+			resp.Devices = append(resp.Devices, &pluginapi.DeviceSpec{
+				HostPath:      filepath.Join(d.HostDir, d.Name),
+				ContainerPath: filepath.Join(ContainerDevDir, d.Name),
+				Permissions:   "rw",
+			})
+		}
+		return
+	}
 	name := d.Name
 	if kind == monitorNode {
 		name = accel.MonitorName(d.Index)

@@ -16,11 +16,18 @@ import (
 // Config is everything `accel-plugin serve` takes. Every path is
 // injectable, so tests run without touching the host's kubelet.
 type Config struct {
-	// DevDir is where this process sees the device daemon's nodes.
+	// DevDir is where this process sees the device daemon's nodes; empty
+	// disables simulated devices.
 	DevDir string
 	// HostDevDir is where kubelet and the container runtime see them (the
 	// host path); empty means DevDir.
 	HostDevDir string
+	// KernelClassDir is the kernel's accel class directory
+	// (/sys/class/accel); empty disables kernel devices.
+	KernelClassDir string
+	// KernelDevDir is where this process sees the kernel's accel nodes
+	// (/dev/accel); the host path is the same.
+	KernelDevDir string
 	// KubeletDir is kubelet's device-plugin directory.
 	KubeletDir string
 	// ResourcePrefix is the resource name prefix, e.g. "accel.io".
@@ -44,8 +51,14 @@ var prefixRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a
 // Validate reports the first bad setting as a one-line error naming the flag.
 func (c Config) Validate() error {
 	switch {
-	case c.DevDir == "" || !filepath.IsAbs(c.DevDir):
+	case c.DevDir == "" && c.KernelClassDir == "":
+		return errors.New("nothing to discover: --dev-dir and --kernel-class-dir are both empty")
+	case c.DevDir != "" && !filepath.IsAbs(c.DevDir):
 		return fmt.Errorf("--dev-dir must be an absolute path, got %q", c.DevDir)
+	case c.KernelClassDir != "" && !filepath.IsAbs(c.KernelClassDir):
+		return fmt.Errorf("--kernel-class-dir must be an absolute path, got %q", c.KernelClassDir)
+	case c.KernelClassDir != "" && !filepath.IsAbs(c.KernelDevDir):
+		return fmt.Errorf("--kernel-dev-dir must be an absolute path, got %q", c.KernelDevDir)
 	case c.HostDevDir != "" && !filepath.IsAbs(c.HostDevDir):
 		return fmt.Errorf("--host-dev-dir must be an absolute path, got %q", c.HostDevDir)
 	case c.KubeletDir == "" || !filepath.IsAbs(c.KubeletDir):
@@ -68,7 +81,7 @@ func (c Config) Validate() error {
 type Plugin struct {
 	Store     *Store
 	Resources []*Resource
-	source    *SimSource
+	sources   []source
 	registrar *Registrar
 	log       *slog.Logger
 }
@@ -93,28 +106,42 @@ func New(cfg Config) (*Plugin, error) {
 	if cfg.MonitorSlots > 0 {
 		res = append(res, NewMonitorResource(cfg.ResourcePrefix, cfg.MonitorSlots, store, log))
 	}
-	return &Plugin{
+	p := &Plugin{
 		Store:     store,
 		Resources: res,
-		source:    &SimSource{Dir: cfg.DevDir, HostDir: cfg.HostDevDir, Resync: cfg.Resync, Store: store, Logger: log},
 		registrar: &Registrar{Dir: cfg.KubeletDir, Resources: res, Logger: log},
 		log:       log,
-	}, nil
+	}
+	if cfg.DevDir != "" {
+		p.sources = append(p.sources, &SimSource{Dir: cfg.DevDir, HostDir: cfg.HostDevDir, Resync: cfg.Resync, Store: store, Logger: log})
+	}
+	if cfg.KernelClassDir != "" {
+		p.sources = append(p.sources, &KernelSource{ClassDir: cfg.KernelClassDir, DevDir: cfg.KernelDevDir, Resync: cfg.Resync, Store: store, Logger: log})
+	}
+	return p, nil
 }
 
-// Run runs discovery and, once discovery has reported for the first time
-// (so kubelet's first list is the real one), the registrar. It returns when
-// ctx ends, after the sockets are removed.
+// source is a discovery source: it publishes its devices into the store
+// until ctx ends.
+type source interface {
+	Run(ctx context.Context) error
+}
+
+// Run runs discovery and, once every source has reported for the first
+// time (so kubelet's first list is the real one), the registrar. It returns
+// when ctx ends, after the sockets are removed.
 func (p *Plugin) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	errs := make(chan error, 2)
-	wg.Go(func() { errs <- p.source.Run(ctx) })
+	errs := make(chan error, len(p.sources)+1)
+	for _, s := range p.sources {
+		wg.Go(func() { errs <- s.Run(ctx) })
+	}
 	wg.Go(func() {
 		for {
 			snap, changed := p.Store.Load()
-			if snap.Version > 0 {
+			if p.Store.Sources() >= len(p.sources) && snap.Version > 0 {
 				break
 			}
 			select {

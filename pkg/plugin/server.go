@@ -78,6 +78,9 @@ func (r *Resource) units(snap *Snapshot) []unit {
 			out = append(out, unit{d.ID, d.Healthy, d.NUMANode})
 			continue
 		}
+		if !d.HasMonitor() {
+			continue
+		}
 		for k := range r.slots {
 			out = append(out, unit{MonitorSlotID(d.ID, k), d.Healthy, d.NUMANode})
 		}

@@ -54,6 +54,13 @@ func (s *Store) Load() (*Snapshot, <-chan struct{}) {
 	return s.snap, s.changed
 }
 
+// Sources is the number of sources that have published.
+func (s *Store) Sources() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sources)
+}
+
 // Publish replaces the devices of one source. It returns the new snapshot
 // version, and makes a new version only when something changed (or on the
 // first publish, so watchers learn that discovery has reported).

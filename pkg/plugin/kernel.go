@@ -1,0 +1,222 @@
+package plugin
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"golang.org/x/sys/unix"
+
+	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel"
+)
+
+// KernelSource discovers devices of the kernel's accel subsystem (Linux
+// 6.2+): /sys/class/accel/accelN, with the character device
+// /dev/accel/accelN (major 261). It identifies devices from sysfs only and
+// never opens a node: habanalabs answers a second open with EBUSY, and an
+// open creates a context on the device.
+//
+// Identity: the device's serial_number attribute where the driver has one
+// (habanalabs), else driver and PCI address (stable across reboots for a
+// card in a slot). Health: the status attribute where the driver has one
+// (habanalabs: "operational", "in reset", "needs reset", "malfunction", ...),
+// else healthy while the node exists. Node creation and removal in the
+// device directory arrive through inotify; sysfs attributes do not notify,
+// so status changes are seen at the next resync.
+type KernelSource struct {
+	// ClassDir is the accel class directory, normally /sys/class/accel.
+	ClassDir string
+	// DevDir is where this process sees the nodes, normally /dev/accel.
+	DevDir string
+	// HostDevDir is where the host sees them (default DevDir).
+	HostDevDir string
+	// Resync is the re-read interval (0: 30 s).
+	Resync time.Duration
+	Store  *Store
+	Logger *slog.Logger
+
+	devices map[string]Device
+}
+
+var kernelNodeRE = regexp.MustCompile(`^accel([0-9]+)$`)
+
+func (s *KernelSource) sourceName() string { return "kernel:" + s.ClassDir }
+
+// Run scans now, then on every node change and every Resync, until ctx ends.
+func (s *KernelSource) Run(ctx context.Context) error {
+	if s.Resync <= 0 {
+		s.Resync = 30 * time.Second
+	}
+	if s.HostDevDir == "" {
+		s.HostDevDir = s.DevDir
+	}
+	s.devices = map[string]Device{}
+	log := s.Logger.With("source", s.sourceName())
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return fmt.Errorf("watch %s: %w", s.DevDir, err)
+	}
+	defer w.Close()
+	watching := false
+	tick := time.NewTicker(s.Resync)
+	defer tick.Stop()
+	for {
+		if !watching {
+			// The directory appears when the first driver loads.
+			watching = w.Add(s.DevDir) == nil
+		}
+		s.scan(log)
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev := <-w.Events:
+			if ev.Name == s.DevDir && ev.Has(fsnotify.Remove|fsnotify.Rename) {
+				watching = false
+			}
+		case err := <-w.Errors:
+			log.Warn("watching kernel accel nodes", "dir", s.DevDir, "err", err)
+		case <-tick.C:
+		}
+	}
+}
+
+// scan re-reads every device from sysfs and publishes the result.
+func (s *KernelSource) scan(log *slog.Logger) {
+	entries, err := os.ReadDir(s.ClassDir)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		log.Warn("cannot list kernel accel devices", "dir", s.ClassDir, "err", err)
+	}
+	seen := map[string]bool{}
+	for _, e := range entries {
+		m := kernelNodeRE.FindStringSubmatch(e.Name())
+		if m == nil {
+			continue
+		}
+		index, _ := strconv.Atoi(m[1])
+		d := s.read(e.Name(), index)
+		seen[d.Name] = true
+		old, ok := s.devices[d.Name]
+		s.devices[d.Name] = d
+		switch {
+		case !ok || old.ID != d.ID:
+			log.Info("device found", "id", d.ID, "name", d.Name, "driver", d.Driver, "numa", d.NUMANode, "healthy", d.Healthy, "reason", d.Reason)
+		case old.Healthy != d.Healthy || old.Reason != d.Reason:
+			log.Info("device health changed", "id", d.ID, "name", d.Name, "healthy", d.Healthy, "reason", d.Reason)
+		}
+	}
+	for name, old := range s.devices {
+		if !seen[name] {
+			delete(s.devices, name)
+			log.Info("device removed", "id", old.ID, "name", name)
+		}
+	}
+	list := make([]Device, 0, len(s.devices))
+	for _, d := range s.devices {
+		list = append(list, d)
+	}
+	s.Store.Publish(s.sourceName(), list)
+}
+
+// read builds one device from its sysfs directory.
+func (s *KernelSource) read(name string, index int) Device {
+	dir := filepath.Join(s.ClassDir, name)
+	pciDev := ""
+	if target, err := filepath.EvalSymlinks(filepath.Join(dir, "device")); err == nil {
+		pciDev = filepath.Base(target)
+	}
+	driver := ""
+	if target, err := os.Readlink(filepath.Join(dir, "device", "driver")); err == nil {
+		driver = filepath.Base(target)
+	}
+	d := Device{
+		Name:     name,
+		Index:    index,
+		Driver:   driver,
+		NUMANode: -1,
+		Source:   s.sourceName(),
+		HostDir:  s.HostDevDir,
+		Kernel:   true,
+	}
+	if v, ok := attr(dir, "device/vendor"); ok {
+		dev, _ := attr(dir, "device/device")
+		d.Model = "pci " + strings.TrimPrefix(v, "0x") + ":" + strings.TrimPrefix(dev, "0x")
+	}
+	if v, ok := attr(dir, "device/numa_node"); ok {
+		if n, err := strconv.Atoi(v); err == nil && n >= 0 {
+			d.NUMANode = n
+		}
+	}
+	switch serial, ok := driverAttr(dir, "serial_number"); {
+	case ok && serial != "":
+		d.ID = serial
+	case pciDev != "":
+		d.ID = cmp.Or(driver, "accel") + "-" + strings.ReplaceAll(pciDev, ":", "-")
+	default:
+		d.ID = "accel-" + name // no stable identity known: the best we have
+	}
+
+	d.Status = accel.StatusOperational
+	if st, ok := driverAttr(dir, "status"); ok {
+		d.Status = kernelStatus(st)
+	}
+	d.health()
+	if d.Healthy {
+		if err := checkCharDevice(filepath.Join(s.DevDir, name)); err != nil {
+			d.Healthy, d.Reason = false, err.Error()
+		}
+	}
+	return d
+}
+
+// kernelStatus maps a driver's status attribute to the core's statuses.
+func kernelStatus(s string) accel.Status {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "operational":
+		return accel.StatusOperational
+	case "in reset", "in reset after device release", "in device creation":
+		return accel.StatusInReset
+	case "needs reset":
+		return accel.StatusNeedsReset
+	default: // "malfunction", "disabled", anything unknown
+		return accel.StatusMalfunction
+	}
+}
+
+// checkCharDevice reports why path is not a usable character device node.
+func checkCharDevice(path string) error {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return fmt.Errorf("node %s: %w", path, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFCHR {
+		return fmt.Errorf("node %s is not a character device", path)
+	}
+	return nil
+}
+
+// driverAttr reads a driver attribute, which a driver may put on the accel
+// device itself or on its parent (PCI) device.
+func driverAttr(dir, name string) (string, bool) {
+	if v, ok := attr(dir, name); ok {
+		return v, true
+	}
+	return attr(dir, filepath.Join("device", name))
+}
+
+// attr reads a sysfs attribute, trimmed.
+func attr(dir, name string) (string, bool) {
+	b, err := os.ReadFile(filepath.Join(dir, name))
+	if err != nil {
+		return "", false
+	}
+	return strings.TrimSpace(string(b)), true
+}
