@@ -156,6 +156,8 @@ type fakeKubelet struct {
 	clients   map[string]pluginapi.DevicePluginClient // by resource
 	lists     map[string]list                         // latest list by resource
 	registers map[string]int
+	rejects   int // Register calls refused so far
+	rejectN   int // refuse this many Register calls (kubelet not ready)
 	changed   chan struct{}
 	ctx       context.Context // one kubelet life; ends on stop
 	cancel    context.CancelFunc
@@ -240,6 +242,14 @@ func (k *fakeKubelet) Register(ctx context.Context, req *pluginapi.RegisterReque
 	if req.Version != pluginapi.Version {
 		return nil, fmt.Errorf("unsupported version %q", req.Version)
 	}
+	k.mu.Lock()
+	if k.rejects < k.rejectN {
+		k.rejects++
+		k.mu.Unlock()
+		k.notify()
+		return nil, fmt.Errorf("not ready (refusal %d of %d)", k.rejects, k.rejectN)
+	}
+	k.mu.Unlock()
 	conn, err := grpc.NewClient("unix://"+filepath.Join(k.dir, req.Endpoint),
 		grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {

@@ -443,3 +443,31 @@ func TestConfigValidate(t *testing.T) {
 		t.Errorf("New with a missing kubelet dir = %v, want a hint", err)
 	}
 }
+
+// A kubelet that refuses registration is retried with backoff until it
+// accepts, without a plugin restart.
+func TestRegistrationRetriedWithBackoff(t *testing.T) {
+	h := startHarness(t, 1, 1, 1)
+	h.kubelet.awaitList(settle, computeRes, 1, 1)
+	h.kubelet.awaitList(settle, monitorRes, 1, 1)
+	h.kubelet.mu.Lock()
+	h.kubelet.rejectN = 6 // three refusals per resource
+	h.kubelet.mu.Unlock()
+	start := time.Now()
+	h.kubelet.restart()
+	h.kubelet.await(10*time.Second, "registration after 6 refusals", func(_ map[string]list, regs map[string]int) bool {
+		return regs[computeRes] == 2 && regs[monitorRes] == 2
+	})
+	h.kubelet.mu.Lock()
+	rejects := h.kubelet.rejects
+	h.kubelet.mu.Unlock()
+	if rejects != 6 {
+		t.Errorf("kubelet refused %d registrations, want 6", rejects)
+	}
+	// Backoff 100 ms, 200 ms, 400 ms before the fourth try: at least 700 ms.
+	if d := time.Since(start); d < 700*time.Millisecond {
+		t.Errorf("registered after %s: retries did not back off", d)
+	} else {
+		t.Logf("registered %s after the restart, after 3 refusals per resource", d)
+	}
+}
