@@ -45,6 +45,7 @@ func simSourceName(dir string) string { return "sim:" + dir }
 const (
 	reconnectMin = 50 * time.Millisecond
 	reconnectMax = 5 * time.Second
+	closeTimeout = 2 * time.Second
 )
 
 // Run follows the devices until ctx ends.
@@ -98,6 +99,8 @@ func (s *SimSource) follow(ctx context.Context, log *slog.Logger, lastErr *strin
 	if err != nil {
 		return err
 	}
+	// The reader lives until follow returns, whichever way it returns.
+	rctx, cancel := context.WithCancel(ctx)
 	events := make(chan accel.Event)
 	failed := make(chan error, 1)
 	readerDone := make(chan struct{})
@@ -114,14 +117,22 @@ func (s *SimSource) follow(ctx context.Context, log *slog.Logger, lastErr *strin
 			}
 			select {
 			case events <- ev:
-			case <-ctx.Done():
+			case <-rctx.Done():
 				return
 			}
 		}
 	}()
 	defer func() {
-		stream.Close() // ends a blocked read (see devfs.EventStream.Close)
-		<-readerDone
+		cancel()
+		// Close ends a read blocked in the daemon (see EventStream.Close).
+		// It waits for the daemon to answer, so a frozen (not dead) daemon
+		// would hold us here: give up on the reader after a while.
+		go stream.Close()
+		select {
+		case <-readerDone:
+		case <-time.After(closeTimeout):
+			log.Warn("device daemon does not answer; leaving its event reader behind", "dir", s.Dir)
+		}
 	}()
 
 	if err := s.rescan(log); err != nil {

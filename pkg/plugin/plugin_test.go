@@ -471,3 +471,44 @@ func TestRegistrationRetriedWithBackoff(t *testing.T) {
 		t.Logf("registered %s after the restart, after 3 refusals per resource", d)
 	}
 }
+
+// A daemon that dies in the middle of a burst of events (so events are
+// buffered while a device read fails) still turns every device unhealthy.
+func TestDaemonKilledDuringEventBurst(t *testing.T) {
+	h := startHarness(t, 2, 1, 1)
+	h.kubelet.awaitList(settle, computeRes, 2, 2)
+	h.sim.ctl(t, "add 60")
+	h.sim.kill(t)
+	h.kubelet.await(2*time.Second, "every device unhealthy after the daemon died mid-burst", func(lists map[string]list, _ map[string]int) bool {
+		l := lists[computeRes]
+		return len(l.devices) >= 2 && l.healthy() == 0
+	})
+}
+
+// chmod of kubelet.sock or of our socket (a relabel, say) is not a kubelet
+// restart: no new registration, which kubelet would refuse as a duplicate.
+func TestSocketAttributeChangeIsNotARestart(t *testing.T) {
+	h := startHarness(t, 1, 1, 1)
+	h.kubelet.awaitList(settle, computeRes, 1, 1)
+	h.kubelet.awaitList(settle, monitorRes, 1, 1)
+	for _, name := range []string{KubeletSocketName, "accel.io-ac.sock"} {
+		if err := os.Chmod(filepath.Join(h.kubelet.dir, name), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Let the inotify events be handled, then check nothing re-registered.
+	deadline := time.After(300 * time.Millisecond)
+	for {
+		h.kubelet.mu.Lock()
+		regs := fmt.Sprint(h.kubelet.registers)
+		h.kubelet.mu.Unlock()
+		if regs != "map[accel.io/ac:1 accel.io/ac-monitor:1]" {
+			t.Fatalf("registrations after chmod = %s, want one each", regs)
+		}
+		select {
+		case <-deadline:
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}

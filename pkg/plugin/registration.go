@@ -69,6 +69,9 @@ type endpoint struct {
 
 const (
 	registerBackoffMin = 100 * time.Millisecond
+	// handoverGrace is how long to wait before registering a new socket
+	// with the same kubelet, so it can drop the old endpoint first.
+	handoverGrace = time.Second
 	registerBackoffMax = 10 * time.Second
 	safetyRecheck      = 30 * time.Second
 )
@@ -161,14 +164,24 @@ func (g *Registrar) reconcile(ctx context.Context, log *slog.Logger, eps []*endp
 			reason = "server stopped"
 		}
 		if reason != "" {
+			wasRegistered := ep.kubeletIno != 0 && ep.kubeletIno == kubeletIno
 			ep.stop(log, false)
 			if err := ep.serve(); err != nil {
-				log.Error("cannot serve device plugin socket; retrying", "socket", ep.path, "err", err)
+				if msg := err.Error(); msg != ep.lastErr {
+					log.Error("cannot serve device plugin socket; retrying", "socket", ep.path, "err", err)
+					ep.lastErr = msg
+				}
 				next = min(next, time.Second)
 				continue
 			}
 			log.Info("serving device plugin", "socket", ep.path, "reason", reason)
 			ep.kubeletIno = 0
+			if wasRegistered {
+				// The same kubelet still holds our old endpoint until it
+				// notices the stream we just closed; registering before
+				// that is refused and makes kubelet forget the endpoint.
+				ep.retryAt = now.Add(handoverGrace)
+			}
 		}
 
 		if kubeletIno == 0 {
@@ -203,6 +216,15 @@ func (g *Registrar) reconcile(ctx context.Context, log *slog.Logger, eps []*endp
 			next = min(next, ep.retryAt.Sub(now))
 			continue
 		}
+		if ep.lastErr != "" && ep.kubeletIno == 0 && ep.res.streams.Load() > 0 {
+			// The last Register failed on our side (e.g. timed out), yet
+			// kubelet connected and streams: it accepted. Registering
+			// again would be refused as a duplicate.
+			log.Info("kubelet streams from us although Register failed; treating it as registered", "err", ep.lastErr)
+			ep.kubeletIno, ep.lastErr, ep.backoff, ep.retryAt = kubeletIno, "", registerBackoffMin, time.Time{}
+			ep.registers++
+			continue
+		}
 		if err := g.register(ctx, ep); err != nil {
 			if ctx.Err() != nil {
 				return next
@@ -218,7 +240,7 @@ func (g *Registrar) reconcile(ctx context.Context, log *slog.Logger, eps []*endp
 		}
 		ep.kubeletIno = kubeletIno
 		ep.registers++
-		ep.noStreamAt = now
+		ep.noStreamAt = time.Now() // not now: Register itself may have taken a while
 		ep.retryAt, ep.backoff, ep.lastErr = time.Time{}, registerBackoffMin, ""
 		next = min(next, g.StreamGrace)
 		log.Info("registered with kubelet", "reason", why, "endpoint", ep.res.SocketName(), "registrations", ep.registers)
@@ -254,11 +276,17 @@ func (g *Registrar) register(ctx context.Context, ep *endpoint) error {
 	return nil
 }
 
-// serve listens on a fresh socket and serves the resource on it.
+// serve listens on a fresh socket and serves the resource on it. A stale
+// socket (nobody answers) is replaced; a live one belongs to another
+// instance (e.g. during a rolling update) and is left alone.
 func (ep *endpoint) serve() error {
 	if fi, err := os.Lstat(ep.path); err == nil {
 		if fi.Mode()&os.ModeSocket == 0 {
 			return fmt.Errorf("%s exists and is not a socket; refusing to replace it", ep.path)
+		}
+		if c, err := net.DialTimeout("unix", ep.path, 200*time.Millisecond); err == nil {
+			c.Close()
+			return fmt.Errorf("%s is served by another process (another plugin instance?); waiting for it to go", ep.path)
 		}
 		if err := os.Remove(ep.path); err != nil {
 			return fmt.Errorf("remove stale socket: %w", err)
@@ -268,6 +296,9 @@ func (ep *endpoint) serve() error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	// Closing must not unlink the path: by then it may name a successor's
+	// socket. stop removes it only if it is still ours.
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
 	ep.ino = socketInode(ep.path)
 	ep.srv = grpc.NewServer()
 	pluginapi.RegisterDevicePluginServer(ep.srv, ep.res)
@@ -296,14 +327,20 @@ func (ep *endpoint) stop(log *slog.Logger, shutdown bool) {
 }
 
 // socketInode identifies the socket at path (0: none). A file system may
-// give a new socket the inode of one just deleted, so the identity mixes
-// the change time into the inode number.
+// give a new socket the inode of one just deleted, so the identity mixes in
+// the birth time where the file system records it (ext4, xfs, tmpfs). Not
+// the change time: chmod, chown or a relabel change that, not the socket.
 func socketInode(path string) uint64 {
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+	var st unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, path, 0, unix.STATX_TYPE|unix.STATX_INO|unix.STATX_BTIME, &st); err != nil ||
+		uint32(st.Mode)&unix.S_IFMT != unix.S_IFSOCK {
 		return 0
 	}
-	return st.Ino ^ uint64(st.Ctim.Sec)<<32 ^ uint64(st.Ctim.Nsec) | 1
+	id := st.Ino
+	if st.Mask&unix.STATX_BTIME != 0 {
+		id ^= uint64(st.Btime.Sec)<<32 ^ uint64(st.Btime.Nsec)
+	}
+	return id | 1
 }
 
 func isClosed(ch chan struct{}) bool {

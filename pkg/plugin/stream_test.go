@@ -13,16 +13,20 @@ import (
 // fakeStream is a ListAndWatch stream whose Send blocks until the test
 // lets it through, like a kubelet that stopped reading.
 type fakeStream struct {
-	ctx  context.Context
-	gate chan struct{} // one token per Send allowed
-	sent chan *pluginapi.ListAndWatchResponse
+	ctx     context.Context
+	gate    chan struct{} // one token per Send allowed
+	entered chan *pluginapi.ListAndWatchResponse
+	sent    chan *pluginapi.ListAndWatchResponse
 }
 
 func newFakeStream(ctx context.Context) *fakeStream {
-	return &fakeStream{ctx: ctx, gate: make(chan struct{}), sent: make(chan *pluginapi.ListAndWatchResponse, 100)}
+	return &fakeStream{ctx: ctx, gate: make(chan struct{}),
+		entered: make(chan *pluginapi.ListAndWatchResponse, 1000),
+		sent:    make(chan *pluginapi.ListAndWatchResponse, 1000)}
 }
 
 func (s *fakeStream) Send(r *pluginapi.ListAndWatchResponse) error {
+	s.entered <- r
 	select {
 	case <-s.gate:
 	case <-s.ctx.Done():
@@ -56,6 +60,9 @@ func TestSlowStreamBlocksNothingAndCoalesces(t *testing.T) {
 	first := <-fast.sent
 	if len(first.Devices) != 1 {
 		t.Fatalf("first list has %d devices", len(first.Devices))
+	}
+	if r := <-slow.entered; len(r.Devices) != 1 { // now stuck in Send
+		t.Fatalf("slow stream's first list has %d devices", len(r.Devices))
 	}
 
 	// 200 changes while the slow stream is stuck in its first Send.

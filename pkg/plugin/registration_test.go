@@ -1,0 +1,71 @@
+package plugin
+
+import (
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// Stopping a server must not delete a successor's socket at the same path,
+// and a live socket of another process is not taken over.
+func TestEndpointLeavesOtherSocketsAlone(t *testing.T) {
+	dir := t.TempDir()
+	res := NewComputeResource("accel.io", NewStore(), testLogger(t))
+	ep := &endpoint{res: res, path: filepath.Join(dir, res.SocketName())}
+	if err := ep.serve(); err != nil {
+		t.Fatal(err)
+	}
+	// A successor replaces the socket while we still run.
+	if err := os.Remove(ep.path); err != nil {
+		t.Fatal(err)
+	}
+	succ, err := net.Listen("unix", ep.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer succ.Close()
+	succID := socketInode(ep.path)
+	ep.stop(testLogger(t), true)
+	if id := socketInode(ep.path); id != succID {
+		t.Fatalf("stopping the old server removed or changed the successor's socket (id %x → %x)", succID, id)
+	}
+	// A second endpoint does not take over the live socket...
+	ep2 := &endpoint{res: res, path: ep.path}
+	if err := ep2.serve(); err == nil || !strings.Contains(err.Error(), "served by another process") {
+		t.Fatalf("serve over a live socket: %v", err)
+	}
+	// ...but replaces a stale one.
+	succ.(*net.UnixListener).SetUnlinkOnClose(false)
+	succ.Close()
+	if err := ep2.serve(); err != nil {
+		t.Fatalf("serve over a stale socket: %v", err)
+	}
+	ep2.stop(testLogger(t), true)
+	if _, err := os.Stat(ep.path); !os.IsNotExist(err) {
+		t.Fatalf("our own socket was not removed on shutdown: %v", err)
+	}
+}
+
+func TestSocketIdentityIgnoresChmod(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s.sock")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	id := socketInode(path)
+	if id == 0 {
+		t.Fatal("no identity for a socket")
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if socketInode(path) != id {
+		t.Fatal("chmod changed the socket's identity")
+	}
+	if socketInode(filepath.Dir(path)) != 0 {
+		t.Fatal("a directory has a socket identity")
+	}
+}
