@@ -71,7 +71,7 @@ const (
 	registerBackoffMin = 100 * time.Millisecond
 	// handoverGrace is how long to wait before registering a new socket
 	// with the same kubelet, so it can drop the old endpoint first.
-	handoverGrace = time.Second
+	handoverGrace      = time.Second
 	registerBackoffMax = 10 * time.Second
 	safetyRecheck      = 30 * time.Second
 )
