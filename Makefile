@@ -15,7 +15,7 @@ build:
 
 ## view: kubelet-view, kubelet's real device manager standing alone (for the demo)
 view:
-	cd $(KUBELET_E2E) && $(GO) build -trimpath -o $(CURDIR)/$(VIEW) ./cmd/kubelet-view
+	cd $(KUBELET_E2E) && $(GO) build -o $(CURDIR)/$(VIEW) ./cmd/kubelet-view
 
 ## test: lint, every unit/integration test with the race detector, then the
 ## plugin against kubelet's real device manager (FUSE tests need root)
