@@ -363,6 +363,12 @@ const (
 
 func startHarness(t testing.TB, devices, numa, slots int) *harness {
 	t.Helper()
+	return startHarnessWith(t, devices, numa, slots, nil)
+}
+
+// startHarnessWith lets the test adjust the plugin's config.
+func startHarnessWith(t testing.TB, devices, numa, slots int, adjust func(*Config)) *harness {
+	t.Helper()
 	requireFUSE(t)
 	root := t.TempDir()
 	kdir := filepath.Join(root, "device-plugins")
@@ -371,11 +377,15 @@ func startHarness(t testing.TB, devices, numa, slots int) *harness {
 	}
 	h := &harness{sim: startSim(t, filepath.Join(root, "dev"), devices, numa)}
 	h.kubelet = newFakeKubelet(t, kdir)
-	p, err := New(Config{
+	cfg := Config{
 		DevDir: h.sim.dir, HostDevDir: "/host/run/accel/dev", KubeletDir: kdir,
 		ResourcePrefix: "accel.io", MonitorSlots: slots, Resync: 30 * time.Second,
 		Logger: testLogger(t),
-	})
+	}
+	if adjust != nil {
+		adjust(&cfg)
+	}
+	p, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -37,6 +38,9 @@ type Config struct {
 	MonitorSlots int
 	// Resync is the safety-net full re-read interval.
 	Resync time.Duration
+	// MetricsAddr is host:port for /metrics, /healthz and /readyz; empty
+	// disables the HTTP server.
+	MetricsAddr string
 	Logger *slog.Logger
 }
 
@@ -73,6 +77,11 @@ func (c Config) Validate() error {
 	case c.Resync < time.Second:
 		return fmt.Errorf("--resync must be at least 1s, got %s", c.Resync)
 	}
+	if c.MetricsAddr != "" {
+		if _, port, err := net.SplitHostPort(c.MetricsAddr); err != nil || port == "" {
+			return fmt.Errorf("--metrics-addr must be host:port (e.g. 127.0.0.1:9490 or :9490), got %q", c.MetricsAddr)
+		}
+	}
 	return nil
 }
 
@@ -81,6 +90,8 @@ func (c Config) Validate() error {
 type Plugin struct {
 	Store     *Store
 	Resources []*Resource
+	Metrics   *Metrics
+	metricsL  net.Listener // nil: no HTTP server
 	sources   []source
 	registrar *Registrar
 	log       *slog.Logger
@@ -106,9 +117,22 @@ func New(cfg Config) (*Plugin, error) {
 	if cfg.MonitorSlots > 0 {
 		res = append(res, NewMonitorResource(cfg.ResourcePrefix, cfg.MonitorSlots, store, log))
 	}
+	metrics := NewMetrics(store, cfg.DevDir)
+	for _, r := range res {
+		r.metrics = metrics
+	}
+	var l net.Listener
+	if cfg.MetricsAddr != "" {
+		var err error
+		if l, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
+			return nil, fmt.Errorf("--metrics-addr: %w", err)
+		}
+	}
 	p := &Plugin{
 		Store:     store,
 		Resources: res,
+		Metrics:   metrics,
+		metricsL:  l,
 		registrar: &Registrar{Dir: cfg.KubeletDir, Resources: res, Logger: log},
 		log:       log,
 	}
@@ -134,7 +158,10 @@ func (p *Plugin) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	errs := make(chan error, len(p.sources)+1)
+	errs := make(chan error, len(p.sources)+2)
+	if p.metricsL != nil {
+		wg.Go(func() { errs <- p.serveHTTP(ctx, p.metricsL) })
+	}
 	for _, s := range p.sources {
 		wg.Go(func() { errs <- s.Run(ctx) })
 	}

@@ -101,6 +101,7 @@ func (g *Registrar) Run(ctx context.Context) error {
 	defer func() {
 		for _, ep := range eps {
 			ep.stop(log, true)
+			ep.setRegistered(0)
 		}
 	}()
 
@@ -175,7 +176,7 @@ func (g *Registrar) reconcile(ctx context.Context, log *slog.Logger, eps []*endp
 				continue
 			}
 			log.Info("serving device plugin", "socket", ep.path, "reason", reason)
-			ep.kubeletIno = 0
+			ep.setRegistered(0)
 			if wasRegistered {
 				// The same kubelet still holds our old endpoint until it
 				// notices the stream we just closed; registering before
@@ -187,7 +188,8 @@ func (g *Registrar) reconcile(ctx context.Context, log *slog.Logger, eps []*endp
 		if kubeletIno == 0 {
 			if ep.kubeletIno != 0 || !ep.waitLogged {
 				log.Warn("no kubelet socket; waiting for kubelet", "socket", kubeletSock)
-				ep.kubeletIno, ep.waitLogged = 0, true
+				ep.setRegistered(0)
+				ep.waitLogged = true
 			}
 			continue // its creation wakes us
 		}
@@ -221,11 +223,14 @@ func (g *Registrar) reconcile(ctx context.Context, log *slog.Logger, eps []*endp
 			// kubelet connected and streams: it accepted. Registering
 			// again would be refused as a duplicate.
 			log.Info("kubelet streams from us although Register failed; treating it as registered", "err", ep.lastErr)
-			ep.kubeletIno, ep.lastErr, ep.backoff, ep.retryAt = kubeletIno, "", registerBackoffMin, time.Time{}
+			ep.setRegistered(kubeletIno)
+			ep.lastErr, ep.backoff, ep.retryAt = "", registerBackoffMin, time.Time{}
 			ep.registers++
 			continue
 		}
-		if err := g.register(ctx, ep); err != nil {
+		err := g.register(ctx, ep)
+		ep.res.metrics.registered(ep.res.Name, err)
+		if err != nil {
 			if ctx.Err() != nil {
 				return next
 			}
@@ -238,7 +243,7 @@ func (g *Registrar) reconcile(ctx context.Context, log *slog.Logger, eps []*endp
 			ep.backoff = min(2*ep.backoff, registerBackoffMax)
 			continue
 		}
-		ep.kubeletIno = kubeletIno
+		ep.setRegistered(kubeletIno)
 		ep.registers++
 		ep.noStreamAt = time.Now() // not now: Register itself may have taken a while
 		ep.retryAt, ep.backoff, ep.lastErr = time.Time{}, registerBackoffMin, ""
@@ -252,6 +257,13 @@ func (g *Registrar) reconcile(ctx context.Context, log *slog.Logger, eps []*endp
 		}
 	}
 	return next
+}
+
+// setRegistered records the kubelet.sock identity the endpoint is
+// registered with (0: not registered), for readiness too.
+func (ep *endpoint) setRegistered(kubeletIno uint64) {
+	ep.kubeletIno = kubeletIno
+	ep.res.registered.Store(kubeletIno != 0)
 }
 
 // register calls kubelet's Register for one endpoint.

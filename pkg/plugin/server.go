@@ -23,6 +23,8 @@ type Resource struct {
 	store *Store
 	log   *slog.Logger
 
+	metrics     *Metrics      // nil: none
+	registered  atomic.Bool   // registered with the current kubelet
 	streams     atomic.Int64  // ListAndWatch streams open now
 	streamEnded chan struct{} // poked (never blocks) when a stream ends
 	sends       atomic.Uint64 // ListAndWatch responses sent, for tests and metrics
@@ -127,6 +129,7 @@ func (r *Resource) ListAndWatch(_ *pluginapi.Empty, stream pluginapi.DevicePlugi
 				return err
 			}
 			r.sends.Add(1)
+			r.metrics.sent(r.Name)
 			r.log.Debug("sent device list", "version", snap.Version, "units", len(cur), "healthy", countHealthy(cur))
 			last, first = cur, false
 		}
@@ -156,6 +159,7 @@ func (r *Resource) Allocate(ctx context.Context, req *pluginapi.AllocateRequest)
 	resp := &pluginapi.AllocateResponse{}
 	for _, creq := range req.GetContainerRequests() {
 		cresp, err := r.allocate(snap, creq.GetDevicesIds())
+		r.metrics.allocated(r.Name, err)
 		if err != nil {
 			r.log.Warn("allocate refused", "ids", creq.GetDevicesIds(), "err", err)
 			return nil, err
