@@ -41,7 +41,7 @@ type Config struct {
 	// MetricsAddr is host:port for /metrics, /healthz and /readyz; empty
 	// disables the HTTP server.
 	MetricsAddr string
-	Logger *slog.Logger
+	Logger      *slog.Logger
 }
 
 // MaxMonitorSlots bounds MonitorSlots: kubelet keeps every unit in memory
