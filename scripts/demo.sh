@@ -70,7 +70,7 @@ step "The device plugin: accel-plugin serve, registered with kubelet's real devi
 echo "kubelet-view runs kubelet's device manager (k8s.io/kubernetes v1.37.2) in a private mount namespace"
 echo "and admits two pods; \$ $(basename "$VIEW") --pod train=accel.io/ac:2 --pod watch=accel.io/ac-monitor:3 -- accel-plugin serve --dev-dir $DEV"
 "$VIEW" --plugin-log "$WORK/plugin.log" --pod train=accel.io/ac:2 --pod watch=accel.io/ac-monitor:3 \
-  -- "$BIN" serve --dev-dir "$DEV" --monitor-slots 8 >"$WORK/kubelet.txt" 2>"$WORK/kubelet.err" &
+  -- "$BIN" serve --dev-dir "$DEV" --monitor-slots 8 --metrics-addr 127.0.0.1:0 >"$WORK/kubelet.txt" 2>"$WORK/kubelet.err" &
 VIEW_PID=$!
 SEEN=0
 # await PATTERN: wait (at most 10 s) for a new kubelet-view line matching PATTERN, then print the new lines.

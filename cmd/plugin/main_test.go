@@ -55,6 +55,9 @@ func TestBadInputGivesOneLineError(t *testing.T) {
 		{[]string{"serve", "--kubelet-dir", filepath.Join(full, "none")}, 1, "kubelet creates it"},
 		{[]string{"serve", "--kubelet-dir", full, "--log-level", "loud"}, 1, "--log-level"},
 		{[]string{"serve", "extra"}, 1, "unexpected argument"},
+		{[]string{"serve", "--metrics-addr", "9490"}, 1, "--metrics-addr must be host:port"},
+		{[]string{"serve", "--label-node", "--node-name", ""}, 1, "--label-node needs --node-name"},
+		{[]string{"serve", "--label-node", "--node-name", "n1", "--kubeconfig", filepath.Join(full, "nope")}, 1, "--label-node: Kubernetes client config"},
 		{[]string{"frobnicate"}, 2, `unknown command "frobnicate"`},
 		{nil, 2, "usage:"},
 	} {
@@ -72,7 +75,7 @@ func TestServeHelp(t *testing.T) {
 	if code := run([]string{"serve", "--help"}, &stdout, &stderr); code != 0 {
 		t.Fatalf("serve --help: exit %d", code)
 	}
-	for _, flag := range []string{"-dev-dir", "-host-dev-dir", "-kubelet-dir", "-resource-prefix", "-monitor-slots", "-resync", "-log-level", "/var/lib/kubelet/device-plugins", "accel.io"} {
+	for _, flag := range []string{"-metrics-addr", "-label-node", "-node-name", "-kubeconfig", "-kernel-class-dir", "-dev-dir", "-host-dev-dir", "-kubelet-dir", "-resource-prefix", "-monitor-slots", "-resync", "-log-level", "/var/lib/kubelet/device-plugins", "accel.io"} {
 		if !strings.Contains(stderr.String(), flag) {
 			t.Errorf("serve --help does not mention %s:\n%s", flag, stderr.String())
 		}

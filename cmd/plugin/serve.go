@@ -2,12 +2,20 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/accel-device-plugin/accel-device-plugin/pkg/nodelabel"
 	"github.com/accel-device-plugin/accel-device-plugin/pkg/plugin"
 )
 
@@ -22,6 +30,10 @@ func runServe(args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.ResourcePrefix, "resource-prefix", "accel.io", "resource name prefix: resources are PREFIX/ac and PREFIX/ac-monitor")
 	fs.IntVar(&cfg.MonitorSlots, "monitor-slots", 8, fmt.Sprintf("PREFIX/ac-monitor units per device (shared monitor access), 0 to %d; 0 disables the resource", plugin.MaxMonitorSlots))
 	fs.DurationVar(&cfg.Resync, "resync", 30*time.Second, "safety-net interval for re-reading every device (changes arrive as events, at once)")
+	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", "127.0.0.1:9490", "host:port serving /metrics (Prometheus), /healthz and /readyz; empty disables (the chart uses the pod IP)")
+	labelNode := fs.Bool("label-node", false, "keep PREFIX/ac.{present,count,model,simulated} labels on this node's Node object (needs get and patch on nodes)")
+	nodeName := fs.String("node-name", os.Getenv("NODE_NAME"), "this node's name, for --label-node (default: $NODE_NAME, from the downward API)")
+	kubeconfig := fs.String("kubeconfig", "", "kubeconfig for --label-node when not running in a pod (default: in-cluster config)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -34,18 +46,64 @@ func runServe(args []string, stderr io.Writer) error {
 		return err
 	}
 	cfg.Logger = log
-	p, err := plugin.New(cfg)
-	if err != nil {
+	if err := cfg.Validate(); err != nil {
 		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+
+	var labeler *nodelabel.Labeler
+	if *labelNode {
+		if *nodeName == "" {
+			return nodelabel.ErrNoNodeName
+		}
+		client, err := kubeClient(*kubeconfig)
+		if err != nil {
+			return err
+		}
+		labeler = &nodelabel.Labeler{Client: client, Node: *nodeName, Prefix: cfg.ResourcePrefix, Logger: log}
+		if err := labeler.Check(ctx); errors.Is(err, nodelabel.ErrMisconfigured) {
+			return err
+		} else if err != nil {
+			log.Warn("cannot reach the API server yet; node labels will follow", "err", err)
+		}
+	}
+	p, err := plugin.New(cfg)
+	if err != nil {
+		return err
+	}
 	names := make([]string, len(p.Resources))
 	for i, r := range p.Resources {
 		names[i] = r.Name
 	}
-	log.Info("device plugin starting", "dev_dir", cfg.DevDir, "kubelet_dir", cfg.KubeletDir, "resources", names)
+	log.Info("device plugin starting", "dev_dir", cfg.DevDir, "kubelet_dir", cfg.KubeletDir, "resources", names, "metrics", cfg.MetricsAddr)
+
+	var wg sync.WaitGroup
+	var labelErr error
+	if labeler != nil {
+		labeler.Store = p.Store
+		wg.Go(func() { labelErr = labeler.Run(ctx) })
+	}
 	err = p.Run(ctx)
+	stop() // the plugin ended (signal or failure): end the labeler too
+	wg.Wait()
 	log.Info("device plugin stopped; sockets removed")
-	return err
+	return errors.Join(err, labelErr)
+}
+
+// kubeClient builds a Kubernetes client from a kubeconfig file, or from the
+// pod's service account when path is empty.
+func kubeClient(path string) (kubernetes.Interface, error) {
+	var rc *rest.Config
+	var err error
+	if path != "" {
+		rc, err = clientcmd.BuildConfigFromFlags("", path)
+	} else {
+		rc, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("--label-node: Kubernetes client config: %w (outside a pod, pass --kubeconfig)", err)
+	}
+	rc.UserAgent = "accel-plugin"
+	return kubernetes.NewForConfig(rc)
 }

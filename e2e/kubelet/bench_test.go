@@ -38,7 +38,7 @@ func footprint(b *testing.B, bin string) {
 	devDir := startSim(b, "--devices", "128", "--numa-nodes", "2")
 	n.startManager()
 	defer n.stopManager()
-	serve := startProcBin(b, bin, "serve", "--dev-dir", devDir, "--log-level", "warn")
+	serve := startProcBin(b, bin, "serve", "--dev-dir", devDir, "--log-level", "warn", "--metrics-addr", "127.0.0.1:0")
 	settle := n.awaitCapacity(30*time.Second, 128, 128, 128*slots, 128*slots)
 	b.ReportMetric(float64(settle.Microseconds())/1000, "ms-to-capacity")
 

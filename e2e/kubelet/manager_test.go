@@ -97,7 +97,7 @@ func TestRealDeviceManager(t *testing.T) {
 	devDir := startSim(t, "--devices", "4", "--numa-nodes", "2", "--reset-duration", "20ms")
 	n.startManager()
 	t.Cleanup(n.stopManager)
-	serve := startProc(t, "serve", "--dev-dir", devDir, "--monitor-slots", fmt.Sprint(slots), "--log-level", "debug")
+	serve := startProc(t, "serve", "--dev-dir", devDir, "--monitor-slots", fmt.Sprint(slots), "--log-level", "debug", "--metrics-addr", "127.0.0.1:0")
 
 	took := n.awaitCapacity(10*time.Second, 4, 4, 4*slots, 4*slots)
 	t.Logf("real device manager: both resources registered, capacity 4 and %d after %s", 4*slots, took)

@@ -319,8 +319,8 @@ func TestDaemonKilledAllUnhealthyThenRecovers(t *testing.T) {
 		t.Errorf("Allocate after daemon death = %v, want FailedPrecondition saying the daemon is unreachable", err)
 	}
 
-	// A new daemon on the same directory (same seed: same serials).
-	h.sim.stop()
+	// A new daemon on the same directory (same seed: same serials). The
+	// dead mount is still there: the new daemon detaches it.
 	h.sim = startSim(t, h.sim.dir, 3, 1)
 	after := ids(h.kubelet.awaitList(10*time.Second, computeRes, 3, 3))
 	if !slices.Equal(before, after) {

@@ -83,7 +83,8 @@ type Server struct {
 
 // CheckMountpoint reports, as one actionable error, why dir cannot be used
 // as a mountpoint: FUSE missing, not root, dir not a directory, not empty,
-// or already a mountpoint. A missing dir is created.
+// or already a mountpoint. A missing dir is created, and the dead mount of
+// a simulator that was killed is detached.
 func CheckMountpoint(dir string) error {
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		return fmt.Errorf("/dev/fuse is missing: load the fuse module (modprobe fuse), or give the container the device (--device /dev/fuse)")
@@ -98,7 +99,15 @@ func CheckMountpoint(dir string) error {
 	if mounted, err := IsMountpoint(abs); err != nil {
 		return err
 	} else if mounted {
-		return fmt.Errorf("%s is already a mountpoint (another simulator? unmount it with: umount %s)", abs, abs)
+		// A simulator that was killed (SIGKILL, OOM) leaves its mount
+		// behind, dead: every access fails with ENOTCONN. Nothing can use
+		// it again, so detach it and take its place.
+		if _, err := os.Stat(abs); !errors.Is(err, syscall.ENOTCONN) {
+			return fmt.Errorf("%s is already a mountpoint (another simulator? unmount it with: umount %s)", abs, abs)
+		}
+		if err := syscall.Unmount(abs, syscall.MNT_DETACH); err != nil {
+			return fmt.Errorf("%s is a dead mount of a simulator that died, and detaching it failed: %w", abs, err)
+		}
 	}
 	st, err := os.Stat(abs)
 	if errors.Is(err, os.ErrNotExist) {
