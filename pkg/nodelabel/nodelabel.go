@@ -195,4 +195,3 @@ var ErrMisconfigured = errors.New("node labeling misconfigured")
 
 // ErrNoNodeName is returned when labeling is asked for without a node name.
 var ErrNoNodeName = errors.New("--label-node needs --node-name (or the NODE_NAME environment variable from the downward API)")
-
