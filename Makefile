@@ -3,10 +3,24 @@ GO      ?= go
 BIN     := bin/accel-plugin
 VIEW    := bin/kubelet-view
 PKGS    := ./...
-# e2e/kubelet is its own Go module (it needs k8s.io/kubernetes; the main module does not).
+VERSION ?= 0.1.0
+IMAGE   ?= localhost/accel-device-plugin:$(VERSION)
+OUT     := _output
+# Separate Go modules, so the main module's dependencies stay small:
+# e2e/kubelet  the plugin against kubelet's real device manager (k8s.io/kubernetes)
+# charts/tests chart render tests (k8s.io/api, sigs.k8s.io/yaml)
+# build/image  OCI image archive without Docker (go-containerregistry)
 KUBELET_E2E := e2e/kubelet
+CHART_TESTS := charts/tests
+IMAGE_TOOL  := build/image
+MODULES     := . $(KUBELET_E2E) $(CHART_TESTS) $(IMAGE_TOOL)
+CHART       := charts/accel-device-plugin
+# Tools built from their Go modules, cached outside the repository by version.
+TOOLS        ?= $(HOME)/.cache/accel-device-plugin/tools
+HELM_VERSION := v3.22.0
+HELM         := $(TOOLS)/helm-$(HELM_VERSION)/helm
 
-.PHONY: all build view test test-kubelet lint bench demo clean
+.PHONY: all build view image test test-kubelet test-chart test-image lint helm bench demo clean
 
 all: build
 
@@ -17,22 +31,45 @@ build:
 view:
 	cd $(KUBELET_E2E) && $(GO) build -o $(CURDIR)/$(VIEW) ./cmd/kubelet-view
 
-## test: lint, every unit/integration test with the race detector, then the
-## plugin against kubelet's real device manager (FUSE tests need root)
+## image: the static binary in an OCI image archive (no Docker needed), loadable
+## with `ctr -n k8s.io images import` and `docker load`
+image:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(OUT)/accel-plugin ./cmd/plugin
+	cd $(IMAGE_TOOL) && SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct 2>/dev/null || echo 0) $(GO) run . \
+	  --binary $(CURDIR)/$(OUT)/accel-plugin --image $(IMAGE) \
+	  --out $(CURDIR)/$(OUT)/accel-device-plugin-$(VERSION).tar
+	@echo "image archive: $(OUT)/accel-device-plugin-$(VERSION).tar ($(IMAGE))"
+
+## helm: build helm from its Go module once (about 3 minutes), cached in $(TOOLS)
+helm: $(HELM)
+$(HELM):
+	GOBIN=$(dir $(HELM)) $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+
+## test: lint, every test with the race detector, the plugin against kubelet's
+## real device manager, the chart render tests and the image tool's tests
+## (FUSE and kubelet tests need root)
 test: lint
 	$(GO) test -race -count=1 $(PKGS)
-	$(MAKE) test-kubelet
+	$(MAKE) test-kubelet test-chart test-image
 
 ## test-kubelet: accel-plugin against k8s.io/kubernetes' device manager
 test-kubelet:
 	cd $(KUBELET_E2E) && $(GO) test -count=1 ./...
 
-## lint: gofmt and go vet
-lint:
+## test-chart: render the chart with several values files and assert on it
+test-chart: $(HELM)
+	cd $(CHART_TESTS) && HELM=$(HELM) $(GO) test -count=1 ./...
+
+## test-image: build image archives and read them back
+test-image:
+	cd $(IMAGE_TOOL) && $(GO) test -count=1 ./...
+
+## lint: gofmt check, go vet of every module, helm lint
+lint: $(HELM)
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
-	$(GO) vet $(PKGS)
-	cd $(KUBELET_E2E) && $(GO) vet ./...
+	@for m in $(MODULES); do echo "go vet ($$m)"; (cd $$m && $(GO) vet ./...) || exit 1; done
+	$(HELM) lint --strict $(CHART)
 
 ## bench: latency benchmarks (FUSE open/close, info ioctl, core, kernel floor,
 ## Allocate, hot-plug → ListAndWatch) and the plugin's footprint with 128 devices
@@ -47,4 +84,4 @@ demo: build view
 	bash scripts/demo.sh $(BIN) $(VIEW)
 
 clean:
-	rm -rf bin
+	rm -rf bin $(OUT)

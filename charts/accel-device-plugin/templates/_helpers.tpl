@@ -1,0 +1,134 @@
+{{/*
+Chart name, truncated to 63 characters (a label value).
+*/}}
+{{- define "accel-device-plugin.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name: <release>-<chart>, or the release name when it already contains the
+chart name. Truncated to 59 characters so that "<fullname>-sim" fits in 63.
+*/}}
+{{- define "accel-device-plugin.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 59 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 59 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 59 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Name of the simulator DaemonSet. */}}
+{{- define "accel-device-plugin.simName" -}}
+{{- printf "%s-sim" (include "accel-device-plugin.fullname" .) }}
+{{- end }}
+
+{{/* Chart name and version, for the helm.sh/chart label. */}}
+{{- define "accel-device-plugin.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Labels of the chart's objects (NOT of pod templates: the chart version must not
+reach the simulator's pod template, or every chart release would change it).
+*/}}
+{{- define "accel-device-plugin.labels" -}}
+helm.sh/chart: {{ include "accel-device-plugin.chart" . }}
+app.kubernetes.io/name: {{ include "accel-device-plugin.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | trunc 63 | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: accel-device-plugin
+{{- end }}
+
+{{/*
+Selector labels of one component; call with (dict "ctx" $ "component" "sim").
+The two DaemonSets' selectors differ in app.kubernetes.io/component, so neither
+adopts the other's pods.
+*/}}
+{{- define "accel-device-plugin.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "accel-device-plugin.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* The image both DaemonSets run. */}}
+{{- define "accel-device-plugin.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+
+{{/* The plugin's ServiceAccount. */}}
+{{- define "accel-device-plugin.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "accel-device-plugin.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The host directory both DaemonSets mount: the parent of devDir. */}}
+{{- define "accel-device-plugin.devParent" -}}
+{{- dir (clean .Values.devDir) }}
+{{- end }}
+
+{{/* Log levels: the component's own, else the shared logLevel. */}}
+{{- define "accel-device-plugin.simLogLevel" -}}
+{{- .Values.simulator.logLevel | default .Values.logLevel }}
+{{- end }}
+{{- define "accel-device-plugin.pluginLogLevel" -}}
+{{- .Values.plugin.logLevel | default .Values.logLevel }}
+{{- end }}
+
+{{/*
+The RBAC objects exist only when they are asked for and needed: the plugin
+calls the API server only to label its node.
+*/}}
+{{- define "accel-device-plugin.rbacEnabled" -}}
+{{- if and .Values.rbac.create .Values.plugin.labelNode }}true{{ end }}
+{{- end }}
+
+{{/* Scheduling and pod-level settings shared by both DaemonSets. */}}
+{{- define "accel-device-plugin.podScheduling" -}}
+{{- with .Values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* A DaemonSet updateStrategy; rollingUpdate only with type RollingUpdate. */}}
+{{- define "accel-device-plugin.updateStrategy" -}}
+type: {{ .type }}
+{{- if and (eq .type "RollingUpdate") .rollingUpdate }}
+rollingUpdate:
+  {{- toYaml .rollingUpdate | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/*
+Checks the schema cannot express with a clear message; included by the plugin
+DaemonSet (always rendered).
+*/}}
+{{- define "accel-device-plugin.validate" -}}
+{{- if regexMatch "kubernetes\\.io$" .Values.plugin.resourcePrefix }}
+{{- fail (printf "plugin.resourcePrefix %q: prefixes ending in kubernetes.io are reserved for Kubernetes' own resources (%s/ac would not be an extended resource); use a domain of your own, e.g. accel.io" .Values.plugin.resourcePrefix .Values.plugin.resourcePrefix) }}
+{{- end }}
+{{- end }}
