@@ -7,13 +7,14 @@ VERSION ?= 0.1.0
 IMAGE   ?= localhost/accel-device-plugin:$(VERSION)
 OUT     := _output
 # Separate Go modules, so the main module's dependencies stay small:
-# e2e/kubelet  the plugin against kubelet's real device manager (k8s.io/kubernetes)
+# e2e          k8s.io/kubernetes: the plugin against kubelet's real device manager (e2e/kubelet),
+#              the local cluster and the end-to-end tests
 # charts/tests chart render tests (k8s.io/api, sigs.k8s.io/yaml)
 # build/image  OCI image archive without Docker (go-containerregistry)
-KUBELET_E2E := e2e/kubelet
+E2E         := e2e
 CHART_TESTS := charts/tests
 IMAGE_TOOL  := build/image
-MODULES     := . $(KUBELET_E2E) $(CHART_TESTS) $(IMAGE_TOOL)
+MODULES     := . $(E2E) $(CHART_TESTS) $(IMAGE_TOOL)
 CHART       := charts/accel-device-plugin
 # Tools built from their Go modules, cached outside the repository by version.
 TOOLS        ?= $(HOME)/.cache/accel-device-plugin/tools
@@ -29,7 +30,7 @@ build:
 
 ## view: kubelet-view, kubelet's real device manager standing alone (for the demo)
 view:
-	cd $(KUBELET_E2E) && $(GO) build -o $(CURDIR)/$(VIEW) ./cmd/kubelet-view
+	cd $(E2E) && $(GO) build -o $(CURDIR)/$(VIEW) ./kubelet/cmd/kubelet-view
 
 ## image: the static binary in an OCI image archive (no Docker needed), loadable
 ## with `ctr -n k8s.io images import` and `docker load`
@@ -54,7 +55,7 @@ test: lint
 
 ## test-kubelet: accel-plugin against k8s.io/kubernetes' device manager
 test-kubelet:
-	cd $(KUBELET_E2E) && $(GO) test -count=1 ./...
+	cd $(E2E) && $(GO) test -count=1 ./kubelet/...
 
 ## test-chart: render the chart with several values files and assert on it
 test-chart: $(HELM)
@@ -76,7 +77,7 @@ lint: $(HELM)
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 20000x ./pkg/accel/...
 	$(GO) test -run '^$$' -bench . -benchtime 5000x ./pkg/plugin/
-	cd $(KUBELET_E2E) && $(GO) test -run '^$$' -bench Footprint -benchtime 1x .
+	cd $(E2E) && $(GO) test -run '^$$' -bench Footprint -benchtime 1x ./kubelet/
 
 ## demo: 4 simulated devices walked through their behaviour, then the plugin
 ## registered with kubelet's real device manager
