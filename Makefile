@@ -21,7 +21,11 @@ TOOLS        ?= $(HOME)/.cache/accel-device-plugin/tools
 HELM_VERSION := v3.22.0
 HELM         := $(TOOLS)/helm-$(HELM_VERSION)/helm
 
-.PHONY: all build view image test test-kubelet test-chart test-image lint helm bench demo clean
+LOCALCLUSTER := bin/localcluster
+E2E_IMAGE_TAR = $(CURDIR)/$(OUT)/accel-device-plugin-$(VERSION).tar
+
+.PHONY: all build view image test test-kubelet test-chart test-image lint helm bench demo demo-node demo-down \
+	localcluster cluster-up cluster-down e2e e2e-kind clean
 
 all: build
 
@@ -79,9 +83,53 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchtime 5000x ./pkg/plugin/
 	cd $(E2E) && $(GO) test -run '^$$' -bench Footprint -benchtime 1x ./kubelet/
 
-## demo: 4 simulated devices walked through their behaviour, then the plugin
-## registered with kubelet's real device manager
-demo: build view
+## localcluster: the local single-node cluster provider (e2e/cmd/localcluster)
+localcluster:
+	cd $(E2E) && $(GO) build -o $(CURDIR)/$(LOCALCLUSTER) ./cmd/localcluster
+
+## cluster-up: a real single-node cluster on this machine (root; installs Debian packages, builds
+## Kubernetes v1.37.2 once into ~/.cache/accel-device-plugin), with our image imported
+cluster-up: image localcluster
+	$(LOCALCLUSTER) up --import $(E2E_IMAGE_TAR)
+
+## cluster-down: stop it and undo what it changed on the host
+cluster-down: localcluster
+	$(LOCALCLUSTER) down
+
+## e2e: the end-to-end suite on the local cluster (brought up if needed)
+e2e: cluster-up $(HELM)
+	cd $(E2E) && ACCEL_E2E_KUBECONFIG=$$($(CURDIR)/$(LOCALCLUSTER) kubeconfig) ACCEL_E2E_HELM=$(HELM) \
+	  ACCEL_E2E_RESTART_KUBELET="$(CURDIR)/$(LOCALCLUSTER) restart-kubelet" \
+	  $(GO) test -count=1 -v -timeout 20m ./suite/
+
+## e2e-kind: the same suite on a kind cluster (needs Docker and kind; not possible on machines
+## without a Docker engine)
+KIND_CLUSTER := accel-e2e
+e2e-kind: $(HELM)
+	docker build -t $(IMAGE) .
+	docker pull busybox:1.36 && docker tag busybox:1.36 localhost/busybox:1.36
+	kind get clusters | grep -qx $(KIND_CLUSTER) || kind create cluster --config $(E2E)/kind.yaml
+	kind load docker-image $(IMAGE) localhost/busybox:1.36 --name $(KIND_CLUSTER)
+	kind get kubeconfig --name $(KIND_CLUSTER) > $(CURDIR)/$(OUT)/kind.kubeconfig
+	cd $(E2E) && ACCEL_E2E_KUBECONFIG=$(CURDIR)/$(OUT)/kind.kubeconfig ACCEL_E2E_HELM=$(HELM) \
+	  ACCEL_E2E_RESTART_KUBELET="docker exec $(KIND_CLUSTER)-control-plane systemctl restart kubelet" \
+	  $(GO) test -count=1 -v -timeout 20m ./suite/
+
+## demo: the main job. Without KUBECONFIG: bring up the local cluster; then install the chart,
+## run the example pods and print what they saw. `make demo-down` removes it all.
+demo: $(HELM)
+	@if [ -z "$$KUBECONFIG" ]; then $(MAKE) cluster-up; fi
+	bash scripts/demo-cluster.sh "$${KUBECONFIG:-$$($(CURDIR)/$(LOCALCLUSTER) kubeconfig)}" $(HELM) $(IMAGE)
+
+## demo-down: uninstall the demo; stop the local cluster if it was ours
+demo-down: $(HELM)
+	-KUBECONFIG="$${KUBECONFIG:-$$($(CURDIR)/$(LOCALCLUSTER) kubeconfig 2>/dev/null)}" $(HELM) uninstall accel --namespace accel-demo --wait
+	-KUBECONFIG="$${KUBECONFIG:-$$($(CURDIR)/$(LOCALCLUSTER) kubeconfig 2>/dev/null)}" kubectl delete namespace accel-demo --wait=false
+	@if [ -z "$$KUBECONFIG" ]; then $(MAKE) cluster-down; fi
+
+## demo-node: no cluster: 4 simulated devices walked through their behaviour, then the plugin
+## registered with kubelet's real device manager (kubelet-view)
+demo-node: build view
 	bash scripts/demo.sh $(BIN) $(VIEW)
 
 clean:

@@ -63,11 +63,13 @@ type doc struct {
 	Kind   string
 	Name   string
 	Raw    string // the document's text, exactly as helm printed it
+	Hook   string // the helm.sh/hook annotation, for hook objects
 }
 
 type rendered struct {
-	args []string
-	docs []doc
+	args  []string
+	docs  []doc // the release's objects
+	hooks []doc // hook objects (helm.sh/hook), created around install/delete
 }
 
 var (
@@ -111,7 +113,8 @@ func renderChart(t *testing.T, chart string, values ...string) *rendered {
 		var head struct {
 			Kind     string `json:"kind"`
 			Metadata struct {
-				Name string `json:"name"`
+				Name        string            `json:"name"`
+				Annotations map[string]string `json:"annotations"`
 			} `json:"metadata"`
 		}
 		if err := yaml.Unmarshal([]byte(part), &head); err != nil {
@@ -123,6 +126,11 @@ func renderChart(t *testing.T, chart string, values ...string) *rendered {
 		d := doc{Kind: head.Kind, Name: head.Metadata.Name, Raw: part}
 		if m := sourceRef.FindStringSubmatch(part); m != nil {
 			d.Source = m[1]
+		}
+		if hook := head.Metadata.Annotations["helm.sh/hook"]; hook != "" {
+			d.Hook = hook
+			r.hooks = append(r.hooks, d) // not part of the release's objects
+			continue
 		}
 		r.docs = append(r.docs, d)
 	}

@@ -2,6 +2,7 @@
 //
 //	accel-plugin sim      run simulated accel devices and expose their nodes
 //	accel-plugin serve    run the Kubernetes device plugin for the devices in a directory
+//	accel-plugin unlabel-nodes  remove the plugin's labels from every node
 //	accel-plugin sim ctl  inject faults, reset, hot-plug into a running simulator
 //	accel-plugin events   print device events as they happen
 //	accel-plugin info     print the info of device nodes as JSON
@@ -24,6 +25,7 @@ usage:
   accel-plugin sim --devices N --dir DIR      run N simulated devices, nodes mounted on DIR
   accel-plugin sim ctl --dir DIR COMMAND...   control a running simulator (fault, recover, reset, add, remove)
   accel-plugin serve [--dev-dir DIR]         advertise the devices in DIR to kubelet (accel.io/ac, accel.io/ac-monitor)
+  accel-plugin unlabel-nodes                 remove PREFIX/ac.* labels from every node (the chart's uninstall hook)
   accel-plugin events --dir DIR               print device events as JSON lines as they happen
   accel-plugin info PATH...                   print each node's info as one JSON object per line
   accel-plugin list --dir DIR                 print a table of the devices in DIR
@@ -55,6 +57,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 	case "serve":
 		err = runServe(rest, stderr)
+	case "unlabel-nodes":
+		err = runUnlabelNodes(rest, stderr)
 	case "events":
 		err = runEvents(rest, stdout, stderr)
 	case "info":

@@ -57,7 +57,7 @@ func TestBadInputGivesOneLineError(t *testing.T) {
 		{[]string{"serve", "extra"}, 1, "unexpected argument"},
 		{[]string{"serve", "--metrics-addr", "9490"}, 1, "--metrics-addr must be host:port"},
 		{[]string{"serve", "--label-node", "--node-name", ""}, 1, "--label-node needs --node-name"},
-		{[]string{"serve", "--label-node", "--node-name", "n1", "--kubeconfig", filepath.Join(full, "nope")}, 1, "--label-node: Kubernetes client config"},
+		{[]string{"serve", "--label-node", "--node-name", "n1", "--kubeconfig", filepath.Join(full, "nope")}, 1, "Kubernetes client config"},
 		{[]string{"frobnicate"}, 2, `unknown command "frobnicate"`},
 		{nil, 2, "usage:"},
 	} {

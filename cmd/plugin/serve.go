@@ -102,8 +102,33 @@ func kubeClient(path string) (kubernetes.Interface, error) {
 		rc, err = rest.InClusterConfig()
 	}
 	if err != nil {
-		return nil, fmt.Errorf("--label-node: Kubernetes client config: %w (outside a pod, pass --kubeconfig)", err)
+		return nil, fmt.Errorf("Kubernetes client config: %w (outside a pod, pass --kubeconfig)", err)
 	}
 	rc.UserAgent = "accel-plugin"
 	return kubernetes.NewForConfig(rc)
+}
+
+func runUnlabelNodes(args []string, stderr io.Writer) error {
+	fs := newFlagSet("unlabel-nodes", "unlabel-nodes [--resource-prefix accel.io] [--kubeconfig FILE]", stderr)
+	prefix := fs.String("resource-prefix", "accel.io", "remove PREFIX/ac.present, .count, .model and .simulated")
+	kubeconfig := fs.String("kubeconfig", "", "kubeconfig (default: in-cluster config)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := plugin.ValidateResourcePrefix(*prefix); err != nil {
+		return err
+	}
+	client, err := kubeClient(*kubeconfig)
+	if err != nil {
+		return err
+	}
+	log, _ := newLogger(stderr, "info")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	n, err := nodelabel.RemoveAll(ctx, client, *prefix, log)
+	if err != nil {
+		return err
+	}
+	log.Info("done", "nodes_changed", n)
+	return nil
 }

@@ -77,7 +77,7 @@ func (l *Labeler) Run(ctx context.Context) error {
 	for {
 		snap, changed := l.Store.Load()
 		want := Labels(l.Prefix, snap.Devices)
-		if !maps.Equal(want, applied) {
+		if snap.Version > 0 && !maps.Equal(want, applied) { // version 0: discovery has not reported
 			if err := l.patch(ctx, want); err != nil {
 				if ctx.Err() != nil {
 					break
@@ -187,6 +187,36 @@ func LabelValue(s string) string {
 		v = edges.ReplaceAllString(v[:63], "")
 	}
 	return v
+}
+
+// RemoveAll removes the labels owned under prefix from every node that has
+// any of them (what a chart's post-delete hook runs, as the plugin's own
+// removal races with the deletion of its RBAC). It returns how many nodes
+// it changed.
+func RemoveAll(ctx context.Context, client kubernetes.Interface, prefix string, log *slog.Logger) (int, error) {
+	nodes, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return 0, fmt.Errorf("list nodes: %w", err)
+	}
+	changed := 0
+	for _, n := range nodes.Items {
+		l := &Labeler{Client: client, Node: n.Name, Prefix: prefix}
+		remove := map[string]*string{}
+		for _, k := range l.Keys() {
+			if _, ok := n.Labels[k]; ok {
+				remove[k] = nil
+			}
+		}
+		if len(remove) == 0 {
+			continue
+		}
+		if err := l.apply(ctx, remove); err != nil && !apierrors.IsNotFound(err) {
+			return changed, err
+		}
+		log.Info("node labels removed", "node", n.Name)
+		changed++
+	}
+	return changed, nil
 }
 
 // ErrMisconfigured marks Check errors that waiting will not fix (a wrong

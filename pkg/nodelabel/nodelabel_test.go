@@ -157,3 +157,38 @@ func TestLabels(t *testing.T) {
 		}
 	}
 }
+
+func TestRemoveAllTouchesOnlyOwnedLabels(t *testing.T) {
+	cs := fake.NewClientset(
+		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "a", Labels: map[string]string{"accel.io/ac.count": "2", "accel.io/ac.present": "true", "accel.io/other": "x", "team": "ml"}}},
+		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "b", Labels: map[string]string{"team": "web"}}},
+	)
+	n, err := RemoveAll(context.Background(), cs, "accel.io", slog.New(slog.DiscardHandler))
+	if err != nil || n != 1 {
+		t.Fatalf("RemoveAll = %d, %v; want 1 node changed", n, err)
+	}
+	a, _ := cs.CoreV1().Nodes().Get(context.Background(), "a", metav1.GetOptions{})
+	if fmt.Sprint(a.Labels) != "map[accel.io/other:x team:ml]" {
+		t.Errorf("node a labels = %v", a.Labels)
+	}
+}
+
+// The labeler waits for discovery's first report: no "present=false" flap
+// at start.
+func TestLabelerWaitsForDiscovery(t *testing.T) {
+	c := newCluster(t)
+	store := plugin.NewStore()
+	l := &Labeler{Client: c.client, Node: "node-1", Prefix: "accel.io", Store: store, Logger: slog.New(slog.DiscardHandler)}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- l.Run(ctx) }()
+	store.Publish("sim", []plugin.Device{device(0, "M", false)})
+	c.await(t, "one device", func(m map[string]string) bool { return m["accel.io/ac.count"] == "1" })
+	cancel()
+	<-done
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.patches != 2 { // set, then remove
+		t.Errorf("%d patches, want 2 (no patch before discovery reported)", c.patches)
+	}
+}

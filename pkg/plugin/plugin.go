@@ -52,6 +52,17 @@ const MaxMonitorSlots = 1024
 // resource's prefix.
 var prefixRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
 
+// ValidateResourcePrefix checks a --resource-prefix value.
+func ValidateResourcePrefix(p string) error {
+	switch {
+	case len(p) > 253 || !prefixRE.MatchString(p):
+		return fmt.Errorf("--resource-prefix must be a DNS subdomain such as accel.io, got %q", p)
+	case p == "kubernetes.io" || p == "k8s.io" || strings.HasSuffix(p, ".kubernetes.io") || strings.HasSuffix(p, ".k8s.io"):
+		return fmt.Errorf("--resource-prefix %q is reserved for Kubernetes itself", p)
+	}
+	return nil
+}
+
 // Validate reports the first bad setting as a one-line error naming the flag.
 func (c Config) Validate() error {
 	switch {
@@ -67,11 +78,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("--host-dev-dir must be an absolute path, got %q", c.HostDevDir)
 	case c.KubeletDir == "" || !filepath.IsAbs(c.KubeletDir):
 		return fmt.Errorf("--kubelet-dir must be an absolute path, got %q", c.KubeletDir)
-	case len(c.ResourcePrefix) > 253 || !prefixRE.MatchString(c.ResourcePrefix):
-		return fmt.Errorf("--resource-prefix must be a DNS subdomain such as accel.io, got %q", c.ResourcePrefix)
-	case c.ResourcePrefix == "kubernetes.io" || c.ResourcePrefix == "k8s.io" ||
-		strings.HasSuffix(c.ResourcePrefix, ".kubernetes.io") || strings.HasSuffix(c.ResourcePrefix, ".k8s.io"):
-		return fmt.Errorf("--resource-prefix %q is reserved for Kubernetes itself", c.ResourcePrefix)
+	case ValidateResourcePrefix(c.ResourcePrefix) != nil:
+		return ValidateResourcePrefix(c.ResourcePrefix)
 	case c.MonitorSlots < 0 || c.MonitorSlots > MaxMonitorSlots:
 		return fmt.Errorf("--monitor-slots must be between 0 and %d, got %d", MaxMonitorSlots, c.MonitorSlots)
 	case c.Resync < time.Second:

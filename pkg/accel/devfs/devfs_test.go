@@ -517,3 +517,36 @@ func waitBlockedInRead(t *testing.T, fd int) {
 	}
 	t.Fatalf("no thread entered read(%d) within 5s", fd)
 }
+
+// A monitor node reads the same through read() and through sendfile()
+// (busybox cat uses sendfile, which stops at the file size).
+func TestMonitorReadableBySendfile(t *testing.T) {
+	m := mountSim(t, 1)
+	src, err := os.Open(m.path("ac0_monitor"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	if st, _ := src.Stat(); st.Size() != MonitorReadSize {
+		t.Fatalf("monitor size %d, want %d", st.Size(), MonitorReadSize)
+	}
+	dst, err := os.CreateTemp(t.TempDir(), "out")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst.Close()
+	n, err := unix.Sendfile(int(dst.Fd()), int(src.Fd()), nil, 1<<16)
+	if err != nil || n != MonitorReadSize {
+		t.Fatalf("sendfile = %d, %v; want %d bytes", n, err, MonitorReadSize)
+	}
+	viaSendfile, _ := os.ReadFile(dst.Name())
+	viaRead, err := os.ReadFile(m.path("ac0_monitor"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for what, b := range map[string][]byte{"sendfile": viaSendfile, "read": viaRead} {
+		if !strings.HasPrefix(string(b), "ac0 operational:") || len(b) != MonitorReadSize || b[len(b)-1] != '\n' {
+			t.Errorf("%s: %q", what, b)
+		}
+	}
+}

@@ -125,11 +125,22 @@ var (
 	_ = (fs.NodeGetattrer)((*devNode)(nil))
 )
 
-// Getattr reports a zero-size file with the node's permissions.
+// MonitorReadSize is the size of a monitor node and of what a read of it
+// returns: the summary line, padded with spaces. A fixed, true size makes
+// the node readable through sendfile/splice too (busybox cat, for one,
+// uses sendfile), which go through the page cache and stop at the file
+// size; with a size of 0 they would read nothing.
+const MonitorReadSize = 512
+
+// Getattr reports the node's permissions; a compute node has size 0, a
+// monitor node MonitorReadSize.
 func (n *devNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	out.Mode = syscall.S_IFREG | n.mode
 	out.Gid = n.gid
 	out.Nlink = 1
+	if n.kind == accel.NodeMonitor {
+		out.Size = MonitorReadSize
+	}
 	out.SetTimes(nil, &n.born, &n.born)
 	return 0
 }
@@ -194,7 +205,7 @@ func (h *devHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Read
 		if h.f.Device().Status() == accel.StatusRemoved {
 			return nil, syscall.ENODEV
 		}
-		h.summary = []byte(Summary(h.f.Device().Info()) + "\n")
+		h.summary = monitorText(Summary(h.f.Device().Info()))
 	}
 	if off >= int64(len(h.summary)) {
 		return fuse.ReadResultData(nil), 0
@@ -216,4 +227,19 @@ func Summary(i accel.Info) string {
 func humanBytes(b uint64) string {
 	const gib = 1 << 30
 	return fmt.Sprintf("%.1fGiB", float64(b)/gib)
+}
+
+// monitorText is a summary line padded with spaces to MonitorReadSize.
+func monitorText(summary string) []byte {
+	b := []byte(summary)
+	if len(b) > MonitorReadSize-1 {
+		b = b[:MonitorReadSize-1]
+	}
+	out := make([]byte, MonitorReadSize)
+	copy(out, b)
+	for i := len(b); i < MonitorReadSize-1; i++ {
+		out[i] = ' '
+	}
+	out[MonitorReadSize-1] = '\n'
+	return out
 }

@@ -1,0 +1,17 @@
+// Package suite is the end-to-end test of accel-device-plugin on a real
+// cluster: it installs the Helm chart with simulated devices and checks,
+// with real pods, what a user would: capacity, exclusive devices, shared
+// monitors, health, restarts and a clean uninstall.
+//
+// It needs a cluster and is configured by the environment (`make e2e` sets
+// it for the local cluster, `make e2e-kind` for kind):
+//
+//	ACCEL_E2E_KUBECONFIG       kubeconfig of the cluster (required; without it the tests skip)
+//	ACCEL_E2E_HELM             helm binary (default: helm on PATH)
+//	ACCEL_E2E_IMAGE            the plugin image (default localhost/accel-device-plugin:0.1.0)
+//	ACCEL_E2E_BUSYBOX          a busybox image present on the node (default localhost/busybox:1.36)
+//	ACCEL_E2E_RESTART_KUBELET  shell command restarting the node's kubelet (empty: that step is skipped)
+//
+// Node-side checks run in pods (hostPID, hostPath), so the same tests work
+// on a local cluster and on kind.
+package suite

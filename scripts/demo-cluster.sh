@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The main demo (`make demo`): the chart on a real cluster, real pods asking
+# for accel.io/ac, and a short report of what they saw.
+#   scripts/demo-cluster.sh KUBECONFIG HELM [IMAGE] [BUSYBOX]
+set -euo pipefail
+export KUBECONFIG=${1:?kubeconfig}
+HELM=${2:?helm binary}
+IMAGE=${3:-localhost/accel-device-plugin:0.1.0}
+BUSYBOX=${4:-localhost/busybox:1.36}
+KUBECTL=${KUBECTL:-kubectl}
+NS=accel-demo
+CHART=$(cd "$(dirname "$0")/../charts/accel-device-plugin" && pwd)
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+k() { "$KUBECTL" "$@"; }
+
+step "Install the chart: simulator (4 devices on 2 NUMA nodes) + device plugin"
+"$HELM" upgrade --install accel "$CHART" --namespace "$NS" --create-namespace \
+  --set image.repository="${IMAGE%:*}" --set image.tag="${IMAGE##*:}" \
+  --set simulator.numaNodes=2 --wait --timeout 3m >/dev/null
+k -n "$NS" get daemonsets,pods -o wide
+
+step "What the node offers (capacity / allocatable, labels)"
+for _ in $(seq 120); do
+  a=$(k get nodes -o jsonpath='{.items[0].status.allocatable.accel\.io/ac}')
+  [ "$a" = 4 ] && break; sleep 0.5
+done
+k get nodes -o jsonpath='{range .items[*]}{.metadata.name}: accel.io/ac {.status.capacity.accel\.io/ac}/{.status.allocatable.accel\.io/ac}, accel.io/ac-monitor {.status.capacity.accel\.io/ac-monitor}/{.status.allocatable.accel\.io/ac-monitor}{"\n"}{end}'
+k get nodes -o json | grep -o '"accel.io/ac\.[a-z]*": "[^"]*"' | sed 's/^/  label /'
+
+pod() { # name resource count script [privileged]
+  cat <<YAML | k -n "$NS" apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: $1}
+spec:
+  terminationGracePeriodSeconds: 0
+  restartPolicy: ${6:-Always}
+  ${5:+hostPID: true}
+  containers:
+  - name: main
+    image: $BUSYBOX
+    imagePullPolicy: IfNotPresent
+    command:
+    - sh
+    - -c
+    - |
+$(printf '%s\n' "$4" | sed 's/^/      /')
+    ${2:+resources: {limits: {$2: $3}}}
+    ${5:+securityContext: {privileged: true}}
+    ${5:+volumeMounts: [{name: run, mountPath: /run/accel, mountPropagation: HostToContainer}]}
+  ${5:+volumes: [{name: run, hostPath: {path: /run/accel}}]}
+YAML
+}
+
+step "A pod asking for accel.io/ac: 1 opens its device and holds it"
+pod train accel.io/ac 1 'd=/dev/accel/$ACCEL_VISIBLE_DEVICES; exec 3<>$d && echo "train: opened $d (ACCEL_VISIBLE_DEVICES=$ACCEL_VISIBLE_DEVICES)"; ls -l /dev/accel; cat ${d}_monitor; exec sleep 3600'
+k -n "$NS" wait --for=condition=Ready pod/train --timeout=2m >/dev/null
+sleep 1; k -n "$NS" logs train
+DEV=$(k -n "$NS" logs train | sed -n 's/^train: opened \/dev\/accel\/\([a-z0-9]*\).*/\1/p')
+
+step "Two monitor pods (accel.io/ac-monitor: 4 each) share every device's monitor node"
+for m in watch-a watch-b; do
+  pod $m accel.io/ac-monitor 4 'echo "$HOSTNAME: ACCEL_MONITOR_DEVICES=$ACCEL_MONITOR_DEVICES"; for f in /dev/accel/*_monitor; do cat $f; done; exec sleep 3600'
+done
+k -n "$NS" wait --for=condition=Ready pod/watch-a pod/watch-b --timeout=2m >/dev/null
+sleep 1; k -n "$NS" logs watch-a | head -3
+
+step "A second client for $DEV (a privileged pod going through the host path) gets EBUSY"
+pod second "" "" "exec 3<>/run/accel/dev/$DEV && echo opened || echo 'second client: open failed (EBUSY), as designed'" yes Never
+k -n "$NS" wait --for=jsonpath='{.status.phase}'=Succeeded pod/second --timeout=2m >/dev/null
+k -n "$NS" logs second
+
+step "A pod asking for more devices than are free stays Pending"
+pod greedy accel.io/ac 4 'sleep 3600'
+for _ in $(seq 60); do
+  msg=$(k -n "$NS" get events --field-selector involvedObject.name=greedy -o jsonpath='{.items[*].message}')
+  [ -n "$msg" ] && break; sleep 0.5
+done
+echo "greedy: $(k -n "$NS" get pod greedy -o jsonpath='{.status.phase}'): $msg"
+
+step "Report"
+echo "node: $(k get nodes -o jsonpath='{.items[0].metadata.name}')"
+echo "pods:"; k -n "$NS" get pods
+echo
+echo "Clean up with: make demo-down"
