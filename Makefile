@@ -20,6 +20,8 @@ CHART       := charts/accel-device-plugin
 TOOLS        ?= $(HOME)/.cache/accel-device-plugin/tools
 HELM_VERSION := v3.22.0
 HELM         := $(TOOLS)/helm-$(HELM_VERSION)/helm
+# kubectl for the demo, built from the e2e module (the same Kubernetes version as the local cluster)
+KUBECTL      := $(TOOLS)/kubectl-v1.37.2/kubectl
 
 LOCALCLUSTER := bin/localcluster
 E2E_IMAGE_TAR = $(CURDIR)/$(OUT)/accel-device-plugin-$(VERSION).tar
@@ -49,6 +51,9 @@ image:
 helm: $(HELM)
 $(HELM):
 	GOBIN=$(dir $(HELM)) $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+
+$(KUBECTL):
+	cd $(E2E) && $(GO) build -o $@.tmp k8s.io/kubernetes/cmd/kubectl && mv $@.tmp $@
 
 ## test: lint, every test with the race detector, the plugin against kubelet's
 ## real device manager, the chart render tests and the image tool's tests
@@ -117,14 +122,15 @@ e2e-kind: $(HELM)
 
 ## demo: the main job. Without KUBECONFIG: bring up the local cluster; then install the chart,
 ## run the example pods and print what they saw. `make demo-down` removes it all.
-demo: $(HELM)
+demo: $(HELM) $(KUBECTL)
 	@if [ -z "$$KUBECONFIG" ]; then $(MAKE) cluster-up; fi
-	bash scripts/demo-cluster.sh "$${KUBECONFIG:-$$($(CURDIR)/$(LOCALCLUSTER) kubeconfig)}" $(HELM) $(IMAGE)
+	KUBECTL=$(KUBECTL) bash scripts/demo-cluster.sh "$${KUBECONFIG:-$$($(CURDIR)/$(LOCALCLUSTER) kubeconfig)}" $(HELM) $(IMAGE)
 
 ## demo-down: uninstall the demo; stop the local cluster if it was ours
-demo-down: $(HELM)
-	-KUBECONFIG="$${KUBECONFIG:-$$($(CURDIR)/$(LOCALCLUSTER) kubeconfig 2>/dev/null)}" $(HELM) uninstall accel --namespace accel-demo --wait
-	-KUBECONFIG="$${KUBECONFIG:-$$($(CURDIR)/$(LOCALCLUSTER) kubeconfig 2>/dev/null)}" kubectl delete namespace accel-demo --wait=false
+demo-down: $(HELM) $(KUBECTL) localcluster
+	-export KUBECONFIG="$${KUBECONFIG:-$$($(CURDIR)/$(LOCALCLUSTER) kubeconfig 2>/dev/null)}"; \
+	  $(KUBECTL) delete namespace accel-demo --wait=true --timeout=2m --ignore-not-found; \
+	  $(HELM) uninstall accel --namespace accel-demo --wait --ignore-not-found
 	@if [ -z "$$KUBECONFIG" ]; then $(MAKE) cluster-down; fi
 
 ## demo-node: no cluster: 4 simulated devices walked through their behaviour, then the plugin

@@ -27,35 +27,37 @@ done
 k get nodes -o jsonpath='{range .items[*]}{.metadata.name}: accel.io/ac {.status.capacity.accel\.io/ac}/{.status.allocatable.accel\.io/ac}, accel.io/ac-monitor {.status.capacity.accel\.io/ac-monitor}/{.status.allocatable.accel\.io/ac-monitor}{"\n"}{end}'
 k get nodes -o json | grep -o '"accel.io/ac\.[a-z]*": "[^"]*"' | sed 's/^/  label /'
 
-pod() { # name resource count script [privileged]
-  cat <<YAML | k -n "$NS" apply -f - >/dev/null
-apiVersion: v1
-kind: Pod
-metadata: {name: $1}
-spec:
-  terminationGracePeriodSeconds: 0
-  restartPolicy: ${6:-Always}
-  ${5:+hostPID: true}
-  containers:
-  - name: main
-    image: $BUSYBOX
-    imagePullPolicy: IfNotPresent
-    command:
-    - sh
-    - -c
-    - |
-$(printf '%s\n' "$4" | sed 's/^/      /')
-    ${2:+resources: {limits: {$2: $3}}}
-    ${5:+securityContext: {privileged: true}}
-    ${5:+volumeMounts: [{name: run, mountPath: /run/accel, mountPropagation: HostToContainer}]}
-  ${5:+volumes: [{name: run, hostPath: {path: /run/accel}}]}
-YAML
+# pod NAME RESOURCE COUNT SCRIPT [privileged] [restartPolicy]: a busybox pod running SCRIPT.
+pod() {
+  local name=$1 res=$2 count=$3 script=$4 priv=${5:-} restart=${6:-Always}
+  {
+    echo "apiVersion: v1"
+    echo "kind: Pod"
+    echo "metadata: {name: $name}"
+    echo "spec:"
+    echo "  terminationGracePeriodSeconds: 0"
+    echo "  restartPolicy: $restart"
+    [ -n "$priv" ] && echo "  volumes: [{name: run, hostPath: {path: /run/accel}}]"
+    echo "  containers:"
+    echo "  - name: main"
+    echo "    image: $BUSYBOX"
+    echo "    imagePullPolicy: IfNotPresent"
+    echo "    command: [sh, -c]"
+    echo "    args:"
+    echo "    - |"
+    printf '%s\n' "$script" | sed 's/^/      /'
+    [ -n "$res" ] && echo "    resources: {limits: {$res: $count}}"
+    if [ -n "$priv" ]; then
+      echo "    securityContext: {privileged: true}"
+      echo "    volumeMounts: [{name: run, mountPath: /run/accel, mountPropagation: HostToContainer}]"
+    fi
+  } | k -n "$NS" apply -f - >/dev/null
 }
 
 step "A pod asking for accel.io/ac: 1 opens its device and holds it"
 pod train accel.io/ac 1 'd=/dev/accel/$ACCEL_VISIBLE_DEVICES; exec 3<>$d && echo "train: opened $d (ACCEL_VISIBLE_DEVICES=$ACCEL_VISIBLE_DEVICES)"; ls -l /dev/accel; cat ${d}_monitor; exec sleep 3600'
 k -n "$NS" wait --for=condition=Ready pod/train --timeout=2m >/dev/null
-sleep 1; k -n "$NS" logs train
+sleep 1; k -n "$NS" logs train | sed 's/ *$//'
 DEV=$(k -n "$NS" logs train | sed -n 's/^train: opened \/dev\/accel\/\([a-z0-9]*\).*/\1/p')
 
 step "Two monitor pods (accel.io/ac-monitor: 4 each) share every device's monitor node"
@@ -63,10 +65,10 @@ for m in watch-a watch-b; do
   pod $m accel.io/ac-monitor 4 'echo "$HOSTNAME: ACCEL_MONITOR_DEVICES=$ACCEL_MONITOR_DEVICES"; for f in /dev/accel/*_monitor; do cat $f; done; exec sleep 3600'
 done
 k -n "$NS" wait --for=condition=Ready pod/watch-a pod/watch-b --timeout=2m >/dev/null
-sleep 1; k -n "$NS" logs watch-a | head -3
+sleep 1; k -n "$NS" logs watch-a | head -3 | sed 's/ *$//'
 
 step "A second client for $DEV (a privileged pod going through the host path) gets EBUSY"
-pod second "" "" "exec 3<>/run/accel/dev/$DEV && echo opened || echo 'second client: open failed (EBUSY), as designed'" yes Never
+pod second "" "" "(exec 3<>/run/accel/dev/$DEV) 2>&1 && echo opened || echo 'second client: open failed (EBUSY), as designed'" yes Never
 k -n "$NS" wait --for=jsonpath='{.status.phase}'=Succeeded pod/second --timeout=2m >/dev/null
 k -n "$NS" logs second
 
