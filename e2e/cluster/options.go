@@ -1,10 +1,3 @@
-// Package cluster runs a real single-node Kubernetes cluster on this machine
-// for the end-to-end tests: etcd, containerd, kube-apiserver,
-// kube-controller-manager, kube-scheduler and kubelet as host processes.
-//
-// Everything it starts, writes and changes is recorded under StateDir and
-// RunDir so that Down can undo it. The Kubernetes binaries are built from the
-// Kubernetes Go module of the e2e module and cached by version.
 package cluster
 
 import (

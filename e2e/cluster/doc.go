@@ -1,0 +1,34 @@
+// Package cluster runs a real single-node Kubernetes cluster on this machine
+// for the end-to-end tests: etcd, containerd, kube-apiserver,
+// kube-controller-manager, kube-scheduler and kubelet as host processes.
+//
+// Everything it starts, writes and changes is recorded under StateDir and
+// RunDir so that Down can undo it. The Kubernetes binaries are built from the
+// Kubernetes Go module of the e2e module and cached by version.
+//
+// Host pitfalls it handles (found on 2-core Debian 12 VMs without Docker):
+//   - kubelet ≥ 1.35 refuses cgroup v1 unless failCgroupV1 is false.
+//   - Without CAP_SYS_RESOURCE every sandbox fails ("can't get final child's
+//     PID from pipe"): containerd restrict_oom_score_adj and kubelet
+//     oomScoreAdj 0.
+//   - kubelet refuses a loopback node IP and the host name resolves to
+//     127.0.0.1: the API server prefers Hostname addresses, kubelet listens
+//     on 127.0.0.1.
+//   - Pods are refused until the default ServiceAccount exists and cannot
+//     start until kube-root-ca.crt exists: Up waits for both.
+//   - Nothing can be pulled: images are local tarballs and image GC is off.
+//   - kubelet deletes every socket in /var/lib/kubelet/device-plugins when
+//     it starts; device plugins must re-register (ours does).
+//   - kubelet changes sysctls, adds iptables chains and kubepods cgroups:
+//     Down restores and removes them.
+//   - There is no kube-proxy: the kubernetes Service (10.0.0.1:443) is
+//     DNAT'ed to the API server so in-cluster clients work; other pod
+//     traffic stays on the node.
+//   - Every mount on these VMs is private, including /: Up makes /run/accel a
+//     shared bind mount so the chart's Bidirectional and HostToContainer
+//     propagation work.
+//   - After a kubelet restart the node's Ready condition can still be the
+//     old kubelet's; RestartKubelet also waits for a newer node Lease.
+//   - If containerd dies, network namespace mounts stay behind: Down removes
+//     them.
+package cluster
