@@ -141,6 +141,9 @@ func Up(ctx context.Context, o Options) (*Cluster, error) {
 		last = now
 	}
 
+	if foreign := p.foreignKube(); len(foreign) > 0 {
+		return nil, fmt.Errorf("this machine already runs Kubernetes components that localcluster did not start: %s; refusing to take it over (use that cluster with KUBECONFIG instead)", strings.Join(foreign, ", "))
+	}
 	if p.healthy(ctx, node) {
 		if err := p.importImages(ctx, o.Imports); err != nil {
 			return nil, err
