@@ -62,9 +62,10 @@ test: lint
 	$(GO) test -race -count=1 $(PKGS)
 	$(MAKE) test-kubelet test-chart test-image
 
-## test-kubelet: accel-plugin against k8s.io/kubernetes' device manager
+## test-kubelet: accel-plugin against k8s.io/kubernetes' device manager, and the local
+## cluster's unit tests (PKI, configs; they change nothing on the host)
 test-kubelet:
-	cd $(E2E) && $(GO) test -count=1 ./kubelet/...
+	cd $(E2E) && $(GO) test -count=1 ./kubelet/... ./cluster/...
 
 ## test-chart: render the chart with several values files and assert on it
 test-chart: $(HELM)
