@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -71,5 +72,33 @@ func TestCleanupHook(t *testing.T) {
 	}
 	if r := render(t, "custom.yaml"); !strings.Contains(r.hooks[len(r.hooks)-1].Raw, "--resource-prefix=") {
 		t.Errorf("custom prefix not passed to the cleanup job")
+	}
+}
+
+// Node permissions never go to the namespace's default ServiceAccount.
+func TestRBACNeedsOwnServiceAccount(t *testing.T) {
+	out := mustFail(t, "--set", "serviceAccount.create=false")
+	if !strings.Contains(out, "needs serviceAccount.name") {
+		t.Errorf("helm output %q, want the serviceAccount.name message", out)
+	}
+	r := render(t, "--set", "serviceAccount.create=false", "--set", "serviceAccount.name=node-labeler")
+	var crb rbacv1.ClusterRoleBinding
+	r.decode(t, "ClusterRoleBinding", pluginDS, &crb)
+	if crb.Subjects[0].Name != "node-labeler" {
+		t.Errorf("binding subject %q", crb.Subjects[0].Name)
+	}
+}
+
+// A value cannot inject YAML into the pod spec.
+func TestValuesCannotInjectYAML(t *testing.T) {
+	r := render(t, "--set", "priorityClassName=x\nhostNetwork: true", "--set", "image.tag=1\n        securityContext: {privileged: true}")
+	plugin, sim := daemonSets(t, r)
+	for _, ds := range []*appsv1.DaemonSet{plugin, sim} {
+		if ds.Spec.Template.Spec.HostNetwork {
+			t.Errorf("%s: priorityClassName injected hostNetwork", ds.Name)
+		}
+	}
+	if c := onlyContainer(t, plugin); c.SecurityContext.Privileged != nil && *c.SecurityContext.Privileged {
+		t.Errorf("image.tag injected a privileged security context")
 	}
 }

@@ -217,6 +217,9 @@ func Up(ctx context.Context, o Options) (*Cluster, error) {
 	if err := addRules(ctx, primaryIPv4(hostIPs())); err != nil {
 		return fail(err)
 	}
+	if err := ensureCgroupRoot(); err != nil {
+		return fail(err)
+	}
 	if _, err := p.start(compKubelet); err != nil {
 		return fail(err)
 	}

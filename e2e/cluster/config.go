@@ -116,6 +116,7 @@ func renderKubeletConfig(p paths) string {
 	return fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 failCgroupV1: false
+cgroupRoot: /`+CgroupRoot+`
 address: 127.0.0.1
 port: 10250
 readOnlyPort: 0

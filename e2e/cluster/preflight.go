@@ -3,6 +3,7 @@ package cluster
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 )
@@ -33,9 +34,39 @@ func (p paths) foreignKube() []string {
 			continue
 		}
 		name := strings.TrimSpace(string(comm))
-		if (name == compKubelet || name == compAPIServer) && !isZombie(pid) {
+		switch name {
+		case compKubelet, compAPIServer, "k3s", "k3s-server", "k3s-agent", "k0s", "kubelite", "rke2":
+		default:
+			continue
+		}
+		if !isZombie(pid) {
 			found = append(found, fmt.Sprintf("%s (pid %d)", name, pid))
 		}
 	}
 	return found
+}
+
+// ensureCgroupRoot creates our kubelet's cgroupRoot in every cgroup
+// hierarchy (kubelet refuses a cgroupRoot that is missing anywhere); Down
+// removes it with everything below.
+func ensureCgroupRoot() error {
+	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil { // cgroup v2
+		dir := "/sys/fs/cgroup/" + CgroupRoot
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("create cgroup %s: %w", dir, err)
+		}
+		// Delegate the controllers kubelet uses, as far as the root allows.
+		for _, c := range []string{"cpu", "cpuset", "memory", "pids", "io", "hugetlb"} {
+			_ = os.WriteFile(dir+"/cgroup.subtree_control", []byte("+"+c), 0o644)
+		}
+		return nil
+	}
+	hierarchies, _ := filepath.Glob("/sys/fs/cgroup/*/cgroup.procs")
+	for _, procs := range hierarchies {
+		dir := filepath.Join(filepath.Dir(procs), CgroupRoot)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("create cgroup %s: %w", dir, err)
+		}
+	}
+	return nil
 }

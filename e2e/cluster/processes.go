@@ -90,7 +90,20 @@ func (p paths) running(name string) (int, bool) {
 	if err != nil || pid <= 1 {
 		return 0, false
 	}
-	return pid, isProcess(pid, f[1])
+	return pid, isProcess(pid, f[1]) && p.startedByUs(pid)
+}
+
+// startedByUs reports whether pid's command line names our state or run
+// directory (every component gets its config from there), so a reused PID
+// running the same executable, e.g. the distribution's own containerd, is
+// never taken for ours.
+func (p paths) startedByUs(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	if err != nil {
+		return false
+	}
+	cmd := string(b)
+	return strings.Contains(cmd, p.o.StateDir) || strings.Contains(cmd, p.o.RunDir)
 }
 
 // isProcess reports whether pid is alive (not a zombie) and runs exe.

@@ -37,6 +37,14 @@ func Down(ctx context.Context, o Options) error {
 		return err
 	}
 	defer unlock()
+	p := paths{o}
+	if foreign := p.foreignKube(); len(foreign) > 0 {
+		return fmt.Errorf("refusing to tear down: this machine runs Kubernetes components that localcluster did not start (%s); stop them first", strings.Join(foreign, ", "))
+	}
+	if !p.anyState() {
+		o.logf("no local cluster state in %s or %s: nothing to tear down", o.StateDir, o.RunDir)
+		return nil
+	}
 	return down(ctx, o)
 }
 
@@ -249,19 +257,24 @@ func podProcesses() []int {
 		if err != nil {
 			continue
 		}
-		if strings.Contains(string(b), ":/kubepods") {
+		if strings.Contains(string(b), ":/"+CgroupRoot+"/") {
 			pids = append(pids, pid)
 		}
 	}
 	return pids
 }
 
+// CgroupRoot is our kubelet's cgroupRoot: its pods' cgroups live under
+// /CgroupRoot/kubepods in every hierarchy, so Down touches only those.
+const CgroupRoot = "accel-e2e"
+
 // removeKubepodsCgroups removes the kubepods trees kubelet made in every
 // cgroup hierarchy, deepest first.
 func removeKubepodsCgroups() error {
-	roots, _ := filepath.Glob("/sys/fs/cgroup/*/kubepods*")
-	if m, _ := filepath.Glob("/sys/fs/cgroup/kubepods*"); len(m) > 0 {
-		roots = append(roots, m...)
+	// Only our kubelet's tree (its cgroupRoot), never another kubelet's.
+	roots, _ := filepath.Glob("/sys/fs/cgroup/*/" + CgroupRoot)
+	if _, err := os.Stat("/sys/fs/cgroup/" + CgroupRoot); err == nil {
+		roots = append(roots, "/sys/fs/cgroup/"+CgroupRoot)
 	}
 	var errs []error
 	for _, root := range roots {

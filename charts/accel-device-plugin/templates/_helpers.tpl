@@ -94,7 +94,7 @@ calls the API server only to label its node.
 {{/* Scheduling and pod-level settings shared by both DaemonSets. */}}
 {{- define "accel-device-plugin.podScheduling" -}}
 {{- with .Values.priorityClassName }}
-priorityClassName: {{ . }}
+priorityClassName: {{ . | quote }}
 {{- end }}
 {{- with .Values.imagePullSecrets }}
 imagePullSecrets:
@@ -128,6 +128,9 @@ Checks the schema cannot express with a clear message; included by the plugin
 DaemonSet (always rendered).
 */}}
 {{- define "accel-device-plugin.validate" -}}
+{{- if and (include "accel-device-plugin.rbacEnabled" .) (not .Values.serviceAccount.create) (not .Values.serviceAccount.name) }}
+{{- fail "rbac.create with serviceAccount.create=false needs serviceAccount.name: otherwise the node permissions would go to the namespace's default ServiceAccount" }}
+{{- end }}
 {{- if regexMatch "kubernetes\\.io$" .Values.plugin.resourcePrefix }}
 {{- fail (printf "plugin.resourcePrefix %q: prefixes ending in kubernetes.io are reserved for Kubernetes' own resources (%s/ac would not be an extended resource); use a domain of your own, e.g. accel.io" .Values.plugin.resourcePrefix .Values.plugin.resourcePrefix) }}
 {{- end }}
