@@ -73,6 +73,20 @@ func (o Options) lock() (func(), error) {
 	return func() { f.Close() }, nil
 }
 
+// begin is how Up, Down and RestartKubelet start: defaults filled in, root
+// checked, and the lock held (call unlock when done); they run one at a time.
+func (o Options) begin() (Options, func(), error) {
+	o = o.Defaults()
+	if err := requireRoot(); err != nil {
+		return o, nil, err
+	}
+	unlock, err := o.lock()
+	if err != nil {
+		return o, nil, err
+	}
+	return o, unlock, nil
+}
+
 func requireRoot() error {
 	if os.Geteuid() != 0 {
 		return errors.New("the local cluster needs root (it runs kubelet, containerd and changes iptables): run as root")
@@ -112,11 +126,7 @@ func (p paths) anyState() bool {
 // Up brings the cluster up (or, if it is up and healthy, only imports
 // Options.Imports) and waits until the node is Ready and pods can be created.
 func Up(ctx context.Context, o Options) (*Cluster, error) {
-	o = o.Defaults()
-	if err := requireRoot(); err != nil {
-		return nil, err
-	}
-	unlock, err := o.lock()
+	o, unlock, err := o.begin()
 	if err != nil {
 		return nil, err
 	}
@@ -306,11 +316,7 @@ func (p paths) makeSharedMounts() error {
 // with the same configuration, and waits until it has reported the node
 // Ready again.
 func RestartKubelet(ctx context.Context, o Options) error {
-	o = o.Defaults()
-	if err := requireRoot(); err != nil {
-		return err
-	}
-	unlock, err := o.lock()
+	o, unlock, err := o.begin()
 	if err != nil {
 		return err
 	}

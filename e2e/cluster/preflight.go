@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 )
 
@@ -19,30 +18,18 @@ func (p paths) foreignKube() []string {
 			ours[pid] = true
 		}
 	}
-	procs, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
 	var found []string
-	for _, e := range procs {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || ours[pid] {
-			continue
+	procsWhere(func(pid int, proc string) bool {
+		comm, err := os.ReadFile(proc + "/comm")
+		if err != nil || ours[pid] || isZombie(pid) {
+			return false
 		}
-		comm, err := os.ReadFile("/proc/" + e.Name() + "/comm")
-		if err != nil {
-			continue
-		}
-		name := strings.TrimSpace(string(comm))
-		switch name {
+		switch name := strings.TrimSpace(string(comm)); name {
 		case compKubelet, compAPIServer, "k3s", "k3s-server", "k3s-agent", "k0s", "kubelite", "rke2":
-		default:
-			continue
-		}
-		if !isZombie(pid) {
 			found = append(found, fmt.Sprintf("%s (pid %d)", name, pid))
 		}
-	}
+		return false
+	})
 	return found
 }
 

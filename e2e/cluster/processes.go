@@ -178,6 +178,27 @@ func terminate(pid int, grace time.Duration) error {
 // procsWith lists live processes whose executable is exe and whose command
 // line contains every one of args.
 func procsWith(exe string, args ...string) []int {
+	return procsWhere(func(pid int, proc string) bool {
+		if !isProcess(pid, exe) {
+			return false
+		}
+		b, err := os.ReadFile(proc + "/cmdline")
+		if err != nil {
+			return false
+		}
+		cl := strings.ReplaceAll(string(b), "\x00", " ")
+		for _, a := range args {
+			if !strings.Contains(cl, a) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// procsWhere lists the processes (other than this one) for which match,
+// given the PID and its /proc directory, is true.
+func procsWhere(match func(pid int, proc string) bool) []int {
 	ents, _ := os.ReadDir("/proc")
 	var pids []int
 	for _, e := range ents {
@@ -185,22 +206,7 @@ func procsWith(exe string, args ...string) []int {
 		if err != nil || pid == os.Getpid() {
 			continue
 		}
-		if !isProcess(pid, exe) {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		if err != nil {
-			continue
-		}
-		cl := strings.ReplaceAll(string(b), "\x00", " ")
-		ok := true
-		for _, a := range args {
-			if !strings.Contains(cl, a) {
-				ok = false
-				break
-			}
-		}
-		if ok {
+		if match(pid, "/proc/"+e.Name()) {
 			pids = append(pids, pid)
 		}
 	}

@@ -28,11 +28,7 @@ const (
 // Down stops and removes everything Up started and changed. It is
 // idempotent and keeps going after errors; it returns them joined.
 func Down(ctx context.Context, o Options) error {
-	o = o.Defaults()
-	if err := requireRoot(); err != nil {
-		return err
-	}
-	unlock, err := o.lock()
+	o, unlock, err := o.begin()
 	if err != nil {
 		return err
 	}
@@ -246,22 +242,10 @@ func unmountDeadFUSE(dir string) error {
 
 // podProcesses are processes in a kubepods cgroup.
 func podProcesses() []int {
-	ents, _ := os.ReadDir("/proc")
-	var pids []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/cgroup")
-		if err != nil {
-			continue
-		}
-		if strings.Contains(string(b), ":/"+CgroupRoot+"/") {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
+	return procsWhere(func(_ int, proc string) bool {
+		b, err := os.ReadFile(proc + "/cgroup")
+		return err == nil && strings.Contains(string(b), ":/"+CgroupRoot+"/")
+	})
 }
 
 // CgroupRoot is our kubelet's cgroupRoot: its pods' cgroups live under

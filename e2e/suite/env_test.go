@@ -104,7 +104,8 @@ func (e *env) runErr(name string, args ...string) (string, error) {
 // helmInstall installs the chart with simulated devices and waits for it.
 func (e *env) helmInstall() {
 	e.t.Helper()
-	repo, tag, _ := strings.Cut(e.image, ":")
+	// The tag follows the last ':' after the last '/' (a registry may have a port).
+	repo, tag := e.image, "latest"
 	if i := strings.LastIndex(e.image, ":"); i > strings.LastIndex(e.image, "/") {
 		repo, tag = e.image[:i], e.image[i+1:]
 	}
@@ -203,7 +204,6 @@ func (e *env) createPod(name, script string, opts ...podOpt) *corev1.Pod {
 	p := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace},
 		Spec: corev1.PodSpec{
-			NodeName:                      "",
 			TerminationGracePeriodSeconds: &zero,
 			RestartPolicy:                 corev1.RestartPolicyAlways,
 			Containers: []corev1.Container{{

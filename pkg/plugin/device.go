@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"fmt"
+	"log/slog"
 	"strings"
 
 	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel"
@@ -74,4 +75,49 @@ func parseMonitorSlotID(slotID string) (id string, ok bool) {
 		return "", false
 	}
 	return slotID[:i], true
+}
+
+// deviceSet is a discovery source's devices by node name. Every arrival,
+// departure and change of health is logged here, with the device ID and
+// the reason, whichever source found it.
+type deviceSet map[string]Device
+
+// put stores d.
+func (s deviceSet) put(log *slog.Logger, d Device) {
+	old, ok := s[d.Name]
+	s[d.Name] = d
+	switch {
+	case !ok || old.ID != d.ID:
+		log.Info("device found", "id", d.ID, "name", d.Name, "driver", d.Driver, "model", d.Model,
+			"numa", d.NUMANode, "healthy", d.Healthy, "reason", d.Reason)
+	case old.Healthy != d.Healthy || old.Reason != d.Reason:
+		log.Info("device health changed", "id", d.ID, "name", d.Name, "healthy", d.Healthy,
+			"status", d.Status.String(), "reason", d.Reason)
+	}
+}
+
+// remove forgets the device with node name name, if known.
+func (s deviceSet) remove(log *slog.Logger, name string) {
+	if old, ok := s[name]; ok {
+		delete(s, name)
+		log.Info("device removed", "id", old.ID, "name", name)
+	}
+}
+
+// keepOnly removes every device whose name is not in seen.
+func (s deviceSet) keepOnly(log *slog.Logger, seen map[string]bool) {
+	for name := range s {
+		if !seen[name] {
+			s.remove(log, name)
+		}
+	}
+}
+
+// list returns the devices, in no particular order.
+func (s deviceSet) list() []Device {
+	out := make([]Device, 0, len(s))
+	for _, d := range s {
+		out = append(out, d)
+	}
+	return out
 }

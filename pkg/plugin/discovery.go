@@ -36,7 +36,7 @@ type SimSource struct {
 	Store  *Store
 	Logger *slog.Logger
 
-	devices map[string]Device // by node name
+	devices deviceSet
 }
 
 // SourceName is the store key of a SimSource for dir.
@@ -56,7 +56,7 @@ func (s *SimSource) Run(ctx context.Context) error {
 	if s.HostDir == "" {
 		s.HostDir = s.Dir
 	}
-	s.devices = map[string]Device{}
+	s.devices = deviceSet{}
 	log := s.Logger.With("source", simSourceName(s.Dir))
 	backoff := reconnectMin
 	lastErr := ""
@@ -167,19 +167,13 @@ func (s *SimSource) apply(log *slog.Logger, ev accel.Event) error {
 		log.Warn("fell behind the device daemon's events; re-reading every device", "lost", ev.Lost)
 		return s.rescan(log)
 	case accel.EventRemoved:
-		if old, ok := s.devices[ev.Name]; ok {
-			delete(s.devices, ev.Name)
-			log.Info("device removed", "id", old.ID, "name", old.Name)
-		}
+		s.devices.remove(log, ev.Name)
 	case accel.EventAdded, accel.EventStatus:
 		d, err := s.read(ev.Name)
 		switch {
 		case isGone(err):
 			// Removed again before we read it; its removed event follows.
-			if old, ok := s.devices[ev.Name]; ok {
-				delete(s.devices, ev.Name)
-				log.Info("device removed", "id", old.ID, "name", old.Name)
-			}
+			s.devices.remove(log, ev.Name)
 		case isDaemonDead(err):
 			return err
 		case err != nil:
@@ -189,9 +183,9 @@ func (s *SimSource) apply(log *slog.Logger, ev accel.Event) error {
 				return nil
 			}
 			d.Healthy, d.Reason = false, "info query failed: "+err.Error()
-			s.update(log, d)
+			s.devices.put(log, d)
 		default:
-			s.update(log, d)
+			s.devices.put(log, d)
 		}
 	default:
 		log.Debug("ignoring unknown event", "type", ev.Type)
@@ -226,14 +220,9 @@ func (s *SimSource) rescan(log *slog.Logger) error {
 			d.Healthy, d.Reason = false, "info query failed: "+err.Error()
 		}
 		seen[name] = true
-		s.update(log, d)
+		s.devices.put(log, d)
 	}
-	for name, old := range s.devices {
-		if !seen[name] {
-			delete(s.devices, name)
-			log.Info("device removed", "id", old.ID, "name", old.Name)
-		}
-	}
+	s.devices.keepOnly(log, seen)
 	s.publish()
 	return nil
 }
@@ -262,18 +251,6 @@ func (s *SimSource) read(name string) (Device, error) {
 	return d, nil
 }
 
-// update stores d, logging a new device or a change of health.
-func (s *SimSource) update(log *slog.Logger, d Device) {
-	old, ok := s.devices[d.Name]
-	s.devices[d.Name] = d
-	switch {
-	case !ok || old.ID != d.ID:
-		log.Info("device found", "id", d.ID, "name", d.Name, "model", d.Model, "numa", d.NUMANode, "healthy", d.Healthy, "reason", d.Reason)
-	case old.Healthy != d.Healthy || old.Reason != d.Reason:
-		log.Info("device health changed", "id", d.ID, "name", d.Name, "healthy", d.Healthy, "status", d.Status.String(), "reason", d.Reason)
-	}
-}
-
 // markAllUnhealthy reports every known device unhealthy because the daemon
 // cannot be reached.
 func (s *SimSource) markAllUnhealthy(log *slog.Logger, cause error) {
@@ -294,11 +271,7 @@ func (s *SimSource) markAllUnhealthy(log *slog.Logger, cause error) {
 }
 
 func (s *SimSource) publish() {
-	list := make([]Device, 0, len(s.devices))
-	for _, d := range s.devices {
-		list = append(list, d)
-	}
-	s.Store.Publish(simSourceName(s.Dir), list)
+	s.Store.Publish(simSourceName(s.Dir), s.devices.list())
 }
 
 // isGone reports an error meaning the device's nodes no longer exist.

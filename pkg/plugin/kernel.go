@@ -44,7 +44,7 @@ type KernelSource struct {
 	Store  *Store
 	Logger *slog.Logger
 
-	devices map[string]Device
+	devices deviceSet
 }
 
 var kernelNodeRE = regexp.MustCompile(`^accel([0-9]+)$`)
@@ -59,7 +59,7 @@ func (s *KernelSource) Run(ctx context.Context) error {
 	if s.HostDevDir == "" {
 		s.HostDevDir = s.DevDir
 	}
-	s.devices = map[string]Device{}
+	s.devices = deviceSet{}
 	log := s.Logger.With("source", s.sourceName())
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
@@ -104,26 +104,10 @@ func (s *KernelSource) scan(log *slog.Logger) {
 		index, _ := strconv.Atoi(m[1])
 		d := s.read(e.Name(), index)
 		seen[d.Name] = true
-		old, ok := s.devices[d.Name]
-		s.devices[d.Name] = d
-		switch {
-		case !ok || old.ID != d.ID:
-			log.Info("device found", "id", d.ID, "name", d.Name, "driver", d.Driver, "numa", d.NUMANode, "healthy", d.Healthy, "reason", d.Reason)
-		case old.Healthy != d.Healthy || old.Reason != d.Reason:
-			log.Info("device health changed", "id", d.ID, "name", d.Name, "healthy", d.Healthy, "reason", d.Reason)
-		}
+		s.devices.put(log, d)
 	}
-	for name, old := range s.devices {
-		if !seen[name] {
-			delete(s.devices, name)
-			log.Info("device removed", "id", old.ID, "name", name)
-		}
-	}
-	list := make([]Device, 0, len(s.devices))
-	for _, d := range s.devices {
-		list = append(list, d)
-	}
-	s.Store.Publish(s.sourceName(), list)
+	s.devices.keepOnly(log, seen)
+	s.Store.Publish(s.sourceName(), s.devices.list())
 }
 
 // read builds one device from its sysfs directory.

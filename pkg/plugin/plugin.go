@@ -78,12 +78,13 @@ func (c Config) Validate() error {
 		return fmt.Errorf("--host-dev-dir must be an absolute path, got %q", c.HostDevDir)
 	case c.KubeletDir == "" || !filepath.IsAbs(c.KubeletDir):
 		return fmt.Errorf("--kubelet-dir must be an absolute path, got %q", c.KubeletDir)
-	case ValidateResourcePrefix(c.ResourcePrefix) != nil:
-		return ValidateResourcePrefix(c.ResourcePrefix)
 	case c.MonitorSlots < 0 || c.MonitorSlots > MaxMonitorSlots:
 		return fmt.Errorf("--monitor-slots must be between 0 and %d, got %d", MaxMonitorSlots, c.MonitorSlots)
 	case c.Resync < time.Second:
 		return fmt.Errorf("--resync must be at least 1s, got %s", c.Resync)
+	}
+	if err := ValidateResourcePrefix(c.ResourcePrefix); err != nil {
+		return err
 	}
 	if c.MetricsAddr != "" {
 		if _, port, err := net.SplitHostPort(c.MetricsAddr); err != nil || port == "" {

@@ -296,8 +296,7 @@ func (ep *endpoint) serve() error {
 		if fi.Mode()&os.ModeSocket == 0 {
 			return fmt.Errorf("%s exists and is not a socket; refusing to replace it", ep.path)
 		}
-		if c, err := net.DialTimeout("unix", ep.path, 200*time.Millisecond); err == nil {
-			c.Close()
+		if served(ep.path) {
 			return fmt.Errorf("%s is served by another process (another plugin instance?); waiting for it to go", ep.path)
 		}
 		if err := os.Remove(ep.path); err != nil {
@@ -323,7 +322,9 @@ func (ep *endpoint) serve() error {
 }
 
 // stop stops the server; on shutdown it also removes the socket if it is
-// still ours (a successor may already have replaced it).
+// still ours (a successor may already have replaced it). Identities can
+// collide (a reused inode created within the same clock tick), so a socket
+// someone still serves is never removed either.
 func (ep *endpoint) stop(log *slog.Logger, shutdown bool) {
 	if ep.srv == nil {
 		return
@@ -331,11 +332,22 @@ func (ep *endpoint) stop(log *slog.Logger, shutdown bool) {
 	ep.srv.Stop()
 	<-ep.served
 	ep.srv = nil
-	if shutdown && socketInode(ep.path) == ep.ino {
+	if shutdown && socketInode(ep.path) == ep.ino && !served(ep.path) {
 		if err := os.Remove(ep.path); err != nil && !errors.Is(err, os.ErrNotExist) {
 			log.Warn("cannot remove socket", "socket", ep.path, "err", err)
 		}
 	}
+}
+
+// served reports whether a process accepts connections on the socket at
+// path (a socket nobody serves is stale).
+func served(path string) bool {
+	c, err := net.DialTimeout("unix", path, 200*time.Millisecond)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
 }
 
 // socketInode identifies the socket at path (0: none). A file system may
