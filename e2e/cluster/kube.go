@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -81,11 +82,14 @@ func poll(ctx context.Context, what string, timeout, interval time.Duration, f f
 	}
 }
 
+// ErrComponentExited is returned when a component died while Up waited.
+var ErrComponentExited = errors.New("component exited")
+
 // checkAlive fails when a component died, naming its log.
 func (p paths) checkAlive(names ...string) error {
 	for _, n := range names {
 		if _, ok := p.running(n); !ok {
-			return fmt.Errorf("%s exited: see %s", n, p.logFile(n))
+			return fmt.Errorf("%w: %s: see %s", ErrComponentExited, n, p.logFile(n))
 		}
 	}
 	return nil

@@ -67,8 +67,17 @@ func (p paths) start(name string) (int, error) {
 		return 0, fmt.Errorf("start %s: %w", name, err)
 	}
 	pid := cmd.Process.Pid
-	// Reap it if it exits while this process lives; otherwise init adopts it.
-	go cmd.Wait() //nolint:errcheck
+	// Reap it if it exits while this process lives (otherwise init adopts
+	// it), and say in its log how it ended: a signal names no sender, but
+	// tells a crash from a kill.
+	logPath := p.logFile(name)
+	go func() {
+		err := cmd.Wait()
+		if f, ferr := os.OpenFile(logPath, os.O_WRONLY|os.O_APPEND, 0o644); ferr == nil {
+			fmt.Fprintf(f, "==== %s exited: %v\n", time.Now().UTC().Format(time.RFC3339Nano), err)
+			f.Close()
+		}
+	}()
 	if err := os.WriteFile(p.pidFile(name), []byte(strconv.Itoa(pid)+" "+exe+"\n"), 0o644); err != nil {
 		return pid, err
 	}
