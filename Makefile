@@ -27,7 +27,7 @@ LOCALCLUSTER := bin/localcluster
 E2E_IMAGE_TAR = $(CURDIR)/$(OUT)/accel-device-plugin-$(VERSION).tar
 
 .PHONY: all build view image test test-kubelet test-chart test-image lint helm bench demo demo-node demo-down \
-	localcluster cluster-up cluster-down e2e e2e-kind clean
+	localcluster cluster-up cluster-down e2e e2e-kind fuzz clean
 
 all: build
 
@@ -81,6 +81,12 @@ lint: $(HELM)
 	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	@for m in $(MODULES); do echo "go vet ($$m)"; (cd $$m && $(GO) vet ./...) || exit 1; done
 	$(HELM) lint --strict $(CHART)
+
+## fuzz: every native Go fuzz target of the main module, FUZZTIME each (default 30s);
+## crashers land in the package's testdata/fuzz/ and run in plain `go test` once committed
+FUZZTIME ?= 30s
+fuzz:
+	GO=$(GO) FUZZTIME=$(FUZZTIME) bash scripts/fuzz.sh
 
 ## bench: latency benchmarks (FUSE open/close, info ioctl, core, kernel floor,
 ## Allocate, hot-plug → ListAndWatch) and the plugin's footprint with 128 devices
