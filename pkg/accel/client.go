@@ -1,6 +1,7 @@
 package accel
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -48,27 +49,46 @@ func Ioctl(f *os.File, cmd uint32, arg []byte) error {
 	return nil
 }
 
-// InfoPath returns the node to query for the info of the node at path: the
-// monitor node when path names a compute node whose monitor exists, since
-// opening the compute node would take it from its one client (or fail with
-// EBUSY while someone holds it).
+// InfoPath returns the node to open for the info of the node at path: for
+// a compute node name (acN) its monitor node acN_monitor in the same
+// directory, for anything else path itself. It only maps names and never
+// falls back to the compute node: opening that would take the device from
+// its one client (or fail with EBUSY while someone holds it), and a real
+// accel driver creates a context on the device for every open.
 func InfoPath(path string) string {
 	dir, base := filepath.Split(path)
 	if index, kind, ok := ParseNodeName(base); ok && kind == NodeCompute {
-		mon := filepath.Join(dir, MonitorName(index))
-		if _, err := os.Stat(mon); err == nil {
-			return mon
-		}
+		return filepath.Join(dir, MonitorName(index))
 	}
 	return path
 }
 
-// ReadInfo returns the info of the device behind the node at path, read
-// through its monitor node where there is one (see InfoPath).
+// ReadInfo returns the info of the device behind the node at path, always
+// read through the device's monitor node (see InfoPath); a symbolic link
+// to a compute node is followed to find it. When the monitor node of a
+// compute node is missing, ReadInfo fails with an error that names the
+// missing node and wraps os.ErrNotExist; it never opens the compute node
+// instead.
 func ReadInfo(path string) (Info, error) {
-	f, err := os.Open(InfoPath(path))
+	target := InfoPath(path)
+	if target == path {
+		if _, _, ok := ParseNodeName(filepath.Base(path)); !ok {
+			// Not a node name: a link (e.g. a container's
+			// /dev/accel/mine -> acN) may still point at a compute node.
+			if resolved, err := filepath.EvalSymlinks(path); err == nil {
+				if mon := InfoPath(resolved); mon != resolved {
+					target = mon
+				}
+			}
+		}
+	}
+	f, err := os.Open(target)
 	if err != nil {
-		return Info{}, err
+		if target != path && errors.Is(err, os.ErrNotExist) {
+			return Info{}, fmt.Errorf("read info of %s: its monitor node %s is missing, and a compute node is never opened to read facts: %w",
+				path, target, os.ErrNotExist)
+		}
+		return Info{}, fmt.Errorf("read info: %w", err)
 	}
 	defer f.Close()
 	return QueryInfo(f)
