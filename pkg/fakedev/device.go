@@ -20,6 +20,7 @@ type Device struct {
 	slot          int
 	id            accel.Identity
 	resetDuration time.Duration
+	maxAllocs     int
 
 	mu         sync.Mutex
 	used       uint64
@@ -33,6 +34,7 @@ func newDevice(cfg Config, slot int) *Device {
 	return &Device{
 		slot:          slot,
 		resetDuration: cfg.ResetDuration,
+		maxAllocs:     cfg.MaxAllocations,
 		allocs:        make(map[*accel.File]map[uint64]uint64),
 		id: accel.Identity{
 			Driver:      DriverName,
@@ -76,7 +78,13 @@ func (d *Device) MemoryUsed() uint64 {
 	return d.used
 }
 
-// Command implements accel.Driver.
+// Command implements accel.Driver. Every argument is checked before it
+// reaches the device's state: EINVAL for a wrong argument size, size 0 or
+// a handle the client does not own; ENOMEM for an allocation that does not
+// fit the device's free memory (so memory_used never exceeds memory_total
+// and never wraps); ENOSPC when the client already holds MaxAllocations
+// allocations; EBADF for a file the driver never opened or already
+// released; ENOTTY for any other command.
 func (d *Device) Command(f *accel.File, cmd uint32, in, out []byte) error {
 	le := binary.LittleEndian
 	switch cmd {
@@ -90,12 +98,18 @@ func (d *Device) Command(f *accel.File, cmd uint32, in, out []byte) error {
 		}
 		d.mu.Lock()
 		defer d.mu.Unlock()
-		if size > d.id.MemoryTotal-d.used {
+		allocs, ok := d.allocs[f]
+		switch {
+		case !ok:
+			return syscall.EBADF
+		case size > d.id.MemoryTotal-d.used:
 			return syscall.ENOMEM
+		case len(allocs) >= d.maxAllocs:
+			return syscall.ENOSPC
 		}
 		d.nextHandle++
 		d.used += size
-		d.allocs[f][d.nextHandle] = size
+		allocs[d.nextHandle] = size
 		copy(out, in)
 		le.PutUint64(out[8:], d.nextHandle)
 		return nil
@@ -106,11 +120,15 @@ func (d *Device) Command(f *accel.File, cmd uint32, in, out []byte) error {
 		h := le.Uint64(in)
 		d.mu.Lock()
 		defer d.mu.Unlock()
-		size, ok := d.allocs[f][h]
+		allocs, ok := d.allocs[f]
+		if !ok {
+			return syscall.EBADF
+		}
+		size, ok := allocs[h]
 		if !ok {
 			return syscall.EINVAL
 		}
-		delete(d.allocs[f], h)
+		delete(allocs, h)
 		d.used -= size
 		return nil
 	}

@@ -29,9 +29,17 @@ type Config struct {
 	NUMANodes int
 	// ResetDuration is how long a reset keeps a device in_reset (default 100ms).
 	ResetDuration time.Duration
+	// MaxAllocations caps the live memory allocations of a device's
+	// compute client (default 4096): beyond it IoctlMemAlloc fails with
+	// ENOSPC, so that a client allocating one byte at a time cannot grow
+	// the simulator's handle table without bound.
+	MaxAllocations int
 	// Logger receives structured logs (default: discard).
 	Logger *slog.Logger
 }
+
+// DefaultMaxAllocations is Config.MaxAllocations' default.
+const DefaultMaxAllocations = 4096
 
 func (c *Config) setDefaults() {
 	if c.Seed == "" {
@@ -45,6 +53,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.NUMANodes <= 0 {
 		c.NUMANodes = 1
+	}
+	if c.MaxAllocations <= 0 {
+		c.MaxAllocations = DefaultMaxAllocations
 	}
 	if c.ResetDuration <= 0 {
 		c.ResetDuration = 100 * time.Millisecond
@@ -81,27 +92,68 @@ type Sim struct {
 	cfg Config
 	log *slog.Logger
 
-	mu       sync.Mutex
-	nextSlot int
+	// mu serialises hot-plug and status decisions, so that a fault or
+	// recover never interleaves with a reset this Sim runs.
+	mu        sync.Mutex
+	nextSlot  int
+	resetting map[*accel.Device]bool
 }
 
 // New returns a simulator registering into reg, with no devices yet.
 func New(reg *accel.Registry, cfg Config) *Sim {
 	cfg.setDefaults()
-	return &Sim{reg: reg, cfg: cfg, log: cfg.Logger}
+	return &Sim{reg: reg, cfg: cfg, log: cfg.Logger, resetting: make(map[*accel.Device]bool)}
 }
 
 // Add hot-plugs one new device and returns it.
 func (s *Sim) Add() (*accel.Device, error) {
+	devs, err := s.AddN(1)
+	if err != nil {
+		return nil, err
+	}
+	return devs[0], nil
+}
+
+// AddN hot-plugs n new devices, all or none. n must be 1 to
+// accel.MaxDevices (EINVAL below, ENOSPC above); ENOSPC also when fewer
+// indices are free, decided before anything is registered where the
+// registry's present devices tell (an index held by a removed device that
+// still has open files is found only by trying, and then the devices
+// added so far are unplugged again). Nothing is allocated in proportion
+// to n before it is checked.
+func (s *Sim) AddN(n int) ([]*accel.Device, error) {
+	switch {
+	case n < 1:
+		return nil, fmt.Errorf("hot-plug %d devices: want at least 1: %w", n, syscall.EINVAL)
+	case n > accel.MaxDevices:
+		return nil, fmt.Errorf("hot-plug %d devices: exceeds the limit of %d devices: %w", n, accel.MaxDevices, syscall.ENOSPC)
+	}
+	what := "hot-plug"
+	if n > 1 {
+		what = fmt.Sprintf("hot-plug %d devices", n)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	drv := newDevice(s.cfg, s.nextSlot)
-	d, err := s.reg.Register(drv)
-	if err != nil {
-		return nil, fmt.Errorf("hot-plug: %w", err)
+	present := len(s.reg.Devices())
+	if free := accel.MaxDevices - present; n > free {
+		return nil, fmt.Errorf("%s: only %d of %d device indices are free: %w", what, max(free, 0), accel.MaxDevices, syscall.ENOSPC)
 	}
-	s.nextSlot++
-	return d, nil
+	devs := make([]*accel.Device, 0, n)
+	for range n {
+		d, err := s.reg.Register(newDevice(s.cfg, s.nextSlot))
+		if err != nil {
+			for _, added := range devs {
+				_ = s.reg.Unregister(added)
+			}
+			if len(devs) == 0 {
+				return nil, fmt.Errorf("%s: %w", what, err)
+			}
+			return nil, fmt.Errorf("%s: %d fitted, none kept: %w", what, len(devs), err)
+		}
+		s.nextSlot++
+		devs = append(devs, d)
+	}
+	return devs, nil
 }
 
 // Remove hot-unplugs the device with node name name.
@@ -113,19 +165,41 @@ func (s *Sim) Remove(name string) error {
 	return s.reg.Unregister(d)
 }
 
-// Inject puts device name into the fault state f.
+// Inject puts device name into the fault state f. A malfunction injected
+// into a device that needs a reset leaves it needing the reset; a device
+// that is resetting refuses with EAGAIN.
 func (s *Sim) Inject(name string, f Fault) error {
-	d, err := s.lookup(name)
-	if err != nil {
-		return err
-	}
+	_, err := s.inject(name, f)
+	return err
+}
+
+// inject is Inject returning the status the device is left in.
+func (s *Sim) inject(name string, f Fault) (accel.Status, error) {
+	var want accel.Status
 	switch f {
 	case FaultMalfunction:
-		return d.SetStatus(accel.StatusMalfunction)
+		want = accel.StatusMalfunction
 	case FaultNeedsReset:
-		return d.SetStatus(accel.StatusNeedsReset)
+		want = accel.StatusNeedsReset
+	default:
+		return 0, fmt.Errorf("unknown fault %s (want %s or %s): %w", quote(string(f)), FaultMalfunction, FaultNeedsReset, syscall.EINVAL)
 	}
-	return fmt.Errorf("unknown fault %q (want %s or %s): %w", f, FaultMalfunction, FaultNeedsReset, syscall.EINVAL)
+	d, err := s.lookup(name)
+	if err != nil {
+		return 0, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch st := d.Status(); {
+	case s.resetting[d] || st == accel.StatusInReset:
+		return accel.StatusInReset, fmt.Errorf("fault %s: a reset is in progress: %w", name, syscall.EAGAIN)
+	case st == accel.StatusNeedsReset && want == accel.StatusMalfunction:
+		return st, nil
+	}
+	if err := d.SetStatus(want); err != nil {
+		return 0, fmt.Errorf("fault: %w", err)
+	}
+	return want, nil
 }
 
 // Recover clears a malfunction without a reset, as when a transient fault
@@ -135,24 +209,53 @@ func (s *Sim) Recover(name string) error {
 	if err != nil {
 		return err
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.resetting[d] {
+		return fmt.Errorf("recover %s: a reset is in progress: %w", name, syscall.EAGAIN)
+	}
 	switch st := d.Status(); st {
 	case accel.StatusMalfunction, accel.StatusOperational:
-		return d.SetStatus(accel.StatusOperational)
+		if err := d.SetStatus(accel.StatusOperational); err != nil {
+			return fmt.Errorf("recover: %w", err)
+		}
+		return nil
+	case accel.StatusInReset:
+		return fmt.Errorf("recover %s: a reset is in progress: %w", name, syscall.EAGAIN)
 	default:
 		return fmt.Errorf("%s is %s: only a reset recovers it: %w", name, st, syscall.EINVAL)
 	}
 }
 
-// Reset resets device name and waits for it to finish.
+// Reset resets device name and waits for it to finish. A second reset of
+// the same device while one runs fails with EAGAIN.
 func (s *Sim) Reset(ctx context.Context, name string) error {
 	d, err := s.lookup(name)
 	if err != nil {
 		return err
 	}
+	s.mu.Lock()
+	if s.resetting[d] {
+		s.mu.Unlock()
+		return fmt.Errorf("reset %s: a reset is already in progress: %w", name, syscall.EAGAIN)
+	}
+	s.resetting[d] = true
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.resetting, d)
+		s.mu.Unlock()
+	}()
 	return d.Reset(ctx)
 }
 
+// lookup finds the simulated device whose compute node is name: EINVAL for
+// anything but a compute node name (acN_monitor included), ENODEV when no
+// such device is present.
 func (s *Sim) lookup(name string) (*accel.Device, error) {
+	if err := checkDeviceName(name); err != nil {
+		return nil, err
+	}
 	d, err := s.reg.Lookup(name)
 	if err != nil {
 		return nil, err
@@ -161,103 +264,4 @@ func (s *Sim) lookup(name string) (*accel.Device, error) {
 		return nil, fmt.Errorf("%s is not a simulated device: %w", name, syscall.EINVAL)
 	}
 	return d, nil
-}
-
-// ControlUsage lists the commands Control accepts.
-const ControlUsage = `commands:
-  add [COUNT]                        hot-plug COUNT new devices (default 1)
-  remove DEVICE                      hot-unplug DEVICE (e.g. ac1)
-  fault DEVICE [malfunction|needs-reset]  inject a fault (default malfunction)
-  recover DEVICE                     clear a malfunction
-  reset DEVICE                       reset DEVICE and wait until it is back`
-
-// Control runs one control command line (see ControlUsage) and returns a
-// one-line result. Errors wrap a syscall.Errno: EINVAL for a malformed
-// command, ENODEV for an unknown device. A reset runs to completion even if
-// ctx ends, so an interrupted caller never leaves a device half-reset.
-func (s *Sim) Control(ctx context.Context, line string) (string, error) {
-	args := strings.Fields(line)
-	if len(args) == 0 {
-		return "", fmt.Errorf("empty command (want add, remove, fault, recover or reset): %w", syscall.EINVAL)
-	}
-	cmd, args := args[0], args[1:]
-	needDevice := func() (string, error) {
-		if len(args) < 1 {
-			return "", fmt.Errorf("%s needs a device name, e.g. %s ac0: %w", cmd, cmd, syscall.EINVAL)
-		}
-		return args[0], nil
-	}
-	maxArgs := map[string]int{"add": 1, "remove": 1, "fault": 2, "recover": 1, "reset": 1}
-	if n, ok := maxArgs[cmd]; ok && len(args) > n {
-		return "", fmt.Errorf("%s: too many arguments %q: %w", cmd, args, syscall.EINVAL)
-	}
-	switch cmd {
-	case "add":
-		n := 1
-		if len(args) == 1 {
-			v, err := strconv.Atoi(args[0])
-			if err != nil || v < 1 {
-				return "", fmt.Errorf("add: COUNT must be a positive number, got %q: %w", args[0], syscall.EINVAL)
-			}
-			n = v
-		}
-		names := make([]string, 0, n)
-		for range n {
-			d, err := s.Add()
-			if err != nil {
-				if len(names) > 0 {
-					return "", fmt.Errorf("added %s, then: %w", strings.Join(names, " "), err)
-				}
-				return "", err
-			}
-			names = append(names, d.Name())
-		}
-		return "added " + strings.Join(names, " "), nil
-	case "remove":
-		name, err := needDevice()
-		if err != nil {
-			return "", err
-		}
-		if err := s.Remove(name); err != nil {
-			return "", err
-		}
-		return "removed " + name, nil
-	case "fault":
-		name, err := needDevice()
-		if err != nil {
-			return "", err
-		}
-		f := FaultMalfunction
-		if len(args) == 2 {
-			f = Fault(args[1])
-		}
-		if err := s.Inject(name, f); err != nil {
-			return "", err
-		}
-		return fmt.Sprintf("%s: %s", name, f), nil
-	case "recover":
-		name, err := needDevice()
-		if err != nil {
-			return "", err
-		}
-		if err := s.Recover(name); err != nil {
-			return "", err
-		}
-		return name + ": operational", nil
-	case "reset":
-		name, err := needDevice()
-		if err != nil {
-			return "", err
-		}
-		if err := s.Reset(context.WithoutCancel(ctx), name); err != nil {
-			return "", err
-		}
-		d, err := s.lookup(name)
-		if err != nil {
-			return "", err
-		}
-		info := d.Info()
-		return fmt.Sprintf("%s: %s after reset (reset_count %d)", name, info.Status, info.ResetCount), nil
-	}
-	return "", fmt.Errorf("unknown command %q (want add, remove, fault, recover or reset): %w", cmd, syscall.EINVAL)
 }

@@ -14,7 +14,8 @@ import (
 var (
 	// IoctlMemAlloc allocates device memory for the calling client:
 	// _IOWR(0xAC, 0x40, struct fakedev_mem_alloc). ENOMEM when it does not
-	// fit, EINVAL for size 0.
+	// fit, EINVAL for size 0, ENOSPC when the client already holds
+	// Config.MaxAllocations allocations (default 4096).
 	IoctlMemAlloc = accel.IOWR(accel.DriverCommandBase+0, 16)
 	// IoctlMemFree frees an allocation: _IOW(0xAC, 0x41, struct
 	// fakedev_mem_free). EINVAL for a handle the client does not own.
