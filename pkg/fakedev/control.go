@@ -37,7 +37,7 @@ type controlOp struct {
 
 // controlArgs says how many arguments after the verb each command takes,
 // and its usage; ok is false for an unknown verb.
-func controlArgs(verb string) (min, max int, usage string, ok bool) {
+func controlArgs(verb string) (minArgs, maxArgs int, usage string, ok bool) {
 	switch verb {
 	case "add":
 		return 0, 1, "add [COUNT]", true
@@ -185,9 +185,9 @@ func checkDeviceName(name string) error {
 // quote quotes a word of a command for an error message, cut to a short
 // prefix so that the message stays one short line.
 func quote(s string) string {
-	const max = 32
-	if len(s) > max {
-		return strconv.Quote(s[:max]) + "..."
+	const limit = 32
+	if len(s) > limit {
+		return strconv.Quote(s[:limit]) + "..."
 	}
 	return strconv.Quote(s)
 }
