@@ -7,6 +7,7 @@
 //	accel-plugin events   print device events as they happen
 //	accel-plugin info     print the info of device nodes as JSON
 //	accel-plugin list     print a table of the devices in a directory
+//	accel-plugin wait     wait until a directory holds a live simulator (the chart's init container)
 package main
 
 import (
@@ -29,6 +30,7 @@ usage:
   accel-plugin events --dir DIR               print device events as JSON lines as they happen
   accel-plugin info PATH...                   print each node's info as one JSON object per line
   accel-plugin list --dir DIR                 print a table of the devices in DIR
+  accel-plugin wait --dir DIR [--timeout 5m]  exit 0 once DIR holds a live simulator, 1 on timeout
 
 Run "accel-plugin COMMAND --help" for a command's flags.
 `
@@ -65,6 +67,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runInfo(rest, stdout, stderr)
 	case "list":
 		err = runList(rest, stdout, stderr)
+	case "wait":
+		err = runWait(rest, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0
