@@ -18,24 +18,35 @@ import (
 )
 
 // Control sends one command to the simulator serving dir and returns its
-// result line. A failed command returns the simulator's own message.
+// result line. A failed command returns the simulator's own message. The
+// command is one line (see controlNode): one with a newline in it is
+// refused here rather than run as several.
 func Control(dir, command string) (string, error) {
+	if strings.ContainsAny(command, "\n\r") {
+		return "", fmt.Errorf("control command %q: a command is one line; send several commands one at a time", command)
+	}
+	if len(command) > MaxControlLine {
+		return "", fmt.Errorf("control command of %d bytes: the limit is %d bytes per line", len(command), MaxControlLine)
+	}
 	path := filepath.Join(dir, SysDir, ControlFile)
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return "", fmt.Errorf("%s: no simulator control file (is `accel-plugin sim --dir %s` running?)", path, dir)
 		}
+		if errors.Is(err, os.ErrPermission) {
+			return "", fmt.Errorf("open %s: %w (driving the simulator needs root with CAP_SYS_ADMIN)", path, err)
+		}
 		return "", fmt.Errorf("open control file: %w", err)
 	}
 	defer f.Close()
-	_, werr := f.Write([]byte(command))
+	_, werr := f.Write([]byte(command + "\n"))
 	out, rerr := io.ReadAll(f)
 	msg := strings.TrimSpace(string(out))
+	if m, ok := strings.CutPrefix(msg, "error: "); ok {
+		return "", errors.New(m)
+	}
 	if werr != nil {
-		if m, ok := strings.CutPrefix(msg, "error: "); ok {
-			return "", errors.New(m)
-		}
 		return "", fmt.Errorf("control %q: %w", command, werr)
 	}
 	if rerr != nil {

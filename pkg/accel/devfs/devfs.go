@@ -8,11 +8,19 @@
 //	acN_monitor   monitor node (shared; read() gives a one-line summary)
 //	sys/events    read() blocks until the next device event and returns it
 //	              as a JSON line; each open descriptor starts from "now"
-//	sys/control   write a control command, read back the result line
-//	              (present only with a Controller; root only)
+//	sys/control   write control commands, one per line, read back the
+//	              result lines (present only with a Controller; writers
+//	              need CAP_SYS_ADMIN; see control.go)
 //
 // FUSE gives no inotify events for changes the daemon makes, so consumers
 // wait on sys/events instead of polling.
+//
+// Security: the tree is immutable to every caller, root included (unlink,
+// rmdir, rename, create, mkdir, mknod, link, symlink and attribute changes
+// fail with EPERM; see immutable.go). The root directory is root-owned
+// with Options.DirMode (default 0700), so a host user who is not root
+// cannot reach the compute nodes at all, while a container that has a
+// node bind-mounted (as /dev/accel/acN) opens it by the node's own mode.
 package devfs
 
 import (
@@ -47,13 +55,29 @@ type Controller interface {
 	Control(ctx context.Context, command string) (string, error)
 }
 
+// Default modes of a mount's files, used where Options leaves a mode nil.
+const (
+	DefaultComputeMode os.FileMode = 0o666
+	DefaultMonitorMode os.FileMode = 0o444
+	DefaultDirMode     os.FileMode = 0o700
+)
+
 // Options configure a mount. The zero value is usable.
+//
+// A nil mode means its default; any other value is honoured exactly, 0000
+// included, and Mount refuses one with bits outside 0777 (no setuid,
+// setgid or sticky bit). Use Mode to fill the fields.
 type Options struct {
-	// ComputeMode is the permission of compute nodes (default 0666).
-	ComputeMode os.FileMode
-	// MonitorMode is the permission of monitor nodes (default 0444).
-	MonitorMode os.FileMode
-	// GID owns the device nodes (default 0), for ComputeMode 0660 setups.
+	// ComputeMode is the permission of compute nodes (DefaultComputeMode).
+	ComputeMode *os.FileMode
+	// MonitorMode is the permission of monitor nodes (DefaultMonitorMode).
+	MonitorMode *os.FileMode
+	// DirMode is the permission of the mount's root directory
+	// (DefaultDirMode): it decides who can reach the nodes through the
+	// mount at all. Bind mounts of single nodes do not pass through it.
+	DirMode *os.FileMode
+	// GID owns the device nodes and the root directory (default 0), for
+	// 0660 / 0750 setups.
 	GID uint32
 	// Control, if set, serves sys/control.
 	Control Controller
@@ -63,14 +87,48 @@ type Options struct {
 	FSName string
 }
 
+// Mode returns a pointer to m, for the mode fields of Options.
+func Mode(m os.FileMode) *os.FileMode { return &m }
+
+// modes are the resolved, checked modes of a mount.
+type modes struct {
+	compute, monitor, dir uint32
+}
+
+// resolveModes applies the defaults and refuses modes beyond 0777.
+func (o *Options) resolveModes() (modes, error) {
+	pick := func(what string, m *os.FileMode, def os.FileMode) (uint32, error) {
+		if m == nil {
+			return uint32(def), nil
+		}
+		if *m&^0o777 != 0 {
+			return 0, fmt.Errorf("%s mode %#o: only permission bits (at most 0777) are allowed", what, uint32(*m))
+		}
+		return uint32(*m), nil
+	}
+	var out modes
+	var err error
+	if out.compute, err = pick("compute node", o.ComputeMode, DefaultComputeMode); err != nil {
+		return modes{}, err
+	}
+	if out.monitor, err = pick("monitor node", o.MonitorMode, DefaultMonitorMode); err != nil {
+		return modes{}, err
+	}
+	if out.dir, err = pick("root directory", o.DirMode, DefaultDirMode); err != nil {
+		return modes{}, err
+	}
+	return out, nil
+}
+
 // Server is a mounted devfs.
 type Server struct {
-	dir  string
-	reg  *accel.Registry
-	opts Options
-	log  *slog.Logger
-	srv  *fuse.Server
-	root *rootNode
+	dir   string
+	reg   *accel.Registry
+	opts  Options
+	modes modes
+	log   *slog.Logger
+	srv   *fuse.Server
+	root  *rootNode
 
 	mounted time.Time // timestamps of the sys files
 
@@ -171,16 +229,14 @@ func unescapeMountPath(s string) string {
 // Mount checks dir with CheckMountpoint, mounts the registry's nodes on it
 // (allow_other, default_permissions) and serves them until Unmount.
 func Mount(dir string, reg *accel.Registry, opts Options) (*Server, error) {
+	m, err := opts.resolveModes()
+	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", dir, err)
+	}
 	if err := CheckMountpoint(dir); err != nil {
 		return nil, err
 	}
 	abs, _ := filepath.Abs(dir)
-	if opts.ComputeMode == 0 {
-		opts.ComputeMode = 0o666
-	}
-	if opts.MonitorMode == 0 {
-		opts.MonitorMode = 0o444
-	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -188,7 +244,7 @@ func Mount(dir string, reg *accel.Registry, opts Options) (*Server, error) {
 		opts.FSName = "accel-sim"
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Server{dir: abs, reg: reg, opts: opts, log: opts.Logger, mounted: time.Now(), ctx: ctx, cancel: cancel}
+	s := &Server{dir: abs, reg: reg, opts: opts, modes: m, log: opts.Logger, mounted: time.Now(), ctx: ctx, cancel: cancel}
 	s.root = &rootNode{srv: s, nodes: make(map[string]*fs.Inode)}
 
 	entryTimeout := time.Second
@@ -202,7 +258,9 @@ func Mount(dir string, reg *accel.Registry, opts Options) (*Server, error) {
 		},
 		EntryTimeout: &entryTimeout,
 		AttrTimeout:  &entryTimeout,
-		GID:          opts.GID,
+		// Every node reports its mode itself; without this go-fuse would
+		// turn a mode of 0000 into 0644.
+		NullPermissions: true,
 	})
 	if err != nil {
 		cancel()
@@ -278,13 +336,7 @@ func closeOnExecFUSE() error {
 // callerPID returns the process (thread group) behind a FUSE request. The
 // kernel reports the calling thread's id, which differs from the process
 // id in any multi-threaded program, so it is mapped through /proc.
-func callerPID(ctx context.Context) int32 {
-	c, ok := fuse.FromContext(ctx)
-	if !ok || c.Pid == 0 {
-		return 0
-	}
-	return tgid(int32(c.Pid))
-}
+func callerPID(ctx context.Context) int32 { return callerOf(ctx).pid }
 
 // tgid returns the thread group id of thread tid, or tid itself when /proc
 // does not say (the thread is gone, or lives in a pid namespace we cannot see).

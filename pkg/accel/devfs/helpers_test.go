@@ -78,6 +78,9 @@ func runHelper(mode, path string) int {
 		_ = json.NewEncoder(os.Stdout).Encode(errs)
 		return 0
 	}
+	if code, ok := runHardeningHelper(mode, path); ok {
+		return code
+	}
 	fmt.Fprintf(os.Stderr, "unknown helper mode %q\n", mode)
 	return 2
 }
@@ -99,7 +102,8 @@ func unixErrnoName(e syscall.Errno) string {
 		e    syscall.Errno
 		name string
 	}{{syscall.EBUSY, "EBUSY"}, {syscall.EPERM, "EPERM"}, {syscall.EAGAIN, "EAGAIN"},
-		{syscall.ENODEV, "ENODEV"}, {syscall.ENOENT, "ENOENT"}, {syscall.EACCES, "EACCES"}} {
+		{syscall.ENODEV, "ENODEV"}, {syscall.ENOENT, "ENOENT"}, {syscall.EACCES, "EACCES"},
+		{syscall.EMFILE, "EMFILE"}, {syscall.EINVAL, "EINVAL"}} {
 		if e == n.e {
 			return n.name
 		}
@@ -186,16 +190,25 @@ func requireFUSE(t testing.TB) {
 
 func mountSim(t testing.TB, devices int) *testMount {
 	t.Helper()
+	return mountSimWith(t, devices, filepath.Join(t.TempDir(), "dev"), accel.Options{}, Options{})
+}
+
+// mountSimWith mounts a simulator with devices on dir with the given
+// registry and mount options (Control is always the simulator).
+func mountSimWith(t testing.TB, devices int, dir string, ropts accel.Options, opts Options) *testMount {
+	t.Helper()
 	requireFUSE(t)
-	reg := accel.NewRegistry(accel.Options{})
+	reg := accel.NewRegistry(ropts)
 	sim := fakedev.New(reg, fakedev.Config{ResetDuration: 5 * time.Millisecond, NUMANodes: 2})
 	for range devices {
 		if _, err := sim.Add(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	dir := filepath.Join(t.TempDir(), "dev")
-	srv, err := Mount(dir, reg, Options{Control: sim})
+	if opts.Control == nil {
+		opts.Control = sim
+	}
+	srv, err := Mount(dir, reg, opts)
 	if err != nil {
 		t.Fatalf("mount: %v", err)
 	}

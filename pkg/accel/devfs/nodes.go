@@ -18,6 +18,7 @@ import (
 // events.
 type rootNode struct {
 	fs.Inode
+	immutable
 	srv *Server
 
 	mu      sync.Mutex
@@ -25,7 +26,20 @@ type rootNode struct {
 	nextIno uint64
 }
 
-var _ = (fs.NodeOnAdder)((*rootNode)(nil))
+var (
+	_ = (fs.NodeOnAdder)((*rootNode)(nil))
+	_ = (fs.NodeGetattrer)((*rootNode)(nil))
+)
+
+// Getattr reports the root directory: owned by root and Options.GID, with
+// Options.DirMode.
+func (r *rootNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode = syscall.S_IFDIR | r.srv.modes.dir
+	out.Gid = r.srv.opts.GID
+	out.Nlink = 2
+	out.SetTimes(nil, &r.srv.mounted, &r.srv.mounted)
+	return 0
+}
 
 // OnAdd builds the tree once the mount is live.
 func (r *rootNode) OnAdd(ctx context.Context) {
@@ -66,11 +80,11 @@ func (r *rootNode) onEvent(ev accel.Event) {
 func (r *rootNode) expose(d *accel.Device) {
 	ctx := context.Background()
 	for _, kind := range []accel.NodeKind{accel.NodeCompute, accel.NodeMonitor} {
-		name, mode := d.Name(), r.srv.opts.ComputeMode
+		name, mode := d.Name(), r.srv.modes.compute
 		if kind == accel.NodeMonitor {
-			name, mode = d.MonitorName(), r.srv.opts.MonitorMode
+			name, mode = d.MonitorName(), r.srv.modes.monitor
 		}
-		n := &devNode{dev: d, kind: kind, mode: uint32(mode.Perm()), gid: r.srv.opts.GID, born: time.Now()}
+		n := &devNode{dev: d, kind: kind, mode: mode, gid: r.srv.opts.GID, born: time.Now()}
 		ch := r.NewPersistentInode(ctx, n, fs.StableAttr{Mode: syscall.S_IFREG, Ino: r.ino()})
 		r.AddChild(name, ch, true)
 		r.mu.Lock()
@@ -98,6 +112,7 @@ func (r *rootNode) hide(name string) {
 // sysDir is the sys directory.
 type sysDir struct {
 	fs.Inode
+	immutable
 	srv *Server
 }
 
@@ -113,6 +128,7 @@ func (n *sysDir) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut
 // devNode is a compute or monitor node of one device.
 type devNode struct {
 	fs.Inode
+	immutable
 	dev  *accel.Device
 	kind accel.NodeKind
 	mode uint32

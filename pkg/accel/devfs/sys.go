@@ -25,6 +25,7 @@ func (s *Server) fileAttr(out *fuse.AttrOut, perm uint32) {
 // eventsNode is sys/events: every open gets its own subscription.
 type eventsNode struct {
 	fs.Inode
+	immutable
 	srv *Server
 }
 
@@ -131,60 +132,4 @@ func (h *eventsHandle) tryNext() (accel.Event, bool) {
 func appendEvent(b []byte, ev accel.Event) []byte {
 	line, _ := json.Marshal(ev)
 	return append(append(b, line...), '\n')
-}
-
-// controlNode is sys/control: write a command, then read its result line
-// from the same descriptor. The write itself fails with the command's errno.
-type controlNode struct {
-	fs.Inode
-	srv *Server
-}
-
-var (
-	_ = (fs.NodeOpener)((*controlNode)(nil))
-	_ = (fs.NodeGetattrer)((*controlNode)(nil))
-)
-
-func (n *controlNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	n.srv.fileAttr(out, 0o600)
-	return 0
-}
-
-func (n *controlNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	return &controlHandle{srv: n.srv}, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NONSEEKABLE, 0
-}
-
-type controlHandle struct {
-	srv *Server
-
-	mu     sync.Mutex
-	result []byte
-}
-
-var (
-	_ = (fs.FileReader)((*controlHandle)(nil))
-	_ = (fs.FileWriter)((*controlHandle)(nil))
-)
-
-func (h *controlHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	cmd := strings.TrimSpace(string(data))
-	out, err := h.srv.opts.Control.Control(ctx, cmd)
-	if err != nil {
-		h.result = []byte("error: " + err.Error() + "\n")
-		h.srv.log.Warn("control command failed", "command", cmd, "err", err)
-		return 0, toErrno(err)
-	}
-	h.result = []byte(out + "\n")
-	h.srv.log.Info("control command", "command", cmd, "result", out)
-	return uint32(len(data)), 0
-}
-
-func (h *controlHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	n := copy(dest, h.result)
-	h.result = h.result[n:]
-	return fuse.ReadResultData(dest[:n]), 0
 }

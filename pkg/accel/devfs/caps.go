@@ -1,0 +1,66 @@
+package devfs
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// capSysAdmin is CAP_SYS_ADMIN's bit number (linux/capability.h).
+const capSysAdmin = 21
+
+// caller is the process behind a FUSE request.
+type caller struct {
+	tid int32 // the calling thread, as the kernel reports it; 0 when unknown
+	pid int32 // its thread group (process)
+}
+
+// callerOf returns the caller of a FUSE request.
+func callerOf(ctx context.Context) caller {
+	c, ok := fuse.FromContext(ctx)
+	if !ok || c.Pid == 0 {
+		return caller{}
+	}
+	tid := int32(c.Pid)
+	return caller{tid: tid, pid: tgid(tid)}
+}
+
+// hasSysAdmin reports whether the calling thread's effective capability
+// set holds CAP_SYS_ADMIN. It reads the thread's own status
+// (/proc/TID/status, which also resolves for threads that are not a group
+// leader), as the kernel checks capabilities per thread. A caller it
+// cannot identify — pid 0, which FUSE reports for a process in a pid
+// namespace the daemon cannot see, or a thread that is gone — has no
+// capabilities.
+func hasSysAdmin(c caller) (bool, error) {
+	if c.tid == 0 {
+		return false, fmt.Errorf("the kernel did not report the caller's pid (a pid namespace the simulator cannot see?)")
+	}
+	eff, err := capEff(c.tid)
+	if err != nil {
+		return false, err
+	}
+	return eff&(1<<capSysAdmin) != 0, nil
+}
+
+// capEff returns the CapEff mask of thread tid.
+func capEff(tid int32) (uint64, error) {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(int(tid)) + "/status")
+	if err != nil {
+		return 0, fmt.Errorf("read capabilities of the caller: %w", err)
+	}
+	for line := range strings.SplitSeq(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			if err != nil {
+				return 0, fmt.Errorf("parse CapEff of thread %d: %w", tid, err)
+			}
+			return mask, nil
+		}
+	}
+	return 0, fmt.Errorf("no CapEff line in /proc/%d/status", tid)
+}
