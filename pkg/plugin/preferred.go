@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"cmp"
+	"container/heap"
 	"slices"
 )
 
@@ -80,8 +81,10 @@ func preferCompute(snap *Snapshot, available, mustInclude []string, size int) []
 
 // preferMonitor picks size monitor slots from available, including
 // mustInclude, spread over as many distinct devices as possible: each
-// round takes one slot from every device not yet used by this request,
-// preferring devices with the most free slots (the least shared).
+// round takes one slot from the device used least by this request so far,
+// preferring devices with the most free slots (the least shared), then
+// lower indices. A heap keeps each round O(log devices), so a request with
+// many IDs costs O(n log n).
 func preferMonitor(snap *Snapshot, available, mustInclude []string, size int) []string {
 	chosen, rest := startWith(available, mustInclude, size)
 	if len(chosen) >= size {
@@ -92,42 +95,67 @@ func preferMonitor(snap *Snapshot, available, mustInclude []string, size int) []
 		dev, _ := parseMonitorSlotID(id)
 		used[dev]++
 	}
-	free := map[string][]string{} // device ID → its available slots
-	var devs []string
+	byDev := map[string]*slotDev{}
+	h := &slotHeap{}
 	for _, id := range rest {
 		dev, ok := parseMonitorSlotID(id)
 		if !ok {
 			dev = id
 		}
-		if _, seen := free[dev]; !seen {
-			devs = append(devs, dev)
+		d := byDev[dev]
+		if d == nil {
+			d = &slotDev{id: dev, index: indexOf(snap, dev), used: used[dev]}
+			byDev[dev] = d
+			h.devs = append(h.devs, d)
 		}
-		free[dev] = append(free[dev], id)
+		d.free = append(d.free, id)
 	}
-	for len(chosen) < size {
-		slices.SortFunc(devs, func(a, b string) int {
-			return cmp.Or(
-				cmp.Compare(used[a], used[b]),
-				cmp.Compare(len(free[b]), len(free[a])),
-				cmp.Compare(indexOf(snap, a), indexOf(snap, b)),
-				cmp.Compare(a, b))
-		})
-		if len(devs) == 0 || len(free[devs[0]]) == 0 {
-			break
-		}
-		dev := devs[0]
-		chosen = append(chosen, free[dev][0])
-		free[dev] = free[dev][1:]
-		used[dev]++
-		if len(free[dev]) == 0 {
-			devs = devs[1:]
+	heap.Init(h)
+	for len(chosen) < size && h.Len() > 0 {
+		d := h.devs[0]
+		chosen = append(chosen, d.free[0])
+		d.free = d.free[1:]
+		d.used++
+		if len(d.free) == 0 {
+			heap.Pop(h)
+		} else {
+			heap.Fix(h, 0)
 		}
 	}
 	return chosen
 }
 
-// startWith returns mustInclude (kubelet guarantees they are available) and
-// the other available IDs.
+// slotDev is one device's free slots while preferMonitor picks.
+type slotDev struct {
+	id    string
+	index int
+	used  int
+	free  []string
+}
+
+// slotHeap orders devices by (used, most free, index, ID).
+type slotHeap struct{ devs []*slotDev }
+
+func (h *slotHeap) Len() int { return len(h.devs) }
+func (h *slotHeap) Less(i, j int) bool {
+	a, b := h.devs[i], h.devs[j]
+	return cmp.Or(
+		cmp.Compare(a.used, b.used),
+		cmp.Compare(len(b.free), len(a.free)),
+		cmp.Compare(a.index, b.index),
+		cmp.Compare(a.id, b.id)) < 0
+}
+func (h *slotHeap) Swap(i, j int) { h.devs[i], h.devs[j] = h.devs[j], h.devs[i] }
+func (h *slotHeap) Push(x any)    { h.devs = append(h.devs, x.(*slotDev)) }
+func (h *slotHeap) Pop() any {
+	d := h.devs[len(h.devs)-1]
+	h.devs = h.devs[:len(h.devs)-1]
+	return d
+}
+
+// startWith returns mustInclude and the other available IDs. The request
+// was checked first (checkPreferred): no duplicates, every must-include ID
+// available, size within bounds.
 func startWith(available, mustInclude []string, size int) (chosen, rest []string) {
 	must := map[string]bool{}
 	for _, id := range mustInclude {

@@ -2,11 +2,14 @@ package plugin
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"slices"
 	"strings"
 	"sync/atomic"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 )
 
@@ -152,30 +155,69 @@ func countHealthy(units []unit) int {
 	return n
 }
 
-// Allocate gives each container the nodes of the devices kubelet chose. An
-// unknown or unhealthy ID fails the whole request with an error naming it.
+// Allocate gives each container the nodes of the devices kubelet chose. A
+// malformed request fails with InvalidArgument, an unknown ID with
+// NotFound, an unhealthy device with FailedPrecondition; each error names
+// the ID and the problem, and fails the whole request.
 func (r *Resource) Allocate(ctx context.Context, req *pluginapi.AllocateRequest) (*pluginapi.AllocateResponse, error) {
 	snap, _ := r.store.Load()
+	creqs := req.GetContainerRequests()
+	if err := r.checkContainerCount("Allocate", len(creqs)); err != nil {
+		r.metrics.allocated(r.Name, err)
+		r.log.Warn("allocate refused", "err", err)
+		return nil, err
+	}
 	resp := &pluginapi.AllocateResponse{}
-	for _, creq := range req.GetContainerRequests() {
-		cresp, err := r.allocate(snap, creq.GetDevicesIds())
+	owner := map[string]int{} // ID → the container request that named it
+	for i, creq := range creqs {
+		ids := creq.GetDevicesIds()
+		cresp, err := r.allocateOne(snap, i, ids, owner)
 		r.metrics.allocated(r.Name, err)
 		if err != nil {
-			r.log.Warn("allocate refused", "ids", creq.GetDevicesIds(), "err", err)
+			r.log.Warn("allocate refused", "ids", logIDs(ids), "err", err)
 			return nil, err
 		}
-		r.log.Info("allocated", "ids", creq.GetDevicesIds(), "env", cresp.Envs)
+		r.log.Info("allocated", "ids", logIDs(ids), "env", cresp.Envs)
 		resp.ContainerResponses = append(resp.ContainerResponses, cresp)
 	}
 	return resp, nil
 }
 
+// allocateOne checks and answers container request i.
+func (r *Resource) allocateOne(snap *Snapshot, i int, ids []string, owner map[string]int) (*pluginapi.ContainerAllocateResponse, error) {
+	where := fmt.Sprintf("Allocate container request %d", i)
+	if _, err := r.checkIDList(where, "devices_ids", ids); err != nil {
+		return nil, err
+	}
+	for _, id := range ids {
+		if j, taken := owner[id]; taken {
+			return nil, status.Errorf(codes.InvalidArgument, "%s: %s: device ID %s is also in container request %d; a unit goes to one container",
+				r.Name, where, quoteID(id), j)
+		}
+		owner[id] = i
+	}
+	return r.allocate(snap, ids)
+}
+
 // GetPreferredAllocation keeps compute requests on few NUMA nodes and
-// spreads monitor slots over distinct devices.
+// spreads monitor slots over distinct devices. A malformed request (a
+// size below 1 or above the available IDs, duplicate IDs, must-include IDs
+// that are not available) fails with InvalidArgument naming the problem.
+// The answer always has exactly allocation_size distinct IDs, all
+// available, every must-include ID among them.
 func (r *Resource) GetPreferredAllocation(ctx context.Context, req *pluginapi.PreferredAllocationRequest) (*pluginapi.PreferredAllocationResponse, error) {
 	snap, _ := r.store.Load()
+	creqs := req.GetContainerRequests()
+	if err := r.checkContainerCount("GetPreferredAllocation", len(creqs)); err != nil {
+		r.log.Warn("preferred allocation refused", "err", err)
+		return nil, err
+	}
 	resp := &pluginapi.PreferredAllocationResponse{}
-	for _, creq := range req.GetContainerRequests() {
+	for i, creq := range creqs {
+		if err := r.checkPreferred(i, creq); err != nil {
+			r.log.Warn("preferred allocation refused", "err", err)
+			return nil, err
+		}
 		size := int(creq.GetAllocationSize())
 		var ids []string
 		if r.kind == computeNode {
@@ -188,7 +230,8 @@ func (r *Resource) GetPreferredAllocation(ctx context.Context, req *pluginapi.Pr
 	return resp, nil
 }
 
-// PreStartContainer is not required (see options) and does nothing.
+// PreStartContainer is not required (see options), so kubelet never calls
+// it; it uses nothing of its request and answers every call with success.
 func (r *Resource) PreStartContainer(context.Context, *pluginapi.PreStartContainerRequest) (*pluginapi.PreStartContainerResponse, error) {
 	return &pluginapi.PreStartContainerResponse{}, nil
 }
