@@ -170,8 +170,12 @@ func TestComputeExclusiveMonitorShared(t *testing.T) {
 	wantErrno(t, "second compute open", err, syscall.EBUSY)
 
 	var monitors []*File
-	for range 100 {
-		monitors = append(monitors, mustOpen(t, d, NodeMonitor))
+	for i := range 100 { // from 100 processes: one may hold at most DefaultMonitorOpensPerProcess
+		m, err := d.Open(context.Background(), NodeMonitor, int32(1000+i))
+		if err != nil {
+			t.Fatalf("monitor open %d: %v", i, err)
+		}
+		monitors = append(monitors, m)
 	}
 	info := d.Info()
 	if !info.ComputeInUse || info.HolderPID != 100 || info.MonitorClients != 100 || info.MemoryUsed != 42 {

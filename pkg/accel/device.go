@@ -21,10 +21,12 @@ type Device struct {
 	status     Status
 	resetCount uint32
 	resetting  bool
-	holder     *File         // open compute file, nil if none
-	released   chan struct{} // closed when holder releases; made by the first waiter
-	monitors   int           // open monitor files
-	open       int           // all open files, for index reuse
+	holder     *File          // open compute file, nil if none
+	released   chan struct{}  // closed when holder releases; made by the first waiter
+	monitors   int            // open monitor files
+	monitorsOf map[int32]int  // open monitor files by opening process
+	limited    map[int32]bool // processes refused since their count was last below the limit (logged once)
+	open       int            // all open files, for index reuse
 }
 
 // Index returns the device index N.

@@ -14,7 +14,11 @@ import (
 // Rules the core enforces here:
 //   - the compute node has at most one open File at a time; a second Open
 //     gets EBUSY until the holder is released;
-//   - the monitor node has any number of open Files;
+//   - the monitor node has up to Options.MonitorOpensPerDevice open Files,
+//     at most Options.MonitorOpensPerProcess of them opened by one process;
+//     the next monitor open fails with EMFILE until one is released (the
+//     count follows the process that opened the file, also after it passed
+//     the descriptor on by fork or SCM_RIGHTS);
 //   - compute opens are refused with EAGAIN while the device resets, EPERM
 //     while it is malfunctioning or needs a reset, and ENODEV once it is
 //     removed;
@@ -57,7 +61,14 @@ func (d *Device) Open(ctx context.Context, kind NodeKind, pid int32) (*File, err
 			d.mu.Unlock()
 			return nil, syscall.ENODEV
 		}
+		if err := d.monitorLimitLocked(pid); err != nil {
+			return nil, err // d.mu released
+		}
 		d.monitors++
+		if d.monitorsOf == nil {
+			d.monitorsOf = make(map[int32]int)
+		}
+		d.monitorsOf[pid]++
 		d.open++
 		d.mu.Unlock()
 		return f, nil
@@ -123,6 +134,35 @@ func (d *Device) Open(ctx context.Context, kind NodeKind, pid int32) (*File, err
 	return f, nil
 }
 
+// monitorLimitLocked checks the monitor limits for one more open by pid.
+// On refusal it unlocks d.mu, logs (once per process until its count drops
+// again) and returns EMFILE; otherwise d.mu stays held.
+func (d *Device) monitorLimitLocked(pid int32) error {
+	opts := &d.reg.opts
+	var reason string
+	var limit int
+	switch {
+	case d.monitorsOf[pid] >= opts.MonitorOpensPerProcess:
+		reason, limit = "per-process limit of open monitor files reached", opts.MonitorOpensPerProcess
+	case d.monitors >= opts.MonitorOpensPerDevice:
+		reason, limit = "per-device limit of open monitor files reached", opts.MonitorOpensPerDevice
+	default:
+		return nil
+	}
+	first := !d.limited[pid]
+	if first {
+		if d.limited == nil {
+			d.limited = make(map[int32]bool)
+		}
+		d.limited[pid] = true
+	}
+	d.mu.Unlock()
+	if first {
+		d.reg.log.Warn("monitor open refused (EMFILE)", "device", d.name, "pid", pid, "reason", reason, "limit", limit)
+	}
+	return syscall.EMFILE
+}
+
 // Flush records that a descriptor of f was closed. The kernel sends it on
 // every close(); the release follows only after the last one. Until f shows
 // activity again (an ioctl), a competing compute open waits briefly for the
@@ -156,6 +196,10 @@ func (d *Device) dropFile(f *File) {
 	d.mu.Lock()
 	if f.kind == NodeMonitor {
 		d.monitors--
+		if d.monitorsOf[f.pid]--; d.monitorsOf[f.pid] <= 0 {
+			delete(d.monitorsOf, f.pid)
+		}
+		clear(d.limited) // below a limit again: the next refusal is logged
 	} else if d.holder == f {
 		d.holder = nil
 		d.wakeWaitersLocked()

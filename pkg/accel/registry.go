@@ -13,6 +13,20 @@ import (
 // as the kernel's accel core limits its minors.
 const MaxDevices = 256
 
+// Limits on open monitor files; see Options and Device.Open.
+const (
+	// DefaultMonitorOpensPerProcess is how many open files of one device's
+	// monitor node a single process may hold by default.
+	DefaultMonitorOpensPerProcess = 64
+	// DefaultMonitorOpensPerDevice is how many open monitor files one
+	// device allows in all by default.
+	DefaultMonitorOpensPerDevice = 4096
+	// MaxMonitorOpensPerProcess is the largest per-process limit.
+	MaxMonitorOpensPerProcess = 65536
+	// MaxMonitorOpensPerDevice is the largest per-device limit.
+	MaxMonitorOpensPerDevice = 1 << 20
+)
+
 // Options tune a Registry. The zero value is usable.
 type Options struct {
 	// MaxDevices caps the indices handed out (default and maximum MaxDevices).
@@ -23,6 +37,16 @@ type Options struct {
 	// EventBacklog is how many events a slow consumer may lag behind
 	// before it gets EventResync (default 1024).
 	EventBacklog int
+	// MonitorOpensPerProcess caps the open files of one device's monitor
+	// node that a single process (thread group) may hold at once (default
+	// DefaultMonitorOpensPerProcess, at most MaxMonitorOpensPerProcess);
+	// the next open fails with EMFILE. Every open monitor file costs the
+	// daemon memory, so without a cap one client could exhaust it.
+	MonitorOpensPerProcess int
+	// MonitorOpensPerDevice caps all open monitor files of one device
+	// (default DefaultMonitorOpensPerDevice, at most
+	// MaxMonitorOpensPerDevice); the next open fails with EMFILE.
+	MonitorOpensPerDevice int
 	// Logger receives structured logs (default: discard).
 	Logger *slog.Logger
 }
@@ -57,6 +81,14 @@ func NewRegistry(opts Options) *Registry {
 	if opts.EventBacklog <= 0 {
 		opts.EventBacklog = 1024
 	}
+	if opts.MonitorOpensPerProcess <= 0 {
+		opts.MonitorOpensPerProcess = DefaultMonitorOpensPerProcess
+	}
+	opts.MonitorOpensPerProcess = min(opts.MonitorOpensPerProcess, MaxMonitorOpensPerProcess)
+	if opts.MonitorOpensPerDevice <= 0 {
+		opts.MonitorOpensPerDevice = DefaultMonitorOpensPerDevice
+	}
+	opts.MonitorOpensPerDevice = min(opts.MonitorOpensPerDevice, MaxMonitorOpensPerDevice)
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}

@@ -32,6 +32,8 @@ import (
 //	                    and the bind mount read-write; print both results
 func runHardeningHelper(mode, path string) (int, bool) {
 	switch mode {
+	case "flood":
+		return floodHelper(path), true
 	case "nocap-control":
 		runtime.LockOSThread() // capabilities are per thread: stay on this one
 		if err := dropEffectiveCap(capSysAdmin); err != nil {

@@ -127,8 +127,19 @@ type helper struct {
 
 func startHelper(t testing.TB, mode, path string, extra ...*os.File) *helper {
 	t.Helper()
+	return startHelperWith(t, mode, path, nil, extra...)
+}
+
+// startHelperEnv starts a helper with extra environment variables.
+func startHelperEnv(t testing.TB, mode, path string, env ...string) *helper {
+	t.Helper()
+	return startHelperWith(t, mode, path, env)
+}
+
+func startHelperWith(t testing.TB, mode, path string, env []string, extra ...*os.File) *helper {
+	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$", path)
-	cmd.Env = helperEnviron(mode)
+	cmd.Env = helperEnviron(mode, env...)
 	cmd.ExtraFiles = extra
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()

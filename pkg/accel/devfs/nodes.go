@@ -161,13 +161,10 @@ func (n *devNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOu
 	return 0
 }
 
-// Open applies the core's open rules on behalf of the calling process.
+// Open applies the core's open rules (exclusive compute node, monitor
+// limits) on behalf of the calling process.
 func (n *devNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	var pid int32
-	if n.kind == accel.NodeCompute { // only the holder's pid is reported
-		pid = callerPID(ctx)
-	}
-	f, err := n.dev.Open(ctx, n.kind, pid)
+	f, err := n.dev.Open(ctx, n.kind, callerPID(ctx))
 	if err != nil {
 		return nil, 0, toErrno(err)
 	}
