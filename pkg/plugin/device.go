@@ -35,6 +35,12 @@ type Device struct {
 	// character device (handed to containers as a DeviceSpec) and it has
 	// no monitor node.
 	Kernel bool
+
+	// baseID is the identity read from the device before uniqueIDs told
+	// devices sharing it apart (ID is then baseID-address).
+	baseID string
+	// addr is the device's bus address (a PCI address), where known.
+	addr string
 }
 
 // HasMonitor reports whether the device has a monitor node (and so offers
@@ -84,6 +90,7 @@ type deviceSet map[string]Device
 
 // put stores d.
 func (s deviceSet) put(log *slog.Logger, d Device) {
+	d.Reason = cleanText(d.Reason)
 	old, ok := s[d.Name]
 	s[d.Name] = d
 	switch {

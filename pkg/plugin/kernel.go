@@ -26,8 +26,13 @@ import (
 // open creates a context on the device.
 //
 // Identity: the device's serial_number attribute where the driver has one
-// (habanalabs), else driver and PCI address (stable across reboots for a
-// card in a slot). Health: the status attribute where the driver has one
+// (habanalabs) and it can be a device ID (see validID), else driver and PCI
+// address (stable across reboots for a card in a slot), with a warning.
+// Devices that report the same serial are each advertised as
+// SERIAL-PCIADDRESS, whatever order they are found in, with a warning
+// naming them. Every string read from sysfs is made safe (cleanText) before
+// it reaches kubelet, labels or metrics, so one odd device never affects
+// another. Health: the status attribute where the driver has one
 // (habanalabs: "operational", "in reset", "needs reset", "malfunction", ...),
 // else healthy while the node exists. Node creation and removal in the
 // device directory arrive through inotify; sysfs attributes do not notify,
@@ -45,6 +50,8 @@ type KernelSource struct {
 	Logger *slog.Logger
 
 	devices deviceSet
+	dupIDs  map[string]bool // serials seen on two devices (see uniqueIDs)
+	warned  map[string]bool // one-time warnings given
 }
 
 var kernelNodeRE = regexp.MustCompile(`^accel([0-9]+)$`)
@@ -59,7 +66,7 @@ func (s *KernelSource) Run(ctx context.Context) error {
 	if s.HostDevDir == "" {
 		s.HostDevDir = s.DevDir
 	}
-	s.devices = deviceSet{}
+	s.devices, s.dupIDs, s.warned = deviceSet{}, map[string]bool{}, map[string]bool{}
 	log := s.Logger.With("source", s.sourceName())
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
@@ -95,14 +102,21 @@ func (s *KernelSource) scan(log *slog.Logger) {
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		log.Warn("cannot list kernel accel devices", "dir", s.ClassDir, "err", err)
 	}
-	seen := map[string]bool{}
+	var devs []Device
 	for _, e := range entries {
 		m := kernelNodeRE.FindStringSubmatch(e.Name())
 		if m == nil {
 			continue
 		}
-		index, _ := strconv.Atoi(m[1])
-		d := s.read(e.Name(), index)
+		index, err := strconv.Atoi(m[1])
+		if err != nil {
+			continue // too many digits to be a minor
+		}
+		devs = append(devs, s.read(log, e.Name(), index))
+	}
+	uniqueIDs(log, devs, s.dupIDs, func(d Device) string { return cmp.Or(d.addr, d.Name) })
+	seen := map[string]bool{}
+	for _, d := range devs {
 		seen[d.Name] = true
 		s.devices.put(log, d)
 	}
@@ -111,7 +125,7 @@ func (s *KernelSource) scan(log *slog.Logger) {
 }
 
 // read builds one device from its sysfs directory.
-func (s *KernelSource) read(name string, index int) Device {
+func (s *KernelSource) read(log *slog.Logger, name string, index int) Device {
 	dir := filepath.Join(s.ClassDir, name)
 	pciDev := ""
 	if target, err := filepath.EvalSymlinks(filepath.Join(dir, "device")); err == nil {
@@ -124,28 +138,38 @@ func (s *KernelSource) read(name string, index int) Device {
 	d := Device{
 		Name:     name,
 		Index:    index,
-		Driver:   driver,
+		Driver:   cleanText(driver),
 		NUMANode: -1,
 		Source:   s.sourceName(),
 		HostDir:  s.HostDevDir,
 		Kernel:   true,
+		addr:     idPart(strings.ReplaceAll(pciDev, ":", "-")),
 	}
 	if v, ok := attr(dir, "device/vendor"); ok {
 		dev, _ := attr(dir, "device/device")
-		d.Model = "pci " + strings.TrimPrefix(v, "0x") + ":" + strings.TrimPrefix(dev, "0x")
+		d.Model = cleanText("pci " + strings.TrimPrefix(v, "0x") + ":" + strings.TrimPrefix(dev, "0x"))
 	}
 	if v, ok := attr(dir, "device/numa_node"); ok {
-		if n, err := strconv.Atoi(v); err == nil && n >= 0 {
+		if n, err := strconv.Atoi(v); err == nil && n >= 0 && n <= maxNUMANode {
 			d.NUMANode = n
 		}
 	}
+	fallback := "accel-" + name // no stable identity known: the best we have
+	if pciDev != "" {
+		fallback = idPart(cmp.Or(driver, "accel") + "-" + strings.ReplaceAll(pciDev, ":", "-"))
+	}
 	switch serial, ok := driverAttr(dir, "serial_number"); {
-	case ok && serial != "":
+	case ok && validID(serial):
 		d.ID = serial
-	case pciDev != "":
-		d.ID = cmp.Or(driver, "accel") + "-" + strings.ReplaceAll(pciDev, ":", "-")
+	case ok && serial != "":
+		d.ID = fallback
+		if key := name + "\x00" + serial; !s.warned[key] {
+			s.warned[key] = true
+			log.Warn("serial_number cannot be a device ID (not 1-128 of A-Z a-z 0-9 . _ -); identifying the device by its PCI address instead",
+				"name", name, "serial", fmt.Sprintf("%q", serial), "id", d.ID)
+		}
 	default:
-		d.ID = "accel-" + name // no stable identity known: the best we have
+		d.ID = fallback
 	}
 
 	d.Status = accel.StatusOperational
