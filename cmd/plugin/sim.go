@@ -4,9 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
+	"math"
 	"os/signal"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -18,15 +17,20 @@ import (
 
 func runSim(args []string, stderr io.Writer) error {
 	fs := newFlagSet("sim", "sim --devices N --dir DIR [flags]", stderr)
-	devices := fs.Int("devices", 4, "number of simulated devices at start (0-256; more can be hot-plugged with `sim ctl add`)")
+	devices := fs.Int("devices", 4, "number of simulated devices at start (0-256; more can be hot-plugged with \"sim ctl add\")")
 	dir := fs.String("dir", "/run/accel/dev", "empty directory to mount the device nodes on (created if missing)")
 	seed := fs.String("seed", "accel-sim", "seed of the device serials: same seed and slot, same serial on every run")
 	model := fs.String("model", "Simulated Accel SA-1", "model name the devices report")
 	memGiB := fs.Uint64("memory-gib", 16, "memory per device, GiB")
 	numa := fs.Int("numa-nodes", 1, "spread devices round-robin over this many NUMA nodes")
 	resetDur := fs.Duration("reset-duration", 100*time.Millisecond, "how long a reset keeps a device in_reset")
-	computeMode := fs.String("compute-mode", "0666", "permission bits of compute nodes (e.g. 0660 with --gid)")
-	gid := fs.Uint("gid", 0, "group owning the device nodes")
+	computeMode := fs.String("compute-mode", "0666", "permission of compute nodes, 3 octal digits with an optional leading 0, at most 0777 (0000 is honoured; e.g. 0660 with --gid)")
+	dirMode := fs.String("dir-mode", "0700", "permission of the mount's root directory (root-owned, group --gid), same rules: 0700 keeps host users who are not root away from the nodes, while a container that has a node bind-mounted opens it by the node's own mode")
+	gid := fs.Uint("gid", 0, "group owning the device nodes and the mount's root directory (for 0660 / 0750 setups)")
+	perProc := fs.Int("monitor-opens-per-process", accel.DefaultMonitorOpensPerProcess,
+		fmt.Sprintf("open files of one device's monitor node a single process may hold; the next open fails with EMFILE (1-%d)", accel.MaxMonitorOpensPerProcess))
+	perDev := fs.Int("monitor-opens-per-device", accel.DefaultMonitorOpensPerDevice,
+		fmt.Sprintf("open monitor files per device in all; the next open fails with EMFILE (1-%d)", accel.MaxMonitorOpensPerDevice))
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -46,16 +50,31 @@ func runSim(args []string, stderr io.Writer) error {
 	if *resetDur <= 0 || *resetDur > time.Minute {
 		return fmt.Errorf("--reset-duration %s is out of range: want more than 0 and at most 1m", *resetDur)
 	}
-	mode, err := strconv.ParseUint(*computeMode, 8, 32)
-	if err != nil || mode > 0o777 {
-		return fmt.Errorf("--compute-mode %q: want octal permission bits such as 0666 or 0660", *computeMode)
+	cmode, err := devfs.ParseMode(*computeMode)
+	if err != nil {
+		return fmt.Errorf("--compute-mode: %w", err)
+	}
+	dmode, err := devfs.ParseMode(*dirMode)
+	if err != nil {
+		return fmt.Errorf("--dir-mode: %w", err)
+	}
+	if *gid > math.MaxUint32-1 {
+		return fmt.Errorf("--gid %d is out of range: want 0 to %d", *gid, uint64(math.MaxUint32-1))
+	}
+	if *perProc < 1 || *perProc > accel.MaxMonitorOpensPerProcess {
+		return fmt.Errorf("--monitor-opens-per-process %d is out of range: want 1 to %d", *perProc, accel.MaxMonitorOpensPerProcess)
+	}
+	if *perDev < 1 || *perDev > accel.MaxMonitorOpensPerDevice {
+		return fmt.Errorf("--monitor-opens-per-device %d is out of range: want 1 to %d", *perDev, accel.MaxMonitorOpensPerDevice)
 	}
 	log, err := newLogger(stderr, *logLevel)
 	if err != nil {
 		return err
 	}
 
-	reg := accel.NewRegistry(accel.Options{Logger: log})
+	reg := accel.NewRegistry(accel.Options{
+		MonitorOpensPerProcess: *perProc, MonitorOpensPerDevice: *perDev, Logger: log,
+	})
 	sim := fakedev.New(reg, fakedev.Config{
 		Seed: *seed, Model: *model, MemoryTotal: *memGiB << 30, NUMANodes: *numa,
 		ResetDuration: *resetDur, Logger: log,
@@ -66,7 +85,7 @@ func runSim(args []string, stderr io.Writer) error {
 		}
 	}
 	srv, err := devfs.Mount(*dir, reg, devfs.Options{
-		ComputeMode: os.FileMode(mode), GID: uint32(*gid), Control: sim, Logger: log,
+		ComputeMode: devfs.Mode(cmode), DirMode: devfs.Mode(dmode), GID: uint32(*gid), Control: sim, Logger: log,
 	})
 	if err != nil {
 		return err
@@ -89,8 +108,10 @@ func runSim(args []string, stderr io.Writer) error {
 }
 
 func runSimCtl(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("sim ctl", "sim ctl --dir DIR COMMAND [ARGS]\n\n"+fakedev.ControlUsage, stderr)
-	dir := fs.String("dir", "/run/accel/dev", "directory a running `accel-plugin sim` serves")
+	fs := newFlagSet("sim ctl", "sim ctl --dir DIR COMMAND [ARGS]\n\n"+fakedev.ControlUsage+
+		fmt.Sprintf("\n\nThe command is written to DIR/sys/control as one line (at most %d bytes); the simulator\n"+
+			"accepts it only from a caller with CAP_SYS_ADMIN (root on the host, or a privileged container).", devfs.MaxControlLine), stderr)
+	dir := fs.String("dir", "/run/accel/dev", "directory a running \"accel-plugin sim\" serves")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}

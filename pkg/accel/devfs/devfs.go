@@ -366,3 +366,22 @@ func toErrno(err error) syscall.Errno {
 	}
 	return syscall.EIO
 }
+
+// ParseMode parses a permission mode as the simulator's flags take it:
+// three octal digits, optionally after a leading 0 ("660", "0660", "000"),
+// and nothing above 0777 — no setuid, setgid or sticky bit, no other
+// spelling.
+func ParseMode(s string) (os.FileMode, error) {
+	digits := s
+	if len(s) == 4 && s[0] == '0' {
+		digits = s[1:]
+	}
+	if len(digits) != 3 || strings.Trim(digits, "01234567") != "" {
+		return 0, fmt.Errorf("mode %q: want 3 octal digits with an optional leading 0, at most 0777 (e.g. 0660)", s)
+	}
+	v, err := strconv.ParseUint(digits, 8, 32)
+	if err != nil {
+		return 0, fmt.Errorf("mode %q: %w", s, err)
+	}
+	return os.FileMode(v), nil
+}
