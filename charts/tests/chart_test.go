@@ -17,7 +17,7 @@ import (
 // sound chart.
 var valuesFiles = []string{
 	"defaults.yaml", "sim-disabled.yaml", "custom.yaml", "labelnode-off.yaml",
-	"rbac-off.yaml", "kernel.yaml", "plugin-only.yaml",
+	"rbac-off.yaml", "kernel.yaml", "plugin-only.yaml", "limits.yaml",
 }
 
 // daemonSets decodes the plugin DaemonSet and, when rendered, the simulator's
@@ -33,14 +33,37 @@ func daemonSets(t *testing.T, r *rendered) (plugin, sim *appsv1.DaemonSet) {
 	return plugin, sim
 }
 
+// onlyContainer returns the DaemonSet's one (main) container; init
+// containers are checked apart (waitContainer).
 func onlyContainer(t *testing.T, ds *appsv1.DaemonSet) corev1.Container {
 	t.Helper()
 	spec := ds.Spec.Template.Spec
-	if len(spec.Containers) != 1 || len(spec.InitContainers) != 0 {
-		t.Fatalf("DaemonSet %s: want exactly one container and no init containers, got %d and %d",
-			ds.Name, len(spec.Containers), len(spec.InitContainers))
+	if len(spec.Containers) != 1 {
+		t.Fatalf("DaemonSet %s: want exactly one container, got %d", ds.Name, len(spec.Containers))
 	}
 	return spec.Containers[0]
+}
+
+// waitContainer returns the plugin pod's init container, which waits for the
+// simulator, or nil; any other init container fails the test.
+func waitContainer(t *testing.T, ds *appsv1.DaemonSet) *corev1.Container {
+	t.Helper()
+	spec := ds.Spec.Template.Spec
+	switch {
+	case len(spec.InitContainers) == 0:
+		return nil
+	case len(spec.InitContainers) > 1 || spec.InitContainers[0].Name != "wait-for-simulator":
+		t.Fatalf("DaemonSet %s: init containers %v, want at most wait-for-simulator", ds.Name, containerNames(spec.InitContainers))
+	}
+	return &spec.InitContainers[0]
+}
+
+func containerNames(cs []corev1.Container) []string {
+	var names []string
+	for _, c := range cs {
+		names = append(names, c.Name)
+	}
+	return names
 }
 
 // mountAt returns the container's mount at path and the volume it mounts.
@@ -62,8 +85,9 @@ func mountAt(t *testing.T, ds *appsv1.DaemonSet, path string) (*corev1.VolumeMou
 	return nil, nil
 }
 
-// wantHostPathMount checks the mount at path: host path, hostPath type,
-// readOnly and propagation (nil: none given).
+// wantHostPathMount checks the main container's mount at path: host path,
+// hostPath type, readOnly and propagation (nil: none given, or None), and
+// that it is not recursively read-only (wantRecursiveReadOnly checks that).
 func wantHostPathMount(t *testing.T, ds *appsv1.DaemonSet, path, hostPath string, typ corev1.HostPathType,
 	readOnly bool, prop *corev1.MountPropagationMode) {
 	t.Helper()
@@ -72,17 +96,43 @@ func wantHostPathMount(t *testing.T, ds *appsv1.DaemonSet, path, hostPath string
 		t.Errorf("DaemonSet %s: no mount at %s", ds.Name, path)
 		return
 	}
+	if m.RecursiveReadOnly != nil && *m.RecursiveReadOnly != corev1.RecursiveReadOnlyDisabled {
+		t.Errorf("DaemonSet %s: mount %s: recursiveReadOnly %s, want none", ds.Name, path, *m.RecursiveReadOnly)
+	}
+	checkVolumeMount(t, ds.Name, m, v, hostPath, typ, readOnly, prop)
+}
+
+// wantRecursiveReadOnly checks that the main container's mount at path is
+// read-only, recursiveReadOnly mode, with propagation None given explicitly.
+func wantRecursiveReadOnly(t *testing.T, ds *appsv1.DaemonSet, path, hostPath string, typ corev1.HostPathType, mode corev1.RecursiveReadOnlyMode) {
+	t.Helper()
+	m, v := mountAt(t, ds, path)
+	if m == nil {
+		t.Errorf("DaemonSet %s: no mount at %s", ds.Name, path)
+		return
+	}
+	if m.RecursiveReadOnly == nil || *m.RecursiveReadOnly != mode {
+		t.Errorf("DaemonSet %s: mount %s: recursiveReadOnly %v, want %s", ds.Name, path, deref(m.RecursiveReadOnly), mode)
+	}
+	checkVolumeMount(t, ds.Name, m, v, hostPath, typ, true, propagation(corev1.MountPropagationNone))
+}
+
+func checkVolumeMount(t *testing.T, ds string, m *corev1.VolumeMount, v *corev1.Volume, hostPath string, typ corev1.HostPathType,
+	readOnly bool, prop *corev1.MountPropagationMode) {
+	t.Helper()
+	path := m.MountPath
+	ds = "DaemonSet " + ds
 	if v.HostPath == nil || v.HostPath.Path != hostPath || v.HostPath.Type == nil || *v.HostPath.Type != typ {
-		t.Errorf("DaemonSet %s: mount %s: volume %+v, want hostPath %s type %s", ds.Name, path, v.VolumeSource, hostPath, typ)
+		t.Errorf("%s: mount %s: volume %+v, want hostPath %s type %s", ds, path, v.VolumeSource, hostPath, typ)
 	}
 	if m.ReadOnly != readOnly {
-		t.Errorf("DaemonSet %s: mount %s: readOnly %v, want %v", ds.Name, path, m.ReadOnly, readOnly)
+		t.Errorf("%s: mount %s: readOnly %v, want %v", ds, path, m.ReadOnly, readOnly)
 	}
 	switch {
 	case prop == nil && m.MountPropagation != nil && *m.MountPropagation != corev1.MountPropagationNone:
-		t.Errorf("DaemonSet %s: mount %s: propagation %s, want none", ds.Name, path, *m.MountPropagation)
+		t.Errorf("%s: mount %s: propagation %s, want none", ds, path, *m.MountPropagation)
 	case prop != nil && (m.MountPropagation == nil || *m.MountPropagation != *prop):
-		t.Errorf("DaemonSet %s: mount %s: propagation %v, want %s", ds.Name, path, deref(m.MountPropagation), *prop)
+		t.Errorf("%s: mount %s: propagation %v, want %s", ds, path, deref(m.MountPropagation), *prop)
 	}
 }
 
@@ -96,39 +146,122 @@ func deref[T any](p *T) any {
 func propagation(m corev1.MountPropagationMode) *corev1.MountPropagationMode { return &m }
 
 // checkPluginSecurity: the plugin runs unprivileged, without capabilities,
-// in the host's namespaces not at all.
+// in the host's namespaces not at all; so does its init container.
 func checkPluginSecurity(t *testing.T, ds *appsv1.DaemonSet) {
 	t.Helper()
 	spec := ds.Spec.Template.Spec
 	if spec.HostPID || spec.HostNetwork || spec.HostIPC {
 		t.Errorf("plugin pod: hostPID %v hostNetwork %v hostIPC %v, want all false", spec.HostPID, spec.HostNetwork, spec.HostIPC)
 	}
-	c := onlyContainer(t, ds)
-	sc := c.SecurityContext
-	if sc == nil {
-		t.Fatal("plugin container: no securityContext")
-	}
-	if sc.Privileged == nil || *sc.Privileged {
-		t.Errorf("plugin: privileged %v, want false", deref(sc.Privileged))
-	}
-	if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
-		t.Errorf("plugin: allowPrivilegeEscalation %v, want false", deref(sc.AllowPrivilegeEscalation))
-	}
-	if sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
-		t.Errorf("plugin: readOnlyRootFilesystem %v, want true", deref(sc.ReadOnlyRootFilesystem))
-	}
-	if sc.RunAsUser == nil || *sc.RunAsUser != 0 {
-		t.Errorf("plugin: runAsUser %v, want 0", deref(sc.RunAsUser))
-	}
-	if sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) || len(sc.Capabilities.Add) != 0 {
-		t.Errorf("plugin: capabilities %+v, want drop [ALL] and no add", deref(sc.Capabilities))
-	}
-	if sc.SeccompProfile == nil || sc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
-		t.Errorf("plugin: seccompProfile %+v, want RuntimeDefault", deref(sc.SeccompProfile))
+	checkUnprivileged(t, "plugin", onlyContainer(t, ds))
+	if w := waitContainer(t, ds); w != nil {
+		checkUnprivileged(t, "plugin init container "+w.Name, *w)
 	}
 	if psc := spec.SecurityContext; psc != nil && psc.SeccompProfile != nil && psc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
 		t.Errorf("plugin pod: seccompProfile %+v overrides RuntimeDefault", *psc.SeccompProfile)
 	}
+}
+
+// checkUnprivileged: not privileged, no escalation, read-only root, uid 0
+// without any capability, RuntimeDefault seccomp.
+func checkUnprivileged(t *testing.T, what string, c corev1.Container) {
+	t.Helper()
+	sc := c.SecurityContext
+	if sc == nil {
+		t.Fatalf("%s: no securityContext", what)
+	}
+	if sc.Privileged == nil || *sc.Privileged {
+		t.Errorf("%s: privileged %v, want false", what, deref(sc.Privileged))
+	}
+	if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
+		t.Errorf("%s: allowPrivilegeEscalation %v, want false", what, deref(sc.AllowPrivilegeEscalation))
+	}
+	if sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
+		t.Errorf("%s: readOnlyRootFilesystem %v, want true", what, deref(sc.ReadOnlyRootFilesystem))
+	}
+	if sc.RunAsUser == nil || *sc.RunAsUser != 0 {
+		t.Errorf("%s: runAsUser %v, want 0", what, deref(sc.RunAsUser))
+	}
+	if sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) || len(sc.Capabilities.Add) != 0 {
+		t.Errorf("%s: capabilities %+v, want drop [ALL] and no add", what, deref(sc.Capabilities))
+	}
+	if sc.SeccompProfile == nil || sc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
+		t.Errorf("%s: seccompProfile %+v, want RuntimeDefault", what, deref(sc.SeccompProfile))
+	}
+}
+
+// checkWaitContainer: the plugin pod waits for the simulator exactly when its
+// view of the simulator's directory receives no later mounts (recursively
+// read-only, propagation None), with a view of its own that does.
+func checkWaitContainer(t *testing.T, ds *appsv1.DaemonSet) {
+	t.Helper()
+	pc := onlyContainer(t, ds)
+	var view *corev1.VolumeMount
+	for i := range pc.VolumeMounts {
+		if pc.VolumeMounts[i].Name == "accel-run" {
+			view = &pc.VolumeMounts[i]
+		}
+	}
+	if view == nil {
+		t.Fatalf("plugin: no accel-run mount")
+	}
+	receives := view.MountPropagation != nil && *view.MountPropagation == corev1.MountPropagationHostToContainer
+	w := waitContainer(t, ds)
+	switch {
+	case !receives && w == nil:
+		t.Fatalf("plugin: its view of %s receives no later mounts (propagation %v), but no init container waits for the simulator",
+			view.MountPath, deref(view.MountPropagation))
+	case receives && w != nil:
+		t.Errorf("plugin: an init container waits for the simulator although the plugin's view is HostToContainer")
+	case w == nil:
+		return
+	}
+	devDir := argValue(pc.Args, "--dev-dir=")
+	wantArgs(t, "wait-for-simulator", w.Args, []string{
+		"wait", "--dir=" + devDir, "--timeout=5m", "--log-level=" + argValue(pc.Args, "--log-level="),
+	})
+	if w.Image != pc.Image || w.ImagePullPolicy != pc.ImagePullPolicy || len(w.Command) != 0 {
+		t.Errorf("wait-for-simulator: image %q pull %q command %q, want the plugin's image and entrypoint", w.Image, w.ImagePullPolicy, w.Command)
+	}
+	if len(w.VolumeMounts) != 1 {
+		t.Fatalf("wait-for-simulator: mounts %+v, want only the simulator's directory", w.VolumeMounts)
+	}
+	m := w.VolumeMounts[0]
+	if m.Name != "accel-run" || m.MountPath != view.MountPath || !m.ReadOnly || m.RecursiveReadOnly != nil ||
+		m.MountPropagation == nil || *m.MountPropagation != corev1.MountPropagationHostToContainer {
+		t.Errorf("wait-for-simulator: mount %+v, want accel-run at %s, read-only, HostToContainer (it must see the mount appear)", m, view.MountPath)
+	}
+	if len(w.Ports) != 0 || len(w.Env) != 0 || w.LivenessProbe != nil || w.ReadinessProbe != nil {
+		t.Errorf("wait-for-simulator: ports %v env %v probes %v/%v, want none", w.Ports, w.Env, w.LivenessProbe, w.ReadinessProbe)
+	}
+	if !equalResources(w.Resources, pc.Resources) {
+		t.Errorf("wait-for-simulator: resources %+v, want the plugin's %+v (the pod's requests stay the plugin's)", w.Resources, pc.Resources)
+	}
+}
+
+func equalResources(a, b corev1.ResourceRequirements) bool {
+	eq := func(x, y corev1.ResourceList) bool {
+		if len(x) != len(y) {
+			return false
+		}
+		for k, q := range x {
+			if r, ok := y[k]; !ok || q.Cmp(r) != 0 {
+				return false
+			}
+		}
+		return true
+	}
+	return eq(a.Requests, b.Requests) && eq(a.Limits, b.Limits)
+}
+
+// argValue returns the value of the first argument with prefix, or "".
+func argValue(args []string, prefix string) string {
+	for _, a := range args {
+		if v, ok := strings.CutPrefix(a, prefix); ok {
+			return v
+		}
+	}
+	return ""
 }
 
 // checkSimSecurity: the simulator is privileged (FUSE, Bidirectional) and
@@ -147,6 +280,9 @@ func checkSimSecurity(t *testing.T, ds *appsv1.DaemonSet) {
 	}
 	if spec.TerminationGracePeriodSeconds == nil || *spec.TerminationGracePeriodSeconds != 30 {
 		t.Errorf("sim pod: terminationGracePeriodSeconds %v, want 30", deref(spec.TerminationGracePeriodSeconds))
+	}
+	if len(spec.InitContainers) != 0 {
+		t.Errorf("sim pod: init containers %v, want none", containerNames(spec.InitContainers))
 	}
 	c := onlyContainer(t, ds)
 	if c.SecurityContext == nil || c.SecurityContext.Privileged == nil || !*c.SecurityContext.Privileged {
@@ -184,6 +320,7 @@ func checkSound(t *testing.T, r *rendered) {
 	}
 	plugin, sim := daemonSets(t, r)
 	checkPluginSecurity(t, plugin)
+	checkWaitContainer(t, plugin)
 	all := []*appsv1.DaemonSet{plugin}
 	if sim != nil {
 		checkSimSecurity(t, sim)
@@ -207,11 +344,14 @@ func checkSound(t *testing.T, r *rendered) {
 		for _, v := range ds.Spec.Template.Spec.Volumes {
 			vols[v.Name] = false
 		}
-		for _, m := range onlyContainer(t, ds).VolumeMounts {
-			if _, ok := vols[m.Name]; !ok {
-				t.Errorf("DaemonSet %s: mount %s names missing volume %q", ds.Name, m.MountPath, m.Name)
+		for _, c := range append(slices.Clone(ds.Spec.Template.Spec.InitContainers), onlyContainer(t, ds)) {
+			for _, m := range c.VolumeMounts {
+				if _, ok := vols[m.Name]; !ok {
+					t.Errorf("DaemonSet %s: container %s: mount %s names missing volume %q", ds.Name, c.Name, m.MountPath, m.Name)
+				}
+				vols[m.Name] = true
+				checkMountRules(t, ds.Name+" container "+c.Name, m)
 			}
-			vols[m.Name] = true
 		}
 		for name, used := range vols {
 			if !used {
@@ -226,6 +366,22 @@ func checkSound(t *testing.T, r *rendered) {
 	}
 	if got := r.ofKind("Role"); len(got) != 0 {
 		t.Errorf("%v: unexpected Roles %v", r.args, got)
+	}
+}
+
+// checkMountRules mirrors the API server's validation of recursiveReadOnly
+// (helm template does not run it): only on a read-only mount, and with
+// IfPossible or Enabled only with propagation None.
+func checkMountRules(t *testing.T, what string, m corev1.VolumeMount) {
+	t.Helper()
+	if m.RecursiveReadOnly == nil {
+		return
+	}
+	switch mode := *m.RecursiveReadOnly; {
+	case !m.ReadOnly:
+		t.Errorf("%s: mount %s: recursiveReadOnly %s on a read-write mount (the API server refuses it)", what, m.MountPath, mode)
+	case mode != corev1.RecursiveReadOnlyDisabled && m.MountPropagation != nil && *m.MountPropagation != corev1.MountPropagationNone:
+		t.Errorf("%s: mount %s: recursiveReadOnly %s with propagation %s (the API server refuses it: None only)", what, m.MountPath, mode, *m.MountPropagation)
 	}
 }
 
@@ -310,13 +466,14 @@ func TestDefaults(t *testing.T) {
 	wantArgs(t, "plugin", pc.Args, []string{
 		"serve", "--dev-dir=/run/accel/dev", "--host-dev-dir=/run/accel/dev",
 		"--kubelet-dir=/var/lib/kubelet/device-plugins", "--resource-prefix=accel.io",
-		"--monitor-slots=8", "--resync=30s", "--log-level=info", "--kernel-class-dir=",
+		"--monitor-slots=8", "--resync=30s", "--daemon-timeout=3s", "--log-level=info", "--kernel-class-dir=",
 		"--metrics-addr=$(POD_IP):9490", "--label-node=true", "--node-name=$(NODE_NAME)",
 	})
 	wantArgs(t, "sim", sc.Args, []string{
 		"sim", "--dir=/run/accel/dev", "--devices=4", "--numa-nodes=1", "--seed=$(NODE_NAME)",
 		"--model=Simulated Accel SA-1", "--memory-gib=16", "--reset-duration=100ms",
-		"--compute-mode=0666", "--log-level=info",
+		"--compute-mode=0666", "--dir-mode=0700", "--gid=0",
+		"--monitor-opens-per-process=64", "--monitor-opens-per-device=4096", "--log-level=info",
 	})
 	for _, c := range []corev1.Container{pc, sc} {
 		if c.Image != "localhost/accel-device-plugin:0.1.0" || c.ImagePullPolicy != corev1.PullIfNotPresent || len(c.Command) != 0 {
@@ -363,7 +520,13 @@ func TestDefaults(t *testing.T) {
 	// Mounts and propagation.
 	wantHostPathMount(t, sim, "/run/accel", "/run/accel", corev1.HostPathDirectoryOrCreate, false, propagation(corev1.MountPropagationBidirectional))
 	wantHostPathMount(t, sim, "/dev/fuse", "/dev/fuse", corev1.HostPathCharDev, false, nil)
-	wantHostPathMount(t, plugin, "/run/accel", "/run/accel", corev1.HostPathDirectoryOrCreate, true, propagation(corev1.MountPropagationHostToContainer))
+	// Recursively read-only where the runtime can; so propagation None, and
+	// an init container waits for the simulator (checkWaitContainer).
+	wantRecursiveReadOnly(t, plugin, "/run/accel", "/run/accel", corev1.HostPathDirectoryOrCreate, corev1.RecursiveReadOnlyIfPossible)
+	if w := waitContainer(t, plugin); w == nil {
+		t.Error("plugin pod: no init container waiting for the simulator")
+	}
+	checkWaitContainer(t, plugin)
 	wantHostPathMount(t, plugin, "/var/lib/kubelet/device-plugins", "/var/lib/kubelet/device-plugins", corev1.HostPathDirectory, false, nil)
 	if m, _ := mountAt(t, plugin, "/dev/accel"); m != nil {
 		t.Error("plugin mounts /dev/accel with kernelDevices disabled")
@@ -433,16 +596,21 @@ func TestCustomValues(t *testing.T) {
 	wantArgs(t, "plugin", pc.Args, []string{
 		"serve", "--dev-dir=/var/run/xaccel/nodes", "--host-dev-dir=/var/run/xaccel/nodes",
 		"--kubelet-dir=/var/lib/k0s/kubelet/device-plugins", "--resource-prefix=example.com",
-		"--monitor-slots=16", "--resync=1m", "--log-level=debug", "--kernel-class-dir=",
+		"--monitor-slots=16", "--resync=1m", "--daemon-timeout=1500ms", "--log-level=debug", "--kernel-class-dir=",
 		"--metrics-addr=$(POD_IP):9500", "--label-node=true", "--node-name=$(NODE_NAME)",
 	})
 	wantArgs(t, "sim", sc.Args, []string{
 		"sim", "--dir=/var/run/xaccel/nodes", "--devices=16", "--numa-nodes=2", "--seed=lab-seed",
 		"--model=Test Model X", "--memory-gib=32", "--reset-duration=2s",
-		"--compute-mode=0660", "--log-level=warn", // the shared logLevel; plugin.logLevel is the plugin's own
+		"--compute-mode=0660", "--dir-mode=0750", "--gid=1234", // "750" in the values: four digits on the command line
+		"--monitor-opens-per-process=8", "--monitor-opens-per-device=128",
+		"--log-level=warn", // the shared logLevel; plugin.logLevel is the plugin's own
 	})
 	wantHostPathMount(t, sim, "/var/run/xaccel", "/var/run/xaccel", corev1.HostPathDirectoryOrCreate, false, propagation(corev1.MountPropagationBidirectional))
-	wantHostPathMount(t, plugin, "/var/run/xaccel", "/var/run/xaccel", corev1.HostPathDirectoryOrCreate, true, propagation(corev1.MountPropagationHostToContainer))
+	wantRecursiveReadOnly(t, plugin, "/var/run/xaccel", "/var/run/xaccel", corev1.HostPathDirectoryOrCreate, corev1.RecursiveReadOnlyEnabled)
+	if w := waitContainer(t, plugin); w == nil || !slices.Equal(w.Args, []string{"wait", "--dir=/var/run/xaccel/nodes", "--timeout=5m", "--log-level=debug"}) {
+		t.Errorf("plugin init container %+v, want wait --dir=/var/run/xaccel/nodes at the plugin's log level", w)
+	}
 	wantHostPathMount(t, plugin, "/var/lib/k0s/kubelet/device-plugins", "/var/lib/k0s/kubelet/device-plugins", corev1.HostPathDirectory, false, nil)
 
 	if len(pc.Ports) != 1 || pc.Ports[0].ContainerPort != 9500 {
@@ -543,6 +711,9 @@ func TestSimUnchangedByPluginValues(t *testing.T) {
 		{"--set", "plugin.logLevel=debug"},
 		{"--set", "plugin.metricsPort=9500"},
 		{"--set", "plugin.updateStrategy.type=OnDelete"},
+		{"--set", "plugin.daemonTimeout=10s"},
+		{"--set", "plugin.recursiveReadOnly=Disabled"},
+		{"--set", "plugin.recursiveReadOnly=Enabled"},
 		{"--set", "kubeletDir=/var/lib/k0s/kubelet/device-plugins"},
 		// The shared logLevel reaches the simulator unless it has its own.
 		{"--set", "logLevel=debug", "--set", "simulator.logLevel=info"},
@@ -564,6 +735,11 @@ func TestSimUnchangedByPluginValues(t *testing.T) {
 	// Controls: simulator values do change it (the comparison above is not vacuous).
 	for _, values := range [][]string{
 		{"--set", "simulator.devices=8"},
+		{"--set-string", "simulator.computeMode=0660"},
+		{"--set-string", "simulator.dirMode=0750"},
+		{"--set", "simulator.gid=5"},
+		{"--set", "simulator.monitorOpensPerProcess=1"},
+		{"--set", "simulator.monitorOpensPerDevice=1"},
 		{"--set", "simulator.logLevel=debug"},
 		{"--set", "logLevel=debug"},
 		{"--set", "image.tag=0.2.0"},
@@ -628,6 +804,25 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		{[]string{"--set", "simulator.memoryGiB=0"}, []string{"'/simulator/memoryGiB'"}},
 		{[]string{"--set", "simulator.resetDuration=fast"}, []string{"'/simulator/resetDuration'", "fast"}},
 		{[]string{"--set-string", "simulator.computeMode=0999"}, []string{"'/simulator/computeMode'"}},
+		{[]string{"--set-string", "simulator.computeMode=0888"}, []string{"'/simulator/computeMode'", "0888"}},
+		{[]string{"--set-string", "simulator.computeMode=1777"}, []string{"'/simulator/computeMode'", "1777"}}, // sticky: above 0777
+		{[]string{"--set-string", "simulator.computeMode=4755"}, []string{"'/simulator/computeMode'"}},
+		{[]string{"--set-string", "simulator.computeMode=00666"}, []string{"'/simulator/computeMode'"}},
+		{[]string{"--set-string", "simulator.computeMode=66"}, []string{"'/simulator/computeMode'"}},
+		{[]string{"--set-string", "simulator.computeMode=abc"}, []string{"'/simulator/computeMode'", "abc"}},
+		{[]string{"--set-string", "simulator.computeMode="}, []string{"'/simulator/computeMode'"}},
+		{[]string{"--set", "simulator.computeMode=666"}, []string{"'/simulator/computeMode'", "want string"}}, // a number: quote it
+		{[]string{"bad-unquoted-mode.yaml"}, []string{"'/simulator/computeMode'", "want string"}},             // YAML 0660 is the number 432
+		{[]string{"--set-string", "simulator.dirMode=0800"}, []string{"'/simulator/dirMode'"}},
+		{[]string{"--set-string", "simulator.dirMode=1700"}, []string{"'/simulator/dirMode'"}},
+		{[]string{"--set", "simulator.dirMode=700"}, []string{"'/simulator/dirMode'", "want string"}},
+		{[]string{"--set", "simulator.gid=-1"}, []string{"'/simulator/gid'", "minimum"}},
+		{[]string{"--set", "simulator.gid=2147483648"}, []string{"'/simulator/gid'", "maximum"}},
+		{[]string{"--set", "simulator.gid=wheel"}, []string{"'/simulator/gid'"}},
+		{[]string{"--set", "simulator.monitorOpensPerProcess=0"}, []string{"'/simulator/monitorOpensPerProcess'", "minimum"}},
+		{[]string{"--set", "simulator.monitorOpensPerProcess=65537"}, []string{"'/simulator/monitorOpensPerProcess'", "maximum"}},
+		{[]string{"--set", "simulator.monitorOpensPerDevice=0"}, []string{"'/simulator/monitorOpensPerDevice'", "minimum"}},
+		{[]string{"--set", "simulator.monitorOpensPerDevice=65537"}, []string{"'/simulator/monitorOpensPerDevice'", "maximum"}},
 		{[]string{"--set", "simulator.updateStrategy.type=Recreate"}, []string{"'/simulator/updateStrategy/type'", "OnDelete"}},
 		{[]string{"--set", "simulator.logLevel=trace"}, []string{"'/simulator/logLevel'"}},
 		{[]string{"--set", "simulator.bogus=1"}, []string{"'/simulator'", "'bogus' not allowed"}},
@@ -639,6 +834,17 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		{[]string{"--set", "plugin.metricsPort=70000"}, []string{"'/plugin/metricsPort'"}},
 		{[]string{"--set", "plugin.labelNode=maybe"}, []string{"'/plugin/labelNode'"}},
 		{[]string{"--set", "plugin.resync=often"}, []string{"'/plugin/resync'"}},
+		{[]string{"--set", "plugin.daemonTimeout=soon"}, []string{"'/plugin/daemonTimeout'"}},
+		{[]string{"--set", "plugin.daemonTimeout=1.5s"}, []string{"'/plugin/daemonTimeout'"}},
+		{[]string{"--set-string", "plugin.daemonTimeout="}, []string{"'/plugin/daemonTimeout'"}},
+		{[]string{"--set", "plugin.daemonTimeout=0s"}, []string{"plugin.daemonTimeout", "out of range", "100ms to 1m"}},
+		{[]string{"--set", "plugin.daemonTimeout=99ms"}, []string{"plugin.daemonTimeout", "out of range"}},
+		{[]string{"--set", "plugin.daemonTimeout=61s"}, []string{"plugin.daemonTimeout", "out of range"}},
+		{[]string{"--set", "plugin.daemonTimeout=2m"}, []string{"plugin.daemonTimeout", "out of range"}},
+		{[]string{"--set", "plugin.recursiveReadOnly=Always"}, []string{"'/plugin/recursiveReadOnly'", "IfPossible"}},
+		{[]string{"--set", "plugin.recursiveReadOnly=true"}, []string{"'/plugin/recursiveReadOnly'"}},
+		{[]string{"--set", "plugin.recursiveReadOnly=enabled"}, []string{"'/plugin/recursiveReadOnly'"}},
+		{[]string{"--set", "simulator.enabled=false", "--set", "plugin.recursiveReadOnly=Enabled"}, []string{"plugin.recursiveReadOnly=Enabled needs the chart's simulator"}},
 		{[]string{"--set", "plugin.updateStrategy.type=Always"}, []string{"'/plugin/updateStrategy/type'"}},
 		{[]string{"--set", "logLevel=loud"}, []string{"'/logLevel'", "debug", "error"}},
 		{[]string{"--set", "bogus=1"}, []string{"'bogus' not allowed"}},
@@ -666,6 +872,13 @@ func TestSchemaAcceptsLimits(t *testing.T) {
 		{"--set", "simulator.devices=256", "--set", "plugin.monitorSlots=1024", "--set", "simulator.numaNodes=64"},
 		{"--set", "plugin.resourcePrefix=a", "--set", "simulator.resetDuration=1m30s"},
 		{"--set", "global.foo=bar"}, // what a parent chart passes
+		{"--set-string", "simulator.computeMode=000", "--set-string", "simulator.dirMode=777"},
+		{"--set-string", "simulator.computeMode=0777", "--set-string", "simulator.dirMode=0000"},
+		{"--set", "simulator.gid=0", "--set", "simulator.monitorOpensPerProcess=1", "--set", "simulator.monitorOpensPerDevice=1"},
+		{"--set", "plugin.daemonTimeout=100ms"},
+		{"--set", "plugin.daemonTimeout=60s"},
+		{"--set", "plugin.daemonTimeout=1m"},
+		{"--set", "simulator.enabled=false", "--set", "plugin.recursiveReadOnly=Disabled"},
 	} {
 		render(t, set...)
 	}
@@ -705,6 +918,7 @@ func TestNotes(t *testing.T) {
 		`{.status.capacity.accel\.io/ac}`, `{.status.capacity.accel\.io/ac-monitor}`,
 		"kubectl apply -f examples/compute-pod.yaml", "kubectl apply -f examples/monitor-pod.yaml",
 		"kubectl logs accel-compute-example", simDS, "OnDelete", "sim ctl",
+		"/run/accel recursively read-only (plugin.recursiveReadOnly=IfPossible", "wait-for-simulator",
 	} {
 		if !strings.Contains(got, w) {
 			t.Errorf("NOTES lack %q:\n%s", w, got)
@@ -722,6 +936,9 @@ func TestNotes(t *testing.T) {
 	}
 	if strings.Contains(got, simDS) {
 		t.Errorf("NOTES mention %s with the simulator disabled:\n%s", simDS, got)
+	}
+	if got := text("--set", "plugin.recursiveReadOnly=Disabled"); strings.Contains(got, "wait-for-simulator") {
+		t.Errorf("NOTES mention the init container with plugin.recursiveReadOnly=Disabled:\n%s", got)
 	}
 }
 

@@ -75,6 +75,65 @@ app.kubernetes.io/component: {{ .component }}
 {{- dir (clean .Values.devDir) }}
 {{- end }}
 
+{{/*
+An octal mode value ("660" or "0660", the only forms the schema allows) as
+four digits, the form the simulator's flags are rendered in.
+*/}}
+{{- define "accel-device-plugin.octalMode" -}}
+{{- if eq (len .) 3 }}0{{ end }}{{ . }}
+{{- end }}
+
+{{/*
+The security context of the plugin container, also used by its init
+container: unprivileged, no capabilities, read-only root file system. uid 0
+only because kubelet's device-plugin directory is root-owned (0750); it also
+makes the plugin the owner of the simulator's root directory (root-owned,
+simulator.dirMode), which it must read.
+*/}}
+{{- define "accel-device-plugin.pluginSecurityContext" -}}
+privileged: false
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsUser: 0
+runAsGroup: 0
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/*
+The plugin's recursiveReadOnly mode in effect. It applies to the chart's own
+simulator: without it (simulator.enabled=false: kernel devices only, or a
+simulator outside the chart that may start or restart at any time) the chart
+has no simulator to wait for, and a view without propagation would never see
+one that mounts later, so the mount is the Disabled one (HostToContainer).
+Enabled without the chart's simulator is refused in validate.
+*/}}
+{{- define "accel-device-plugin.recursiveReadOnly" -}}
+{{- if .Values.simulator.enabled }}{{ .Values.plugin.recursiveReadOnly }}{{ else }}Disabled{{ end }}
+{{- end }}
+
+{{/*
+Whether the plugin pod waits for the simulator in an init container: when
+its mount of the simulator's directory receives no later mounts
+(recursiveReadOnly needs mountPropagation None).
+*/}}
+{{- define "accel-device-plugin.waitForSimulator" -}}
+{{- if ne (include "accel-device-plugin.recursiveReadOnly" .) "Disabled" }}true{{ end }}
+{{- end }}
+
+{{/*
+plugin.daemonTimeout in milliseconds (the schema allows only N ms, N s, N m).
+*/}}
+{{- define "accel-device-plugin.daemonTimeoutMillis" -}}
+{{- $t := .Values.plugin.daemonTimeout }}
+{{- if hasSuffix "ms" $t }}{{ trimSuffix "ms" $t | atoi }}
+{{- else if hasSuffix "s" $t }}{{ mul (trimSuffix "s" $t | atoi) 1000 }}
+{{- else }}{{ mul (trimSuffix "m" $t | atoi) 60000 }}
+{{- end }}
+{{- end }}
+
 {{/* Log levels: the component's own, else the shared logLevel. */}}
 {{- define "accel-device-plugin.simLogLevel" -}}
 {{- .Values.simulator.logLevel | default .Values.logLevel }}
@@ -130,6 +189,13 @@ DaemonSet (always rendered).
 {{- define "accel-device-plugin.validate" -}}
 {{- if and (include "accel-device-plugin.rbacEnabled" .) (not .Values.serviceAccount.create) (not .Values.serviceAccount.name) }}
 {{- fail "rbac.create with serviceAccount.create=false needs serviceAccount.name: otherwise the node permissions would go to the namespace's default ServiceAccount" }}
+{{- end }}
+{{- $ms := include "accel-device-plugin.daemonTimeoutMillis" . | atoi }}
+{{- if or (lt $ms 100) (gt $ms 60000) }}
+{{- fail (printf "plugin.daemonTimeout %q is out of range: want 100ms to 1m (every access to the device daemon is bounded by it; the default is 3s)" .Values.plugin.daemonTimeout) }}
+{{- end }}
+{{- if and (not .Values.simulator.enabled) (eq .Values.plugin.recursiveReadOnly "Enabled") }}
+{{- fail "plugin.recursiveReadOnly=Enabled needs the chart's simulator (simulator.enabled): without it the plugin's view of devDir must receive mounts made after it started (a simulator outside the chart, which the chart cannot wait for), and a recursively read-only mount receives none. Use IfPossible or Disabled (both: HostToContainer, non-recursive, when simulator.enabled=false)" }}
 {{- end }}
 {{- if regexMatch "kubernetes\\.io$" .Values.plugin.resourcePrefix }}
 {{- fail (printf "plugin.resourcePrefix %q: prefixes ending in kubernetes.io are reserved for Kubernetes' own resources (%s/ac would not be an extended resource); use a domain of your own, e.g. accel.io" .Values.plugin.resourcePrefix .Values.plugin.resourcePrefix) }}
