@@ -8,12 +8,16 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 )
 
@@ -26,15 +30,15 @@ const KubeletSocketName = "kubelet.sock"
 //
 // kubelet forgets every plugin when it restarts: it deletes the sockets in
 // the directory and creates a new kubelet.sock. The registrar watches the
-// directory (inotify) and, when kubelet.sock gets a new inode or one of our
-// sockets vanishes, serves on a fresh socket and registers again; no process
-// restart is needed. While kubelet is absent or refuses, it retries with
-// backoff. If kubelet does not keep a ListAndWatch stream open after
-// registering (or drops it and does not come back), it registers again.
-//
-// It never registers an endpoint kubelet still holds: kubelet refuses that
-// ("device plugin already connected") and drops its record of the endpoint,
-// so a spurious re-registration would lose the resource.
+// directory (inotify) and its own servers' ListAndWatch streams; what to do
+// about what it sees is decided by a pure function (decide, in
+// registrar_state.go, which also says what it relies on in kubelet). In
+// short: a vanished socket is served again at once; a kubelet.sock never
+// seen before is registered with at once, with the back-off reset; the same
+// kubelet is asked to register a path again only after its stream there
+// ended and kubelet had time to drop the endpoint, because kubelet refuses
+// a duplicate ("device plugin already connected") and then loses the
+// endpoint for good.
 type Registrar struct {
 	// Dir is kubelet's device-plugin directory.
 	Dir       string
@@ -46,46 +50,54 @@ type Registrar struct {
 	// ListAndWatch stream before it registers again (0: 5 s).
 	StreamGrace time.Duration
 
-	// registered is poked after every successful registration (tests).
-	registered chan string
+	// policy overrides the timing in tests (zero: defaults).
+	policy policy
+	// observe, when set, sees every decision (tests).
+	observe func(resource string, before regState, o observation, after regState, a action)
 }
 
-// endpoint is the registrar's state for one resource.
+const safetyRecheck = 30 * time.Second
+
+// endpoint is one resource's socket, servers and registration state.
 type endpoint struct {
-	res    *Resource
-	path   string
-	srv    *grpc.Server
-	served chan struct{} // closed when srv.Serve returns
-	ino    uint64        // our socket's inode
+	res  *Resource
+	path string
+	log  *slog.Logger
+	st   regState
 
-	kubeletIno uint64 // kubelet.sock identity we registered with (0: not registered)
-	registers  int
-	noStreamAt time.Time // when it was seen without a stream after registering
-	retryAt    time.Time
-	backoff    time.Duration
-	lastErr    string
-	waitLogged bool
+	cur     *pluginServer   // serves at path now (nil: none)
+	retired []*pluginServer // replaced, kept while kubelet streams from them
+	cancel  context.CancelFunc
 }
 
-const (
-	registerBackoffMin = 100 * time.Millisecond
-	// handoverGrace is how long to wait before registering a new socket
-	// with the same kubelet, so it can drop the old endpoint first.
-	handoverGrace      = time.Second
-	registerBackoffMax = 10 * time.Second
-	safetyRecheck      = 30 * time.Second
-)
+// registerResult is the outcome of one Register call.
+type registerResult struct {
+	ep      *endpoint
+	attempt int
+	err     error
+	// ambiguous: it may have been accepted; unanswered: nobody listened.
+	ambiguous, unanswered bool
+}
 
 // Run serves and registers every resource until ctx ends, then stops the
 // servers and removes the sockets it created.
 func (g *Registrar) Run(ctx context.Context) error {
-	if g.Timeout <= 0 {
-		g.Timeout = 5 * time.Second
+	pol := g.policy
+	if pol == (policy{}) {
+		pol = defaultPolicy()
 	}
-	if g.StreamGrace <= 0 {
-		g.StreamGrace = 5 * time.Second
+	if g.StreamGrace > 0 {
+		pol.StreamGrace = g.StreamGrace
 	}
-	log := g.Logger.With("kubelet_dir", g.Dir)
+	timeout := g.Timeout
+	if timeout <= 0 {
+		timeout = 5 * time.Second
+	}
+	log := g.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("kubelet_dir", g.Dir)
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
 		return fmt.Errorf("watch %s: %w", g.Dir, err)
@@ -93,16 +105,37 @@ func (g *Registrar) Run(ctx context.Context) error {
 	defer w.Close()
 
 	wake := make(chan struct{}, 1)
+	results := make(chan registerResult, 2*len(g.Resources))
+	var calls sync.WaitGroup
 	eps := make([]*endpoint, len(g.Resources))
 	for i, r := range g.Resources {
-		r.streamEnded = wake
-		eps[i] = &endpoint{res: r, path: filepath.Join(g.Dir, r.SocketName()), backoff: registerBackoffMin}
+		eps[i] = &endpoint{res: r, path: filepath.Join(g.Dir, r.SocketName()),
+			log: log.With("resource", r.Name), st: newRegState(pol)}
+	}
+	kubeletSock := filepath.Join(g.Dir, KubeletSocketName)
+	step := func(ep *endpoint, ev observation) time.Duration {
+		o := ep.observe(kubeletSock, ev)
+		for {
+			before := ep.st
+			st, a := decide(ep.st, o, pol)
+			ep.st = st
+			ep.res.registered.Store(st.registered())
+			if g.observe != nil {
+				g.observe(ep.res.Name, before, o, st, a)
+			}
+			next := ep.carryOut(ctx, g, a, o, kubeletSock, timeout, wake, results, &calls)
+			if next == nil {
+				ep.reap()
+				return a.Wake
+			}
+			o = ep.observe(kubeletSock, *next)
+		}
 	}
 	defer func() {
 		for _, ep := range eps {
-			ep.stop(log, true)
-			ep.setRegistered(0)
+			step(ep, observation{Event: evShutdown})
 		}
+		calls.Wait()
 	}()
 
 	watching := false
@@ -116,9 +149,14 @@ func (g *Registrar) Run(ctx context.Context) error {
 				watching = true
 			}
 		}
-		next := g.reconcile(ctx, log, eps)
+		next := safetyRecheck
 		if !watching {
-			next = min(next, time.Second)
+			next = time.Second
+		}
+		for _, ep := range eps {
+			if d := step(ep, observation{}); d > 0 {
+				next = min(next, d)
+			}
 		}
 		timer.Reset(next)
 		select {
@@ -128,10 +166,18 @@ func (g *Registrar) Run(ctx context.Context) error {
 			if ev.Name == g.Dir && ev.Has(fsnotify.Remove|fsnotify.Rename) {
 				watching = false
 			}
-
 		case err := <-w.Errors:
 			log.Warn("watching kubelet's device-plugin directory", "err", err)
 		case <-wake:
+		case r := <-results:
+			ev := observation{Event: evRegistered, Attempt: r.attempt}
+			if r.err != nil {
+				ev = observation{Event: evRegisterFailed, Attempt: r.attempt, Err: r.err, Ambiguous: r.ambiguous, Unanswered: r.unanswered}
+			}
+			if r.ep.st.Phase == phaseRegistering && r.ep.st.Attempt == r.attempt {
+				r.ep.res.metrics.registered(r.ep.res.Name, r.err)
+			}
+			step(r.ep, ev)
 		case <-timer.C:
 		}
 		if !timer.Stop() {
@@ -143,200 +189,266 @@ func (g *Registrar) Run(ctx context.Context) error {
 	}
 }
 
-// reconcile brings every endpoint to "serving on its own socket and
-// registered with the current kubelet" as far as it can now, and returns
-// how long to wait before it must look again.
-func (g *Registrar) reconcile(ctx context.Context, log *slog.Logger, eps []*endpoint) time.Duration {
-	now := time.Now()
-	next := safetyRecheck
-	kubeletSock := filepath.Join(g.Dir, KubeletSocketName)
-	kubeletIno := socketInode(kubeletSock)
-	for _, ep := range eps {
-		log := log.With("resource", ep.res.Name)
-		// Our socket: serve on a fresh one if it vanished (kubelet deletes
-		// every socket when it starts) or the server stopped.
-		reason := ""
-		switch {
-		case ep.srv == nil:
-			reason = "starting"
-		case socketInode(ep.path) != ep.ino:
-			reason = "socket removed (kubelet restarted?)"
-		case isClosed(ep.served):
-			reason = "server stopped"
-		}
-		if reason != "" {
-			wasRegistered := ep.kubeletIno != 0 && ep.kubeletIno == kubeletIno
-			ep.stop(log, false)
-			if err := ep.serve(); err != nil {
-				if msg := err.Error(); msg != ep.lastErr {
-					log.Error("cannot serve device plugin socket; retrying", "socket", ep.path, "err", err)
-					ep.lastErr = msg
-				}
-				next = min(next, time.Second)
-				continue
-			}
-			log.Info("serving device plugin", "socket", ep.path, "reason", reason)
-			ep.setRegistered(0)
-			if wasRegistered {
-				// The same kubelet still holds our old endpoint until it
-				// notices the stream we just closed; registering before
-				// that is refused and makes kubelet forget the endpoint.
-				ep.retryAt = now.Add(handoverGrace)
-			}
-		}
+// observe looks at the directory and the endpoint's servers; ev carries
+// the event that made it look.
+func (ep *endpoint) observe(kubeletSock string, ev observation) observation {
+	o := ev
+	o.Now = time.Now()
+	o.Kubelet = socketInode(kubeletSock)
+	o.Socket = socketInode(ep.path)
+	if ep.cur != nil {
+		o.Serving = !isClosed(ep.cur.served)
+		o.Streams = int(ep.cur.streams.n.Load())
+		o.Opened = ep.cur.streams.opened.Load()
+	}
+	for _, s := range ep.retired {
+		o.Retired += int(s.streams.n.Load())
+	}
+	return o
+}
 
-		if kubeletIno == 0 {
-			if ep.kubeletIno != 0 || !ep.waitLogged {
-				log.Warn("no kubelet socket; waiting for kubelet", "socket", kubeletSock)
-				ep.setRegistered(0)
-				ep.waitLogged = true
-			}
-			continue // its creation wakes us
-		}
-		why := ""
-		switch {
-		case ep.kubeletIno == 0 && ep.registers == 0:
-			why = "first registration"
-		case ep.kubeletIno == 0:
-			why = "new kubelet socket or new plugin socket"
-		case ep.kubeletIno != kubeletIno:
-			why = "kubelet.sock recreated (kubelet restarted)"
-		case ep.res.streams.Load() > 0:
-			ep.noStreamAt = time.Time{}
-		case ep.noStreamAt.IsZero():
-			ep.noStreamAt = now
-			next = min(next, g.StreamGrace)
-		case now.Sub(ep.noStreamAt) >= g.StreamGrace:
-			why = "kubelet holds no ListAndWatch stream"
-		default:
-			next = min(next, g.StreamGrace-now.Sub(ep.noStreamAt))
-		}
-		if why == "" {
-			continue
-		}
-		if now.Before(ep.retryAt) {
-			next = min(next, ep.retryAt.Sub(now))
-			continue
-		}
-		if ep.lastErr != "" && ep.kubeletIno == 0 && ep.res.streams.Load() > 0 {
-			// The last Register failed on our side (e.g. timed out), yet
-			// kubelet connected and streams: it accepted. Registering
-			// again would be refused as a duplicate.
-			log.Info("kubelet streams from us although Register failed; treating it as registered", "err", ep.lastErr)
-			ep.setRegistered(kubeletIno)
-			ep.lastErr, ep.backoff, ep.retryAt = "", registerBackoffMin, time.Time{}
-			ep.registers++
-			continue
-		}
-		err := g.register(ctx, ep)
-		ep.res.metrics.registered(ep.res.Name, err)
+// carryOut performs an action; it returns the event to observe next when
+// the action completed at once (serving), nil otherwise.
+func (ep *endpoint) carryOut(ctx context.Context, g *Registrar, a action, o observation, kubeletSock string,
+	timeout time.Duration, wake chan struct{}, results chan<- registerResult, calls *sync.WaitGroup) *observation {
+	log := ep.log
+	if a.Info != "" {
+		log.Info(a.Info, "reason", a.Why, "endpoint", ep.res.SocketName(), "registrations", ep.st.Registers)
+	}
+	if a.Warn != "" {
+		log.Warn(a.Warn, "phase", ep.st.Phase.String())
+	}
+	if a.Cancel && ep.cancel != nil {
+		ep.cancel()
+		ep.cancel = nil
+	}
+	switch a.Do {
+	case doServe:
+		ep.retire()
+		srv, err := serveAt(ep.path, ep.res, log, wake)
 		if err != nil {
-			if ctx.Err() != nil {
-				return next
-			}
-			ep.retryAt = now.Add(ep.backoff)
-			next = min(next, ep.backoff)
-			if msg := err.Error(); msg != ep.lastErr {
-				log.Warn("registration with kubelet failed; retrying with backoff", "reason", why, "err", err, "retry_in", ep.backoff)
-				ep.lastErr = msg
-			}
-			ep.backoff = min(2*ep.backoff, registerBackoffMax)
-			continue
+			return &observation{Event: evServeFailed, Err: err}
 		}
-		ep.setRegistered(kubeletIno)
-		ep.registers++
-		ep.noStreamAt = time.Now() // not now: Register itself may have taken a while
-		ep.retryAt, ep.backoff, ep.lastErr = time.Time{}, registerBackoffMin, ""
-		next = min(next, g.StreamGrace)
-		log.Info("registered with kubelet", "reason", why, "endpoint", ep.res.SocketName(), "registrations", ep.registers)
-		if g.registered != nil {
+		ep.cur = srv
+		log.Info("serving device plugin", "socket", ep.path, "reason", a.Why)
+		return &observation{Event: evServed, Served: srv.id}
+	case doRegister:
+		if ep.cancel != nil {
+			ep.cancel() // superseded; its outcome is ignored
+		}
+		cctx, cancel := context.WithTimeout(ctx, timeout)
+		ep.cancel = cancel
+		log.Info("registering with kubelet", "reason", a.Why, "attempt", a.Attempt)
+		calls.Add(1)
+		go func(attempt int, kubelet uint64) {
+			defer calls.Done()
+			defer cancel()
+			r := register(cctx, kubeletSock, kubelet, ep.res)
+			r.ep, r.attempt = ep, attempt
 			select {
-			case g.registered <- ep.res.Name:
-			default:
+			case results <- r:
+			case <-ctx.Done():
 			}
+		}(a.Attempt, a.Kubelet)
+	case doStop:
+		if ep.cancel != nil {
+			ep.cancel()
+			ep.cancel = nil
 		}
-	}
-	return next
-}
-
-// setRegistered records the kubelet.sock identity the endpoint is
-// registered with (0: not registered), for readiness too.
-func (ep *endpoint) setRegistered(kubeletIno uint64) {
-	ep.kubeletIno = kubeletIno
-	ep.res.registered.Store(kubeletIno != 0)
-}
-
-// register calls kubelet's Register for one endpoint.
-func (g *Registrar) register(ctx context.Context, ep *endpoint) error {
-	ctx, cancel := context.WithTimeout(ctx, g.Timeout)
-	defer cancel()
-	conn, err := grpc.NewClient("unix://"+filepath.Join(g.Dir, KubeletSocketName),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return fmt.Errorf("dial kubelet: %w", err)
-	}
-	defer conn.Close()
-	_, err = pluginapi.NewRegistrationClient(conn).Register(ctx, &pluginapi.RegisterRequest{
-		Version:      pluginapi.Version,
-		Endpoint:     ep.res.SocketName(),
-		ResourceName: ep.res.Name,
-		Options:      ep.res.options(),
-	})
-	if err != nil {
-		return fmt.Errorf("register %s: %w", ep.res.Name, err)
+		for _, s := range ep.retired {
+			s.grpc.Stop()
+		}
+		ep.retired = nil
+		if ep.cur != nil {
+			ep.cur.stop(log, ep.path, true)
+			ep.cur = nil
+		}
 	}
 	return nil
 }
 
-// serve listens on a fresh socket and serves the resource on it. A stale
+// retire takes the current server out of service: kept while kubelet
+// streams from it (its endpoint in kubelet lives exactly as long as the
+// stream), stopped otherwise.
+func (ep *endpoint) retire() {
+	if ep.cur == nil {
+		return
+	}
+	if ep.cur.streams.n.Load() > 0 {
+		ep.retired = append(ep.retired, ep.cur)
+	} else {
+		ep.cur.grpc.Stop()
+	}
+	ep.cur = nil
+}
+
+// reap stops retired servers whose last stream ended.
+func (ep *endpoint) reap() {
+	kept := ep.retired[:0]
+	for _, s := range ep.retired {
+		if s.streams.n.Load() > 0 {
+			kept = append(kept, s)
+			continue
+		}
+		s.grpc.Stop()
+	}
+	clear(ep.retired[len(kept):])
+	ep.retired = kept
+}
+
+// pluginServer is one gRPC server on one socket.
+type pluginServer struct {
+	grpc    *grpc.Server
+	id      uint64        // identity of the socket it listens on
+	served  chan struct{} // closed when Serve returns
+	streams *streamCounter
+}
+
+// serveAt listens on a fresh socket at path and serves res on it. A stale
 // socket (nobody answers) is replaced; a live one belongs to another
 // instance (e.g. during a rolling update) and is left alone.
-func (ep *endpoint) serve() error {
-	if fi, err := os.Lstat(ep.path); err == nil {
+func serveAt(path string, res *Resource, log *slog.Logger, wake chan struct{}) (*pluginServer, error) {
+	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode()&os.ModeSocket == 0 {
-			return fmt.Errorf("%s exists and is not a socket; refusing to replace it", ep.path)
+			return nil, fmt.Errorf("%s exists and is not a socket; refusing to replace it", path)
 		}
-		if served(ep.path) {
-			return fmt.Errorf("%s is served by another process (another plugin instance?); waiting for it to go", ep.path)
+		if served(path) {
+			return nil, fmt.Errorf("%s is served by another process (another plugin instance?); waiting for it to go", path)
 		}
-		if err := os.Remove(ep.path); err != nil {
-			return fmt.Errorf("remove stale socket: %w", err)
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("remove stale socket: %w", err)
 		}
 	}
-	l, err := net.Listen("unix", ep.path)
+	l, err := net.Listen("unix", path)
 	if err != nil {
-		return fmt.Errorf("listen: %w", err)
+		return nil, fmt.Errorf("listen: %w", err)
 	}
 	// Closing must not unlink the path: by then it may name a successor's
 	// socket. stop removes it only if it is still ours.
 	l.(*net.UnixListener).SetUnlinkOnClose(false)
-	ep.ino = socketInode(ep.path)
-	ep.srv = grpc.NewServer()
-	pluginapi.RegisterDevicePluginServer(ep.srv, ep.res)
-	ep.served = make(chan struct{})
-	go func(srv *grpc.Server, done chan struct{}) {
-		defer close(done)
-		_ = srv.Serve(l) // returns when stopped or the listener fails
-	}(ep.srv, ep.served)
-	return nil
+	s := &pluginServer{id: socketInode(path), served: make(chan struct{}), streams: &streamCounter{wake: wake}}
+	s.grpc = newServer(log, s.streams)
+	pluginapi.RegisterDevicePluginServer(s.grpc, res)
+	go func() {
+		defer close(s.served)
+		_ = s.grpc.Serve(l) // returns when stopped or the listener fails
+	}()
+	return s, nil
 }
 
 // stop stops the server; on shutdown it also removes the socket if it is
 // still ours (a successor may already have replaced it). Identities can
 // collide (a reused inode created within the same clock tick), so a socket
 // someone still serves is never removed either.
-func (ep *endpoint) stop(log *slog.Logger, shutdown bool) {
-	if ep.srv == nil {
-		return
-	}
-	ep.srv.Stop()
-	<-ep.served
-	ep.srv = nil
-	if shutdown && socketInode(ep.path) == ep.ino && !served(ep.path) {
-		if err := os.Remove(ep.path); err != nil && !errors.Is(err, os.ErrNotExist) {
-			log.Warn("cannot remove socket", "socket", ep.path, "err", err)
+func (s *pluginServer) stop(log *slog.Logger, path string, shutdown bool) {
+	s.grpc.Stop()
+	<-s.served
+	if shutdown && socketInode(path) == s.id && !served(path) {
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			log.Warn("cannot remove socket", "socket", path, "err", err)
 		}
 	}
+}
+
+// newServer builds the gRPC server of a device-plugin socket: a handler
+// panic becomes codes.Internal and is logged (see recovery.go), and, when
+// streams is not nil, its ListAndWatch streams are counted.
+func newServer(log *slog.Logger, streams *streamCounter) *grpc.Server {
+	unary := []grpc.UnaryServerInterceptor{recoverUnary(log)}
+	stream := []grpc.StreamServerInterceptor{recoverStream(log)}
+	if streams != nil {
+		stream = append([]grpc.StreamServerInterceptor{streams.intercept}, stream...)
+	}
+	return grpc.NewServer(grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(stream...))
+}
+
+// streamCounter counts the ListAndWatch streams open on one server and
+// pokes wake (never blocking) when one opens or ends: an open stream is
+// kubelet's proof that it holds our endpoint.
+type streamCounter struct {
+	n      atomic.Int64  // open now
+	opened atomic.Uint64 // opened so far
+	wake   chan struct{}
+}
+
+func (c *streamCounter) intercept(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if info.FullMethod != pluginapi.DevicePlugin_ListAndWatch_FullMethodName {
+		return handler(srv, ss)
+	}
+	c.n.Add(1)
+	c.opened.Add(1)
+	c.poke()
+	defer func() {
+		c.n.Add(-1)
+		c.poke()
+	}()
+	return handler(srv, ss)
+}
+
+func (c *streamCounter) poke() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// errKubeletChanged: kubelet.sock is no longer the one decide chose.
+var errKubeletChanged = errors.New("kubelet.sock was replaced before Register")
+
+// register calls kubelet's Register for res on exactly the kubelet.sock
+// whose identity is kubelet: the socket is opened by path once and dialled
+// through /proc/self/fd, so a kubelet.sock replaced in between cannot get a
+// Register meant for its predecessor.
+func register(ctx context.Context, kubeletSock string, kubelet uint64, res *Resource) registerResult {
+	fd, err := unix.Open(kubeletSock, unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return registerResult{err: fmt.Errorf("open %s: %w", kubeletSock, err)}
+	}
+	defer unix.Close(fd)
+	if socketID(fd, "", unix.AT_EMPTY_PATH) != kubelet {
+		return registerResult{err: errKubeletChanged}
+	}
+	target := fmt.Sprintf("/proc/self/fd/%d", fd)
+	var dialed atomic.Bool
+	conn, err := grpc.NewClient("passthrough:///kubelet.sock",
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+			c, err := (&net.Dialer{}).DialContext(ctx, "unix", target)
+			if err == nil {
+				dialed.Store(true)
+			}
+			return c, err
+		}))
+	if err != nil {
+		return registerResult{err: fmt.Errorf("dial kubelet: %w", err)}
+	}
+	defer conn.Close()
+	_, err = pluginapi.NewRegistrationClient(conn).Register(ctx, &pluginapi.RegisterRequest{
+		Version:      pluginapi.Version,
+		Endpoint:     res.SocketName(),
+		ResourceName: res.Name,
+		Options:      res.options(),
+	})
+	if err != nil {
+		return registerResult{err: fmt.Errorf("register %s: %w", res.Name, err),
+			ambiguous: registerAmbiguous(err, dialed.Load()), unanswered: !dialed.Load()}
+	}
+	return registerResult{}
+}
+
+// registerAmbiguous reports whether a failed Register may have been
+// accepted: it reached kubelet and failed in transport or by deadline,
+// rather than with kubelet's own refusal (a plain error from its handler
+// arrives as codes.Unknown).
+func registerAmbiguous(err error, dialed bool) bool {
+	if !dialed {
+		return false
+	}
+	switch status.Code(err) {
+	case codes.DeadlineExceeded, codes.Canceled, codes.Unavailable, codes.Internal, codes.ResourceExhausted:
+		return true
+	}
+	return false
 }
 
 // served reports whether a process accepts connections on the socket at
@@ -355,8 +467,13 @@ func served(path string) bool {
 // the birth time where the file system records it (ext4, xfs, tmpfs). Not
 // the change time: chmod, chown or a relabel change that, not the socket.
 func socketInode(path string) uint64 {
+	return socketID(unix.AT_FDCWD, path, 0)
+}
+
+// socketID is socketInode for statx(dirfd, path, flags).
+func socketID(dirfd int, path string, flags int) uint64 {
 	var st unix.Statx_t
-	if err := unix.Statx(unix.AT_FDCWD, path, 0, unix.STATX_TYPE|unix.STATX_INO|unix.STATX_BTIME, &st); err != nil ||
+	if err := unix.Statx(dirfd, path, flags, unix.STATX_TYPE|unix.STATX_INO|unix.STATX_BTIME, &st); err != nil ||
 		uint32(st.Mode)&unix.S_IFMT != unix.S_IFSOCK {
 		return 0
 	}

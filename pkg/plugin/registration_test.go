@@ -13,37 +13,39 @@ import (
 func TestEndpointLeavesOtherSocketsAlone(t *testing.T) {
 	dir := t.TempDir()
 	res := NewComputeResource("accel.io", NewStore(), testLogger(t))
-	ep := &endpoint{res: res, path: filepath.Join(dir, res.SocketName())}
-	if err := ep.serve(); err != nil {
+	path := filepath.Join(dir, res.SocketName())
+	wake := make(chan struct{}, 1)
+	srv, err := serveAt(path, res, testLogger(t), wake)
+	if err != nil {
 		t.Fatal(err)
 	}
 	// A successor replaces the socket while we still run.
-	if err := os.Remove(ep.path); err != nil {
+	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
-	succ, err := net.Listen("unix", ep.path)
+	succ, err := net.Listen("unix", path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer succ.Close()
-	succID := socketInode(ep.path)
-	ep.stop(testLogger(t), true)
-	if id := socketInode(ep.path); id != succID {
+	succID := socketInode(path)
+	srv.stop(testLogger(t), path, true)
+	if id := socketInode(path); id != succID {
 		t.Fatalf("stopping the old server removed or changed the successor's socket (id %x → %x)", succID, id)
 	}
-	// A second endpoint does not take over the live socket...
-	ep2 := &endpoint{res: res, path: ep.path}
-	if err := ep2.serve(); err == nil || !strings.Contains(err.Error(), "served by another process") {
+	// A second server does not take over the live socket...
+	if _, err := serveAt(path, res, testLogger(t), wake); err == nil || !strings.Contains(err.Error(), "served by another process") {
 		t.Fatalf("serve over a live socket: %v", err)
 	}
 	// ...but replaces a stale one.
 	succ.(*net.UnixListener).SetUnlinkOnClose(false)
 	succ.Close()
-	if err := ep2.serve(); err != nil {
+	srv2, err := serveAt(path, res, testLogger(t), wake)
+	if err != nil {
 		t.Fatalf("serve over a stale socket: %v", err)
 	}
-	ep2.stop(testLogger(t), true)
-	if _, err := os.Stat(ep.path); !os.IsNotExist(err) {
+	srv2.stop(testLogger(t), path, true)
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
 		t.Fatalf("our own socket was not removed on shutdown: %v", err)
 	}
 }
