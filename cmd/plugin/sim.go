@@ -72,6 +72,11 @@ func runSim(args []string, stderr io.Writer) error {
 		return err
 	}
 
+	// Catch signals before the mount exists: a SIGTERM right after the
+	// "simulator running" line must unmount, not kill the process and
+	// leave a dead mount behind.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
 	reg := accel.NewRegistry(accel.Options{
 		MonitorOpensPerProcess: *perProc, MonitorOpensPerDevice: *perDev, Logger: log,
 	})
@@ -93,8 +98,6 @@ func runSim(args []string, stderr io.Writer) error {
 	log.Info("simulator running", "dir", srv.Dir(), "devices", *devices, "seed", *seed,
 		"control", fmt.Sprintf("accel-plugin sim ctl --dir %s COMMAND", srv.Dir()))
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
 	unmounted := make(chan struct{})
 	go func() { srv.Wait(); close(unmounted) }()
 	select {

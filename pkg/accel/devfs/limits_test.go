@@ -2,7 +2,7 @@ package devfs
 
 import (
 	"encoding/json"
-		"io"
+	"io"
 	"os"
 	"path/filepath"
 	"runtime"
