@@ -2,7 +2,6 @@ package suite
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os/exec"
 	"strings"
@@ -33,7 +32,8 @@ func TestEndToEnd(t *testing.T) {
 	step("helm install: simulator with 4 devices, plugin with 8 monitor slots per device")
 	e.helmInstall()
 	t.Cleanup(func() { // on failure: leave nothing behind (runs after the log dump below)
-		for _, name := range []string{"compute", "too-many", "monitor-a", "monitor-b", "debug-open", "after-restart", "accel-tool", "host-tool"} {
+		for _, name := range []string{"compute", "nonroot", "host-nonroot", "host-root", "ctl-denied", "too-many", "monitor-a", "monitor-b",
+			"debug-open", "after-restart", "crashloop", "accel-tool", "host-tool"} {
 			e.deletePodIn(namespace, name)
 		}
 		e.runErr(e.helm, "uninstall", release, "--namespace", namespace, "--wait")
@@ -67,17 +67,11 @@ func TestEndToEnd(t *testing.T) {
 
 	// A tool pod with the plugin image (no shell: exec runs the binary) and
 	// the simulator's directory, to query and drive devices from the node.
-	e.createPod("accel-tool", "", withImage(e.image, "/accel-plugin", "events", "--dir", devDir), hostAccess(false))
+	// Privileged: sys/control refuses writers without CAP_SYS_ADMIN.
+	e.createPod("accel-tool", "", withImage(e.image, "/accel-plugin", "events", "--dir", devDir), hostAccess(true))
+	e.createPod("host-tool", "sleep 3600", hostAccess(true))
 	e.awaitPhase("accel-tool", corev1.PodRunning, 2*time.Minute)
-	devInfo := func(dev string) info {
-		t.Helper()
-		out := e.mustExec("accel-tool", "/accel-plugin", "info", devDir+"/"+dev)
-		var i info
-		if err := json.Unmarshal([]byte(out), &i); err != nil {
-			t.Fatalf("info %s: %v: %s", dev, err, out)
-		}
-		return i
-	}
+	e.awaitPhase("host-tool", corev1.PodRunning, 2*time.Minute)
 
 	step("a pod requesting 1 device runs and holds /dev/accel/acK")
 	e.createPod("compute", `set -e
@@ -92,22 +86,14 @@ exec sleep 3600`, requests(acRes, 1))
 	if dev == "" {
 		t.Fatalf("compute pod log: %s", e.logs("compute"))
 	}
-	i := devInfo(dev)
-	if !i.ComputeInUse || i.HolderPID == 0 {
-		t.Fatalf("%s info after the pod opened it: %+v", dev, i)
-	}
-	// The holder is the pod's process (the simulator has hostPID: pids are
-	// the host's): its cgroup names the pod.
-	pod, _ := e.cs.CoreV1().Pods(namespace).Get(context.Background(), "compute", metav1.GetOptions{})
-	e.createPod("host-tool", "sleep 3600", hostAccess(true))
-	e.awaitPhase("host-tool", corev1.PodRunning, 2*time.Minute)
-	cg := e.mustExec("host-tool", "cat", fmt.Sprintf("/proc/%d/cgroup", i.HolderPID))
-	uid := string(pod.UID)
-	if !strings.Contains(cg, uid) && !strings.Contains(cg, strings.ReplaceAll(uid, "-", "_")) {
-		t.Errorf("holder pid %d of %s is not in the compute pod %s: cgroup %s", i.HolderPID, dev, uid, cg)
-	}
-	t.Logf("%s is held by pid %d of pod compute (%s)", dev, i.HolderPID, uid)
-	holder := i.HolderPID
+	holder := e.holderIn(dev, "compute")
+	t.Logf("%s is held by pid %d of pod compute", dev, holder)
+
+	step("a non-root pod (uid 1000, no capabilities) opens its device read-write and holds it")
+	e.nonRootWorkload()
+
+	step("through the host path, a non-root pod cannot open a compute node (the mount's root is 0700); root can")
+	e.hostPathNeedsRoot(dev)
 
 	step("a pod asking for more than is free stays Pending: Insufficient accel.io/ac")
 	e.createPod("too-many", "sleep 3600", requests(acRes, devices))
@@ -149,15 +135,18 @@ exec sleep 3600`, requests(monRes, devices))
 	if l := e.logs("debug-open"); !strings.Contains(l, "Device or resource busy") || !strings.Contains(l, "FAILED") {
 		t.Errorf("a second client opening %s through the host path: %q, want EBUSY", dev, l)
 	}
-	if i := devInfo(dev); i.MonitorClients < 3 || !i.ComputeInUse { // two pods + the query itself
+	if i := e.devInfo(dev); i.MonitorClients < 3 || !i.ComputeInUse { // two pods + the query itself
 		t.Errorf("%s while held with two monitor pods: %+v", dev, i)
 	}
 
-	step("fault: allocatable drops; reset: it recovers")
 	other := "ac0"
 	if dev == other {
 		other = "ac1"
 	}
+	step("sys/control refuses a root pod without CAP_SYS_ADMIN and the plugin container (EPERM)")
+	e.controlNeedsSysAdmin(other)
+
+	step("fault: allocatable drops; reset: it recovers")
 	e.mustExec("accel-tool", "/accel-plugin", "sim", "ctl", "--dir", devDir, "fault", other, "malfunction")
 	e.awaitAllocatable(30*time.Second, devices, devices-1, devices*slots, (devices-1)*slots)
 	e.mustExec("accel-tool", "/accel-plugin", "sim", "ctl", "--dir", devDir, "reset", other)
@@ -180,7 +169,7 @@ exec sleep 3600`, requests(monRes, devices))
 	if out, err := e.exec("compute", "cat", "/dev/accel/"+dev+"_monitor"); err != nil || !strings.Contains(out, dev) {
 		t.Errorf("compute pod after plugin restart: %v %s", err, out)
 	}
-	if i := devInfo(dev); i.HolderPID != holder || !i.ComputeInUse {
+	if i := e.devInfo(dev); i.HolderPID != holder || !i.ComputeInUse {
 		t.Errorf("%s lost its holder across the plugin restart: %+v", dev, i)
 	}
 
@@ -197,6 +186,10 @@ exec sleep 3600`, requests(monRes, devices))
 		if out, err := e.exec("compute", "cat", "/dev/accel/"+dev+"_monitor"); err != nil || !strings.Contains(out, dev) {
 			t.Errorf("compute pod after kubelet restart: %v %s", err, out)
 		}
+
+		rounds := kubeletRestartRounds()
+		step(fmt.Sprintf("a crash-looping pod holding a device survives %d kubelet restarts: never rejected", rounds))
+		e.crashLoopSurvivesKubeletRestarts(rounds)
 	}
 
 	step("helm uninstall: no mounts, sockets or node labels left")

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -73,6 +74,16 @@ func newEnv(t *testing.T) *env {
 	}
 	e.node = nodes.Items[0].Name
 	return e
+}
+
+// kubeletRestartRounds is how many kubelet restarts the crash-loop step
+// makes: ACCEL_E2E_KUBELET_RESTARTS, default 10.
+func kubeletRestartRounds() int {
+	n, err := strconv.Atoi(getenv("ACCEL_E2E_KUBELET_RESTARTS", "10"))
+	if err != nil || n < 1 {
+		return 10
+	}
+	return n
 }
 
 func getenv(k, def string) string {
@@ -268,11 +279,17 @@ func (e *env) logs(name string) string {
 	return string(b)
 }
 
-// exec runs a command in a pod's container and returns stdout+stderr.
+// exec runs a command in the container "main" of one of the suite's pods
+// and returns stdout+stderr.
 func (e *env) exec(pod string, command ...string) (string, error) {
-	req := e.cs.CoreV1().RESTClient().Post().Resource("pods").Namespace(namespace).Name(pod).
+	return e.execIn(namespace, pod, "main", command...)
+}
+
+// execIn runs a command in a container of any pod and returns stdout+stderr.
+func (e *env) execIn(ns, pod, container string, command ...string) (string, error) {
+	req := e.cs.CoreV1().RESTClient().Post().Resource("pods").Namespace(ns).Name(pod).
 		SubResource("exec").VersionedParams(&corev1.PodExecOptions{
-		Container: "main", Command: command, Stdout: true, Stderr: true,
+		Container: container, Command: command, Stdout: true, Stderr: true,
 	}, scheme.ParameterCodec)
 	ex, err := remotecommand.NewSPDYExecutor(e.cfg, "POST", req.URL())
 	if err != nil {
