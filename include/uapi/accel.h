@@ -9,7 +9,9 @@
  *   acN_monitor  monitor node: any number of readers; read() returns a
  *                one-line summary
  * Both answer ACCEL_IOCTL_INFO. All integers are little-endian; strings are
- * NUL-terminated within their fixed fields.
+ * UTF-8, NUL-terminated within their fixed fields (a long one is cut at a
+ * character boundary). Readers should refuse a field without its NUL and a
+ * status they do not know.
  *
  * Example:
  *   struct accel_info info;
@@ -51,7 +53,8 @@ struct accel_info {
 	__u64 memory_used;     /* bytes */
 	__s32 numa_node;       /* -1 when unknown */
 	__u32 flags;           /* ACCEL_INFO_FLAG_* */
-	__s32 holder_pid;      /* pid that opened the compute node; 0 if none */
+	__s32 holder_pid;      /* process holding the compute node now (opener, or a
+	                        * live process that inherited it); 0 if none or unknown */
 	__u32 monitor_clients; /* open files of the monitor node */
 	__u32 reset_count;     /* completed resets */
 	__u32 reserved0;

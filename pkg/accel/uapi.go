@@ -15,7 +15,10 @@ package accel
 //	           accepted on the compute node only
 //
 // All integers are little-endian. Strings are NUL-padded UTF-8 in fixed
-// fields and always NUL-terminated (so at most field size - 1 bytes).
+// fields and always NUL-terminated (so at most field size - 1 bytes); a
+// longer string is cut at a rune boundary, never inside a UTF-8 sequence.
+// A reader refuses a field without its NUL and a status it does not know
+// (see Info.UnmarshalBinary) rather than guess.
 //
 // struct accel_info (InfoSize = 256 bytes), returned by ACCEL_IOCTL_INFO on
 // either node of a device:
@@ -29,7 +32,8 @@ package accel
 //	    24    8  memory_used      bytes
 //	    32    4  numa_node        signed; -1 when unknown
 //	    36    4  flags            bit 0: compute node held (InfoFlagComputeInUse)
-//	    40    4  holder_pid       signed; pid that opened the compute node, 0 if none
+//	    40    4  holder_pid       signed; process holding the compute node, 0 if none
+//	                              or unknown (see below)
 //	    44    4  monitor_clients  open descriptions of the monitor node
 //	    48    4  reset_count      completed resets since the device appeared
 //	    52    4  reserved0        zero
@@ -38,6 +42,14 @@ package accel
 //	   120   64  model            marketing/model name
 //	   184   64  serial           stable serial number (the device's identity)
 //	   248    8  reserved1        zero
+//
+// holder_pid names the process (thread group, as the daemon's pid
+// namespace sees it) that holds the compute file now: the opener, or a
+// process that inherited the descriptor (fork, SCM_RIGHTS) and used it, or
+// — once the recorded process is gone — a live process found holding a
+// descriptor of the node. It is 0 when the node is free and when no live
+// holder can be found (compute_in_use then still says the node is held);
+// it never names a process that has exited.
 //
 // Versioning: fields are only ever appended (using reserved space first); a
 // larger struct gets a new command number, because the size is part of the
@@ -54,9 +66,11 @@ package accel
 //	EINVAL  malformed argument (wrong size or field values)
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"strings"
+	"unicode/utf8"
 )
 
 // Ioctl encoding constants, as in Linux's asm-generic/ioctl.h.
@@ -219,8 +233,10 @@ func (i *Info) encode(b []byte) {
 	putString(b[184:184+infoSerialLen], i.Serial)
 }
 
-// UnmarshalBinary decodes struct accel_info, rejecting a buffer whose size
-// or version this package does not understand.
+// UnmarshalBinary decodes struct accel_info. It rejects a buffer whose
+// size or version this package does not understand, a string field without
+// its terminating NUL and a status value it does not know, each with an
+// error naming the field; i is left unchanged then.
 func (i *Info) UnmarshalBinary(b []byte) error {
 	le := binary.LittleEndian
 	if len(b) < 8 {
@@ -233,9 +249,24 @@ func (i *Info) UnmarshalBinary(b []byte) error {
 	if version < InfoVersion {
 		return fmt.Errorf("accel info: version %d, want at least %d", version, InfoVersion)
 	}
+	status := Status(le.Uint32(b[12:]))
+	if status > StatusRemoved {
+		return fmt.Errorf("accel info: unknown status %d (this reader knows 0-%d: %s)", uint32(status), uint32(StatusRemoved), strings.Join(statusNames[:], ", "))
+	}
+	var strs [4]string
+	for n, f := range []struct {
+		name     string
+		off, len int
+	}{{"name", 56, infoNameLen}, {"driver", 88, infoDriverLen}, {"model", 120, infoModelLen}, {"serial", 184, infoSerialLen}} {
+		s, err := getString(b[f.off : f.off+f.len])
+		if err != nil {
+			return fmt.Errorf("accel info: %s field (offset %d): %w", f.name, f.off, err)
+		}
+		strs[n] = s
+	}
 	*i = Info{
 		Index:          le.Uint32(b[8:]),
-		Status:         Status(le.Uint32(b[12:])),
+		Status:         status,
 		MemoryTotal:    le.Uint64(b[16:]),
 		MemoryUsed:     le.Uint64(b[24:]),
 		NUMANode:       int32(le.Uint32(b[32:])),
@@ -243,23 +274,43 @@ func (i *Info) UnmarshalBinary(b []byte) error {
 		HolderPID:      int32(le.Uint32(b[40:])),
 		MonitorClients: le.Uint32(b[44:]),
 		ResetCount:     le.Uint32(b[48:]),
-		Name:           getString(b[56 : 56+infoNameLen]),
-		Driver:         getString(b[88 : 88+infoDriverLen]),
-		Model:          getString(b[120 : 120+infoModelLen]),
-		Serial:         getString(b[184 : 184+infoSerialLen]),
+		Name:           strs[0],
+		Driver:         strs[1],
+		Model:          strs[2],
+		Serial:         strs[3],
 	}
 	return nil
 }
 
-// putString copies s into a fixed field, truncating so a NUL always ends it.
+// putString copies s into a fixed field, truncating so a NUL always ends
+// it. A cut never splits a UTF-8 sequence: it falls before the rune that
+// would not fit.
 func putString(dst []byte, s string) {
-	n := copy(dst[:len(dst)-1], s)
+	n := len(s)
+	if n > len(dst)-1 {
+		n = len(dst) - 1
+		// Step back to the start of the rune at the cut (at most
+		// utf8.UTFMax-1 bytes) and drop it if it does not fit whole.
+		for j := n; j > 0 && j > n-utf8.UTFMax; j-- {
+			if utf8.RuneStart(s[j]) {
+				if r, size := utf8.DecodeRuneInString(s[j:]); r != utf8.RuneError || size > 1 {
+					if j+size > n {
+						n = j
+					}
+				}
+				break
+			}
+		}
+	}
+	copy(dst, s[:n])
 	clear(dst[n:])
 }
 
-func getString(b []byte) string {
-	if n := strings.IndexByte(string(b), 0); n >= 0 {
-		b = b[:n]
+// getString returns the NUL-terminated string of a fixed field.
+func getString(b []byte) (string, error) {
+	n := bytes.IndexByte(b, 0)
+	if n < 0 {
+		return "", fmt.Errorf("no terminating NUL within its %d bytes", len(b))
 	}
-	return string(b)
+	return string(b[:n]), nil
 }
