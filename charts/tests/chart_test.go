@@ -816,6 +816,9 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		{[]string{"--set-string", "simulator.dirMode=0800"}, []string{"'/simulator/dirMode'"}},
 		{[]string{"--set-string", "simulator.dirMode=1700"}, []string{"'/simulator/dirMode'"}},
 		{[]string{"--set", "simulator.dirMode=700"}, []string{"'/simulator/dirMode'", "want string"}},
+		{[]string{"--set-string", "simulator.dirMode=0000"}, []string{"simulator.dirMode", "r-x", "uid 0 without capabilities"}},
+		{[]string{"--set-string", "simulator.dirMode=0600"}, []string{"simulator.dirMode", "r-x"}},
+		{[]string{"--set-string", "simulator.dirMode=300"}, []string{"simulator.dirMode", "r-x"}},
 		{[]string{"--set", "simulator.gid=-1"}, []string{"'/simulator/gid'", "minimum"}},
 		{[]string{"--set", "simulator.gid=2147483648"}, []string{"'/simulator/gid'", "maximum"}},
 		{[]string{"--set", "simulator.gid=wheel"}, []string{"'/simulator/gid'"}},
@@ -873,7 +876,8 @@ func TestSchemaAcceptsLimits(t *testing.T) {
 		{"--set", "plugin.resourcePrefix=a", "--set", "simulator.resetDuration=1m30s"},
 		{"--set", "global.foo=bar"}, // what a parent chart passes
 		{"--set-string", "simulator.computeMode=000", "--set-string", "simulator.dirMode=777"},
-		{"--set-string", "simulator.computeMode=0777", "--set-string", "simulator.dirMode=0000"},
+		{"--set-string", "simulator.computeMode=0777", "--set-string", "simulator.dirMode=500"},
+		{"--set", "simulator.enabled=false", "--set-string", "simulator.dirMode=0000"}, // unused then
 		{"--set", "simulator.gid=0", "--set", "simulator.monitorOpensPerProcess=1", "--set", "simulator.monitorOpensPerDevice=1"},
 		{"--set", "plugin.daemonTimeout=100ms"},
 		{"--set", "plugin.daemonTimeout=60s"},

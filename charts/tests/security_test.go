@@ -65,7 +65,7 @@ func TestSimulatorFlags(t *testing.T) {
 		{[]string{"--set", "simulator.monitorOpensPerProcess=2", "--set", "simulator.monitorOpensPerDevice=3"},
 			[]string{"--monitor-opens-per-process=2", "--monitor-opens-per-device=3"}},
 		{[]string{"limits.yaml"}, []string{
-			"--devices=256", "--numa-nodes=64", "--memory-gib=1048576", "--compute-mode=0000", "--dir-mode=0000",
+			"--devices=256", "--numa-nodes=64", "--memory-gib=1048576", "--compute-mode=0000", "--dir-mode=0500",
 			"--gid=2147483647", "--monitor-opens-per-process=65536", "--monitor-opens-per-device=65536",
 		}},
 	} {

@@ -190,6 +190,10 @@ DaemonSet (always rendered).
 {{- if and (include "accel-device-plugin.rbacEnabled" .) (not .Values.serviceAccount.create) (not .Values.serviceAccount.name) }}
 {{- fail "rbac.create with serviceAccount.create=false needs serviceAccount.name: otherwise the node permissions would go to the namespace's default ServiceAccount" }}
 {{- end }}
+{{- $dirMode := include "accel-device-plugin.octalMode" .Values.simulator.dirMode }}
+{{- if and .Values.simulator.enabled (not (has (substr 1 2 $dirMode | atoi) (list 5 7))) }}
+{{- fail (printf "simulator.dirMode %q: the owner (root) needs read and search permission (r-x: 0500, 0700, 0750, ...): the plugin runs as uid 0 without capabilities, so it could not list %s nor reach the nodes" .Values.simulator.dirMode (clean .Values.devDir)) }}
+{{- end }}
 {{- $ms := include "accel-device-plugin.daemonTimeoutMillis" . | atoi }}
 {{- if or (lt $ms 100) (gt $ms 60000) }}
 {{- fail (printf "plugin.daemonTimeout %q is out of range: want 100ms to 1m (every access to the device daemon is bounded by it; the default is 3s)" .Values.plugin.daemonTimeout) }}
