@@ -24,12 +24,13 @@ import (
 //     removed;
 //   - driver-specific commands are accepted on the compute node only.
 type File struct {
-	dev  *Device
-	kind NodeKind
-	pid  int32
+	dev    *Device
+	kind   NodeKind
+	opener int32 // the process that opened it: what the monitor limits count
 
 	// Guarded by dev.mu.
-	flushed bool // a descriptor was closed since the holder last showed activity
+	pid     int32 // the process holding it now (see SetPID)
+	flushed bool  // a descriptor was closed since the holder last showed activity
 	closed  bool
 
 	// Private belongs to the driver: per-client state set in Driver.Open.
@@ -42,8 +43,32 @@ func (f *File) Device() *Device { return f.dev }
 // Kind returns which node the file was opened on.
 func (f *File) Kind() NodeKind { return f.kind }
 
-// PID returns the process that opened the file.
-func (f *File) PID() int32 { return f.pid }
+// PID returns the process that holds the file now: the one that opened
+// it unless SetPID recorded another.
+func (f *File) PID() int32 {
+	f.dev.mu.Lock()
+	defer f.dev.mu.Unlock()
+	return f.pid
+}
+
+// SetPID records that process pid (0: unknown) holds f now, as the node's
+// exposure learns when a descriptor passed on by fork or SCM_RIGHTS is
+// used by another process, or finds the opener gone. It is what Info
+// reports as holder_pid. The monitor limits keep counting f against the
+// process that opened it.
+func (f *File) SetPID(pid int32) {
+	f.dev.mu.Lock()
+	f.pid = pid
+	f.dev.mu.Unlock()
+}
+
+// Holder returns the open compute file of d, or nil when the compute node
+// is free.
+func (d *Device) Holder() *File {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.holder
+}
 
 // Open opens the device's compute or monitor node on behalf of process pid.
 //
@@ -54,7 +79,7 @@ func (f *File) PID() int32 { return f.pid }
 // EBUSY. A holder that still has descriptors open after a Flush (dup, fork)
 // keeps the node, and the waiting open gets EBUSY.
 func (d *Device) Open(ctx context.Context, kind NodeKind, pid int32) (*File, error) {
-	f := &File{dev: d, kind: kind, pid: pid}
+	f := &File{dev: d, kind: kind, opener: pid, pid: pid}
 	d.mu.Lock()
 	if kind == NodeMonitor {
 		if d.status == StatusRemoved {
@@ -196,8 +221,8 @@ func (d *Device) dropFile(f *File) {
 	d.mu.Lock()
 	if f.kind == NodeMonitor {
 		d.monitors--
-		if d.monitorsOf[f.pid]--; d.monitorsOf[f.pid] <= 0 {
-			delete(d.monitorsOf, f.pid)
+		if d.monitorsOf[f.opener]--; d.monitorsOf[f.opener] <= 0 {
+			delete(d.monitorsOf, f.opener)
 		}
 		clear(d.limited) // below a limit again: the next refusal is logged
 	} else if d.holder == f {

@@ -130,6 +130,8 @@ type Server struct {
 	srv   *fuse.Server
 	root  *rootNode
 
+	holders *holders // who holds each open compute file
+
 	mounted time.Time // timestamps of the sys files
 
 	ctx    context.Context // ends when unmounting: wakes blocked readers
@@ -244,7 +246,8 @@ func Mount(dir string, reg *accel.Registry, opts Options) (*Server, error) {
 		opts.FSName = "accel-sim"
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Server{dir: abs, reg: reg, opts: opts, modes: m, log: opts.Logger, mounted: time.Now(), ctx: ctx, cancel: cancel}
+	s := &Server{dir: abs, reg: reg, opts: opts, modes: m, log: opts.Logger, mounted: time.Now(), ctx: ctx, cancel: cancel,
+		holders: newHolders()}
 	s.root = &rootNode{srv: s, nodes: make(map[string]*fs.Inode)}
 
 	entryTimeout := time.Second
@@ -267,6 +270,12 @@ func Mount(dir string, reg *accel.Registry, opts Options) (*Server, error) {
 		return nil, fmt.Errorf("mount %s: %w", abs, err)
 	}
 	s.srv = srv
+	var st syscall.Stat_t
+	if err := syscall.Stat(abs, &st); err != nil {
+		_ = s.Unmount(2 * time.Second)
+		return nil, fmt.Errorf("stat the new mount %s: %w", abs, err)
+	}
+	s.holders.mounted(st.Dev)
 	if err := closeOnExecFUSE(); err != nil {
 		s.log.Warn("cannot mark /dev/fuse close-on-exec; child processes may keep the mount alive", "err", err)
 	}

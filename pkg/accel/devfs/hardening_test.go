@@ -31,6 +31,9 @@ import (
 //	                    on $DEVFS_TEST_BIND, become uid 65534, then open PATH
 //	                    and the bind mount read-write; print both results
 func runHardeningHelper(mode, path string) (int, bool) {
+	if code, ok := runHolderHelper(mode, path); ok {
+		return code, true
+	}
 	switch mode {
 	case "flood":
 		return floodHelper(path), true

@@ -84,7 +84,7 @@ func (r *rootNode) expose(d *accel.Device) {
 		if kind == accel.NodeMonitor {
 			name, mode = d.MonitorName(), r.srv.modes.monitor
 		}
-		n := &devNode{dev: d, kind: kind, mode: mode, gid: r.srv.opts.GID, born: time.Now()}
+		n := &devNode{srv: r.srv, name: name, dev: d, kind: kind, mode: mode, gid: r.srv.opts.GID, born: time.Now()}
 		ch := r.NewPersistentInode(ctx, n, fs.StableAttr{Mode: syscall.S_IFREG, Ino: r.ino()})
 		r.AddChild(name, ch, true)
 		r.mu.Lock()
@@ -129,6 +129,8 @@ func (n *sysDir) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut
 type devNode struct {
 	fs.Inode
 	immutable
+	srv  *Server
+	name string
 	dev  *accel.Device
 	kind accel.NodeKind
 	mode uint32
@@ -164,16 +166,21 @@ func (n *devNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOu
 // Open applies the core's open rules (exclusive compute node, monitor
 // limits) on behalf of the calling process.
 func (n *devNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	f, err := n.dev.Open(ctx, n.kind, callerPID(ctx))
+	pid := callerPID(ctx)
+	f, err := n.dev.Open(ctx, n.kind, pid)
 	if err != nil {
 		return nil, 0, toErrno(err)
 	}
-	return &devHandle{f: f}, fuse.FOPEN_DIRECT_IO, 0
+	if n.kind == accel.NodeCompute {
+		n.srv.holders.opened(f, n.name, n.StableAttr().Ino, pid)
+	}
+	return &devHandle{f: f, holders: n.srv.holders}, fuse.FOPEN_DIRECT_IO, 0
 }
 
 // devHandle is one open file description of a device node.
 type devHandle struct {
-	f *accel.File
+	f       *accel.File
+	holders *holders
 
 	mu      sync.Mutex
 	summary []byte // monitor read() text, fixed at the read at offset 0
@@ -189,17 +196,29 @@ var (
 // Flush is sent on every close(); see accel.File.Flush.
 func (h *devHandle) Flush(ctx context.Context) syscall.Errno {
 	h.f.Flush()
+	if h.f.Kind() == accel.NodeCompute {
+		h.holders.flushed(h.f)
+	}
 	return 0
 }
 
 // Release is sent after the last descriptor is closed.
 func (h *devHandle) Release(ctx context.Context) syscall.Errno {
+	if h.f.Kind() == accel.NodeCompute {
+		h.holders.released(h.f)
+	}
 	h.f.Release()
 	return 0
 }
 
-// Ioctl forwards to the core.
+// Ioctl forwards to the core, keeping holder_pid true first (see holders).
 func (h *devHandle) Ioctl(ctx context.Context, cmd uint32, arg uint64, input, output []byte) (int32, syscall.Errno) {
+	if h.f.Kind() == accel.NodeCompute {
+		h.holders.used(h.f, callerPID(ctx))
+	}
+	if cmd == accel.IoctlInfo {
+		h.holders.refresh(h.f.Device())
+	}
 	if err := h.f.Ioctl(cmd, input, output); err != nil {
 		return 0, toErrno(err)
 	}
@@ -218,6 +237,7 @@ func (h *devHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Read
 		if h.f.Device().Status() == accel.StatusRemoved {
 			return nil, syscall.ENODEV
 		}
+		h.holders.refresh(h.f.Device())
 		h.summary = monitorText(Summary(h.f.Device().Info()))
 	}
 	if off >= int64(len(h.summary)) {
