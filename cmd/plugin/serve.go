@@ -30,6 +30,8 @@ func runServe(args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.ResourcePrefix, "resource-prefix", "accel.io", "resource name prefix: resources are PREFIX/ac and PREFIX/ac-monitor")
 	fs.IntVar(&cfg.MonitorSlots, "monitor-slots", 8, fmt.Sprintf("PREFIX/ac-monitor units per device (shared monitor access), 0 to %d; 0 disables the resource", plugin.MaxMonitorSlots))
 	fs.DurationVar(&cfg.Resync, "resync", 30*time.Second, "safety-net interval for re-reading every device (changes arrive as events, at once)")
+	fs.DurationVar(&cfg.DaemonTimeout, "daemon-timeout", plugin.DefaultDaemonTimeout, fmt.Sprintf("bound on every access to the device daemon (readdir, stat, open, info ioctl, events) and on a scrape's reads of it, %s to %s; a daemon that does not answer within it has all its devices unhealthy (\"device daemon not responding\") and /readyz fails", plugin.MinDaemonTimeout, plugin.MaxDaemonTimeout))
+	fs.DurationVar(&cfg.StaleViewGrace, "stale-view-grace", 10*time.Second, "exit 1 when the device daemon's mount has been dead or absent this long and this container's view of --dev-dir has no mount propagation from the host (it would never see the simulator's new mount; kubelet restarts the container); 0: never exit")
 	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", "127.0.0.1:9490", "host:port serving /metrics (Prometheus), /healthz and /readyz; empty disables (the chart uses the pod IP)")
 	labelNode := fs.Bool("label-node", false, "keep PREFIX/ac.{present,count,model,simulated} labels on this node's Node object (needs get and patch on nodes)")
 	nodeName := fs.String("node-name", os.Getenv("NODE_NAME"), "this node's name, for --label-node (default: $NODE_NAME, from the downward API)")
@@ -76,7 +78,8 @@ func runServe(args []string, stderr io.Writer) error {
 	for i, r := range p.Resources {
 		names[i] = r.Name
 	}
-	log.Info("device plugin starting", "dev_dir", cfg.DevDir, "kubelet_dir", cfg.KubeletDir, "resources", names, "metrics", cfg.MetricsAddr)
+	log.Info("device plugin starting", "dev_dir", cfg.DevDir, "kubelet_dir", cfg.KubeletDir, "resources", names, "metrics", cfg.MetricsAddr,
+		"daemon_timeout", cfg.DaemonTimeout)
 
 	var wg sync.WaitGroup
 	var labelErr error

@@ -132,6 +132,25 @@ func (s *simProc) stop() {
 	_ = unix.Unmount(s.dir, unix.MNT_DETACH)
 }
 
+// freeze stops the daemon (SIGSTOP): every access to its mount then waits
+// in the kernel until thaw. The test's cleanup thaws it first, so nothing
+// is left blocked on the mount.
+func (s *simProc) freeze(t testing.TB) {
+	t.Helper()
+	t.Cleanup(func() { _ = s.cmd.Process.Signal(syscall.SIGCONT) })
+	if err := s.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// thaw resumes a frozen daemon (SIGCONT).
+func (s *simProc) thaw(t testing.TB) {
+	t.Helper()
+	if err := s.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // ctl sends a control command to the daemon.
 func (s *simProc) ctl(t testing.TB, cmd string) string {
 	t.Helper()
@@ -245,9 +264,10 @@ func (k *fakeKubelet) Register(ctx context.Context, req *pluginapi.RegisterReque
 	k.mu.Lock()
 	if k.rejects < k.rejectN {
 		k.rejects++
+		n, of := k.rejects, k.rejectN
 		k.mu.Unlock()
 		k.notify()
-		return nil, fmt.Errorf("not ready (refusal %d of %d)", k.rejects, k.rejectN)
+		return nil, fmt.Errorf("not ready (refusal %d of %d)", n, of)
 	}
 	k.mu.Unlock()
 	conn, err := grpc.NewClient("unix://"+filepath.Join(k.dir, req.Endpoint),
@@ -380,7 +400,7 @@ func startHarnessWith(t testing.TB, devices, numa, slots int, adjust func(*Confi
 	cfg := Config{
 		DevDir: h.sim.dir, HostDevDir: "/host/run/accel/dev", KubeletDir: kdir,
 		ResourcePrefix: "accel.io", MonitorSlots: slots, Resync: 30 * time.Second,
-		Logger: testLogger(t),
+		DaemonTimeout: DefaultDaemonTimeout, Logger: testLogger(t),
 	}
 	if adjust != nil {
 		adjust(&cfg)

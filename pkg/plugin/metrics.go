@@ -1,7 +1,8 @@
 package plugin
 
 import (
-	"path/filepath"
+	"context"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -20,10 +21,18 @@ type Metrics struct {
 	allocations   *prometheus.CounterVec
 	registrations *prometheus.CounterVec
 	updates       *prometheus.CounterVec
+	devices       *deviceCollector
 }
 
-// NewMetrics registers the plugin's metrics and the Go runtime's.
-func NewMetrics(store *Store, devDir string) *Metrics {
+// infoSource reads a device's dynamic facts at scrape time, bounded by ctx
+// and by its daemon's gate.
+type infoSource interface {
+	scrapeInfo(ctx context.Context, d Device) (accel.Info, error)
+}
+
+// NewMetrics registers the plugin's metrics and the Go runtime's. A scrape
+// reads each device's dynamic facts for at most scrapeTimeout in all.
+func NewMetrics(store *Store, scrapeTimeout time.Duration) *Metrics {
 	m := &Metrics{
 		Registry: prometheus.NewRegistry(),
 		allocations: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -39,8 +48,8 @@ func NewMetrics(store *Store, devDir string) *Metrics {
 			Help: "Device lists sent to kubelet on ListAndWatch streams, by resource.",
 		}, []string{"resource"}),
 	}
-	m.Registry.MustRegister(m.allocations, m.registrations, m.updates,
-		&deviceCollector{store: store, devDir: devDir},
+	m.devices = &deviceCollector{store: store, timeout: scrapeTimeout, sources: map[string]infoSource{}}
+	m.Registry.MustRegister(m.allocations, m.registrations, m.updates, m.devices,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -84,21 +93,40 @@ var (
 		"Open monitor files of the device, not counting this scrape's own.", []string{"id", "device"}, nil)
 	memoryDesc = prometheus.NewDesc("accel_device_memory_used_bytes",
 		"Device memory in use.", []string{"id", "device"}, nil)
+	readableDesc = prometheus.NewDesc("accel_device_info_readable",
+		"1 if this scrape read the device's dynamic facts (compute_in_use, monitor_clients, memory_used) through its monitor node; "+
+			"0 if it could not (daemon not responding or dead, node missing): those series are then absent for the device.",
+		[]string{"id", "device"}, nil)
 )
 
-// deviceCollector reports the devices of the current snapshot.
+// deviceCollector reports the devices of the current snapshot. A scrape
+// reads dynamic facts through each device's source (so through its
+// daemon's gate) within timeout in all; a device it cannot read is
+// reported as unreadable, and the scrape still returns in time.
 type deviceCollector struct {
-	store  *Store
-	devDir string
+	store   *Store
+	timeout time.Duration
+	sources map[string]infoSource // by Device.Source; set before serving
 }
 
 func (c *deviceCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{devicesDesc, statusDesc, healthyDesc, computeDesc, monitorDesc, memoryDesc} {
+	for _, d := range []*prometheus.Desc{devicesDesc, statusDesc, healthyDesc, computeDesc, monitorDesc, memoryDesc, readableDesc} {
 		ch <- d
 	}
 }
 
+// gauge sends one sample; a sample whose labels Prometheus refuses is
+// dropped rather than failing the scrape (sources make labels safe, so this
+// is defence only).
+func gauge(ch chan<- prometheus.Metric, desc *prometheus.Desc, v float64, labels ...string) {
+	if m, err := prometheus.NewConstMetric(desc, prometheus.GaugeValue, v, labels...); err == nil {
+		ch <- m
+	}
+}
+
 func (c *deviceCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+	defer cancel()
 	snap, _ := c.store.Load()
 	healthy := 0
 	for _, d := range snap.Devices {
@@ -107,29 +135,32 @@ func (c *deviceCollector) Collect(ch chan<- prometheus.Metric) {
 			b = 1
 			healthy++
 		}
-		ch <- prometheus.MustNewConstMetric(healthyDesc, prometheus.GaugeValue, b, d.ID, d.Name)
+		gauge(ch, healthyDesc, b, d.ID, d.Name)
 		for _, st := range []accel.Status{accel.StatusOperational, accel.StatusInReset, accel.StatusMalfunction, accel.StatusNeedsReset, accel.StatusRemoved} {
 			v := 0.0
 			if d.Status == st {
 				v = 1
 			}
-			ch <- prometheus.MustNewConstMetric(statusDesc, prometheus.GaugeValue, v, d.ID, d.Name, st.String())
+			gauge(ch, statusDesc, v, d.ID, d.Name, st.String())
 		}
-		if d.Kernel || c.devDir == "" {
+		src, ok := c.sources[d.Source]
+		if d.Kernel || !ok {
 			continue // the merged kernel has no info query
 		}
-		info, err := accel.ReadInfo(filepath.Join(c.devDir, d.Name))
-		if err != nil || info.Serial != d.ID {
-			continue // gone or replaced since the snapshot: skip, never report another device's numbers
+		info, err := src.scrapeInfo(ctx, d)
+		if err != nil {
+			gauge(ch, readableDesc, 0, d.ID, d.Name)
+			continue // never report stale numbers, or another device's
 		}
+		gauge(ch, readableDesc, 1, d.ID, d.Name)
 		inUse := 0.0
 		if info.ComputeInUse {
 			inUse = 1
 		}
-		ch <- prometheus.MustNewConstMetric(computeDesc, prometheus.GaugeValue, inUse, d.ID, d.Name)
-		ch <- prometheus.MustNewConstMetric(monitorDesc, prometheus.GaugeValue, float64(max(int(info.MonitorClients)-1, 0)), d.ID, d.Name)
-		ch <- prometheus.MustNewConstMetric(memoryDesc, prometheus.GaugeValue, float64(info.MemoryUsed), d.ID, d.Name)
+		gauge(ch, computeDesc, inUse, d.ID, d.Name)
+		gauge(ch, monitorDesc, float64(max(int(info.MonitorClients)-1, 0)), d.ID, d.Name)
+		gauge(ch, memoryDesc, float64(info.MemoryUsed), d.ID, d.Name)
 	}
-	ch <- prometheus.MustNewConstMetric(devicesDesc, prometheus.GaugeValue, float64(healthy), "healthy")
-	ch <- prometheus.MustNewConstMetric(devicesDesc, prometheus.GaugeValue, float64(len(snap.Devices)-healthy), "unhealthy")
+	gauge(ch, devicesDesc, float64(healthy), "healthy")
+	gauge(ch, devicesDesc, float64(len(snap.Devices)-healthy), "unhealthy")
 }

@@ -16,8 +16,9 @@ import (
 //
 // /healthz answers 200 while the plugin runs (the process is not wedged:
 // the handler runs on the same runtime). /readyz answers 200 once
-// discovery has reported and every resource is registered with kubelet,
-// and 503 with the reasons otherwise.
+// discovery has reported, every resource is registered with kubelet and
+// every device daemon answers (a frozen or dead daemon is named, with the
+// reason), and 503 with the reasons otherwise.
 func (p *Plugin) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(p.Metrics.Registry, promhttp.HandlerOpts{}))
@@ -39,6 +40,13 @@ func (p *Plugin) notReady() []string {
 	var reasons []string
 	if p.Store.Sources() < len(p.sources) {
 		reasons = append(reasons, "discovery has not reported yet")
+	}
+	for _, s := range p.sources {
+		if r, ok := s.(interface{ notReady() string }); ok {
+			if why := r.notReady(); why != "" {
+				reasons = append(reasons, why)
+			}
+		}
 	}
 	for _, r := range p.Resources {
 		if !r.registered.Load() {

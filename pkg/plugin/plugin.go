@@ -38,6 +38,17 @@ type Config struct {
 	MonitorSlots int
 	// Resync is the safety-net full re-read interval.
 	Resync time.Duration
+	// DaemonTimeout bounds every access to the device daemon (READDIR,
+	// lstat, open and info ioctl of a monitor node, opening the event
+	// file, closing) and every metrics scrape of its devices; a daemon
+	// that does not answer within it has all its devices unhealthy
+	// ("device daemon not responding") and makes /readyz fail.
+	DaemonTimeout time.Duration
+	// StaleViewGrace: when the device daemon's mount has been dead or
+	// absent this long and this process's view of DevDir cannot receive
+	// new mounts (no master:/shared: propagation), Run fails, so that the
+	// container restarts and sees the new daemon's mount. 0 never does.
+	StaleViewGrace time.Duration
 	// MetricsAddr is host:port for /metrics, /healthz and /readyz; empty
 	// disables the HTTP server.
 	MetricsAddr string
@@ -47,6 +58,14 @@ type Config struct {
 // MaxMonitorSlots bounds MonitorSlots: kubelet keeps every unit in memory
 // and in its checkpoint.
 const MaxMonitorSlots = 1024
+
+// Bounds of DaemonTimeout: below the minimum a busy but healthy daemon
+// would be taken for a frozen one; above the maximum a frozen one goes
+// unnoticed for too long.
+const (
+	MinDaemonTimeout = 100 * time.Millisecond
+	MaxDaemonTimeout = time.Minute
+)
 
 // prefixRE is a DNS subdomain, as Kubernetes requires for an extended
 // resource's prefix.
@@ -82,6 +101,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("--monitor-slots must be between 0 and %d, got %d", MaxMonitorSlots, c.MonitorSlots)
 	case c.Resync < time.Second:
 		return fmt.Errorf("--resync must be at least 1s, got %s", c.Resync)
+	case c.DaemonTimeout < MinDaemonTimeout || c.DaemonTimeout > MaxDaemonTimeout:
+		return fmt.Errorf("--daemon-timeout must be between %s and %s, got %s", MinDaemonTimeout, MaxDaemonTimeout, c.DaemonTimeout)
+	case c.StaleViewGrace < 0:
+		return fmt.Errorf("--stale-view-grace must be 0 (never exit) or positive, got %s", c.StaleViewGrace)
 	}
 	if err := ValidateResourcePrefix(c.ResourcePrefix); err != nil {
 		return err
@@ -126,7 +149,7 @@ func New(cfg Config) (*Plugin, error) {
 	if cfg.MonitorSlots > 0 {
 		res = append(res, NewMonitorResource(cfg.ResourcePrefix, cfg.MonitorSlots, store, log))
 	}
-	metrics := NewMetrics(store, cfg.DevDir)
+	metrics := NewMetrics(store, cfg.DaemonTimeout)
 	for _, r := range res {
 		r.metrics = metrics
 	}
@@ -146,7 +169,10 @@ func New(cfg Config) (*Plugin, error) {
 		log:       log,
 	}
 	if cfg.DevDir != "" {
-		p.sources = append(p.sources, &SimSource{Dir: cfg.DevDir, HostDir: cfg.HostDevDir, Resync: cfg.Resync, Store: store, Logger: log})
+		sim := &SimSource{Dir: cfg.DevDir, HostDir: cfg.HostDevDir, Resync: cfg.Resync, Timeout: cfg.DaemonTimeout,
+			StaleGrace: cfg.StaleViewGrace, Store: store, Logger: log}
+		metrics.devices.sources[simSourceName(cfg.DevDir)] = sim
+		p.sources = append(p.sources, sim)
 	}
 	if cfg.KernelClassDir != "" {
 		p.sources = append(p.sources, &KernelSource{ClassDir: cfg.KernelClassDir, DevDir: cfg.KernelDevDir, Resync: cfg.Resync, Store: store, Logger: log})

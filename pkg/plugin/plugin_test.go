@@ -239,7 +239,7 @@ func TestDeviceIDsStableAndNeverReused(t *testing.T) {
 	// Restart the plugin against the same daemon: same IDs.
 	h.stop(t)
 	k2 := newFakeKubelet(t, filepath.Join(t.TempDir()))
-	p, err := New(Config{DevDir: h.sim.dir, KubeletDir: k2.dir, ResourcePrefix: "accel.io", MonitorSlots: 1, Resync: time.Minute, Logger: testLogger(t)})
+	p, err := New(Config{DevDir: h.sim.dir, KubeletDir: k2.dir, ResourcePrefix: "accel.io", MonitorSlots: 1, Resync: time.Minute, DaemonTimeout: DefaultDaemonTimeout, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -412,7 +412,7 @@ func TestPreferredAllocationOverGRPC(t *testing.T) {
 }
 
 func TestConfigValidate(t *testing.T) {
-	good := Config{DevDir: "/run/accel/dev", KubeletDir: "/var/lib/kubelet/device-plugins", ResourcePrefix: "accel.io", MonitorSlots: 8, Resync: 30 * time.Second}
+	good := Config{DevDir: "/run/accel/dev", KubeletDir: "/var/lib/kubelet/device-plugins", ResourcePrefix: "accel.io", MonitorSlots: 8, Resync: 30 * time.Second, DaemonTimeout: DefaultDaemonTimeout, StaleViewGrace: 10 * time.Second}
 	if err := good.Validate(); err != nil {
 		t.Fatalf("defaults rejected: %v", err)
 	}
@@ -429,6 +429,9 @@ func TestConfigValidate(t *testing.T) {
 		{func(c *Config) { c.MonitorSlots = -1 }, "--monitor-slots must be between 0 and 1024"},
 		{func(c *Config) { c.MonitorSlots = 5000 }, "--monitor-slots must be between 0 and 1024"},
 		{func(c *Config) { c.Resync = time.Millisecond }, "--resync must be at least 1s"},
+		{func(c *Config) { c.DaemonTimeout = 0 }, "--daemon-timeout must be between 100ms and 1m0s, got 0s"},
+		{func(c *Config) { c.DaemonTimeout = time.Hour }, "--daemon-timeout must be between"},
+		{func(c *Config) { c.StaleViewGrace = -time.Second }, "--stale-view-grace must be 0"},
 	} {
 		c := good
 		tc.mut(&c)

@@ -1,0 +1,113 @@
+package plugin
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+
+	"github.com/prometheus/procfs"
+)
+
+// DirView is the mount through which this process sees a directory, as
+// /proc/self/mountinfo describes it: the mount a new mount at the
+// directory would be placed on (a FUSE mount at the directory itself, the
+// device daemon's, is looked through).
+type DirView struct {
+	Dir        string
+	MountPoint string
+	MountID    int
+	// Propagation is the mount's propagation tags ("shared:3",
+	// "master:1"), empty for a private mount.
+	Propagation string
+}
+
+// ReceivesMounts reports whether a mount made at the directory from
+// outside this process's mount namespace (the host, where a restarted
+// simulator mounts) can show up here: only a mount that is a slave of
+// (master:) or a peer in (shared:) a propagation group receives mounts.
+func (v DirView) ReceivesMounts() bool {
+	for _, tag := range strings.Fields(v.Propagation) {
+		if strings.HasPrefix(tag, "master:") || strings.HasPrefix(tag, "shared:") {
+			return true
+		}
+	}
+	return false
+}
+
+func (v DirView) describe() string {
+	if v.ReceivesMounts() {
+		return "propagation " + v.Propagation
+	}
+	return "private: no master:/shared: propagation in /proc/self/mountinfo"
+}
+
+// ReadDirView finds the mount holding dir in /proc/self/mountinfo. It
+// resolves symlinks in dir's parent only: dir itself may be a FUSE mount
+// whose daemon does not answer.
+func ReadDirView(dir string) (DirView, error) {
+	mounts, err := procfs.GetMounts()
+	if err != nil {
+		return DirView{}, fmt.Errorf("read /proc/self/mountinfo: %w", err)
+	}
+	dir = filepath.Clean(dir)
+	if parent, err := filepath.EvalSymlinks(filepath.Dir(dir)); err == nil {
+		dir = filepath.Join(parent, filepath.Base(dir))
+	}
+	return dirView(mounts, dir)
+}
+
+// dirView picks, among mounts, the one a new mount at dir would be placed
+// on: the deepest mount covering dir (the last one where mounts are stacked
+// on the same point), not counting FUSE mounts at dir itself.
+func dirView(mounts []*procfs.MountInfo, dir string) (DirView, error) {
+	dir = filepath.Clean(dir)
+	var best *procfs.MountInfo
+	bestPoint := ""
+	for _, m := range mounts {
+		point := filepath.Clean(unescapeMountPath(m.MountPoint))
+		if !covers(point, dir) || (point == dir && strings.HasPrefix(m.FSType, "fuse")) {
+			continue
+		}
+		if best == nil || len(point) >= len(bestPoint) {
+			best, bestPoint = m, point
+		}
+	}
+	if best == nil {
+		return DirView{}, fmt.Errorf("no mount in /proc/self/mountinfo holds %s", dir)
+	}
+	var tags []string
+	for _, k := range []string{"shared", "master", "propagate_from", "unbindable"} {
+		if v, ok := best.OptionalFields[k]; ok {
+			if v != "" {
+				k += ":" + v
+			}
+			tags = append(tags, k)
+		}
+	}
+	return DirView{Dir: dir, MountPoint: bestPoint, MountID: best.MountID, Propagation: strings.Join(tags, " ")}, nil
+}
+
+// covers reports whether the mount point holds path.
+func covers(point, path string) bool {
+	return point == "/" || path == point || strings.HasPrefix(path, point+"/")
+}
+
+// unescapeMountPath undoes mountinfo's octal escapes (\040 for a space,
+// \011, \012, \134), which procfs leaves in place.
+func unescapeMountPath(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) && isOctal(s[i+1]) && isOctal(s[i+2]) && isOctal(s[i+3]) {
+			b.WriteByte((s[i+1]-'0')<<6 | (s[i+2]-'0')<<3 | (s[i+3] - '0'))
+			i += 3
+			continue
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+func isOctal(c byte) bool { return '0' <= c && c <= '7' }
