@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 )
 
 // Config is everything `accel-plugin serve` takes. Every path is
@@ -95,6 +96,9 @@ func (c Config) Validate() error {
 		return fmt.Errorf("--kernel-dev-dir must be an absolute path, got %q", c.KernelDevDir)
 	case c.HostDevDir != "" && !filepath.IsAbs(c.HostDevDir):
 		return fmt.Errorf("--host-dev-dir must be an absolute path, got %q", c.HostDevDir)
+	case !utf8.ValidString(c.DevDir + c.HostDevDir + c.KernelDevDir):
+		// They reach kubelet in every Allocate answer (protobuf strings).
+		return fmt.Errorf("--dev-dir, --host-dev-dir and --kernel-dev-dir must be valid UTF-8, got %q, %q, %q", c.DevDir, c.HostDevDir, c.KernelDevDir)
 	case c.KubeletDir == "" || !filepath.IsAbs(c.KubeletDir):
 		return fmt.Errorf("--kubelet-dir must be an absolute path, got %q", c.KubeletDir)
 	case c.MonitorSlots < 0 || c.MonitorSlots > MaxMonitorSlots:

@@ -422,6 +422,7 @@ func TestConfigValidate(t *testing.T) {
 	}{
 		{func(c *Config) { c.DevDir = "dev" }, "--dev-dir must be an absolute path"},
 		{func(c *Config) { c.HostDevDir = "x" }, "--host-dev-dir must be an absolute path"},
+		{func(c *Config) { c.HostDevDir = "/host/\xff" }, "must be valid UTF-8"},
 		{func(c *Config) { c.KubeletDir = "" }, "--kubelet-dir must be an absolute path"},
 		{func(c *Config) { c.ResourcePrefix = "Accel.IO" }, "--resource-prefix must be a DNS subdomain"},
 		{func(c *Config) { c.ResourcePrefix = "accel.io/x" }, "--resource-prefix must be a DNS subdomain"},
