@@ -19,6 +19,10 @@ import (
 // 12137fa --dir-mode and the limit flags did not exist and "00666" was
 // accepted as a compute mode.
 func TestSimFlagErrors(t *testing.T) {
+	full := t.TempDir()
+	if err := os.WriteFile(filepath.Join(full, "x"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -37,7 +41,9 @@ func TestSimFlagErrors(t *testing.T) {
 		{[]string{"--monitor-opens-per-process", "65537"}, "--monitor-opens-per-process 65537 is out of range"},
 		{[]string{"--monitor-opens-per-device", "0"}, "--monitor-opens-per-device 0 is out of range: want 1 to 1048576"},
 	} {
-		args := append([]string{"sim", "--dir", t.TempDir()}, tc.args...)
+		// A directory that is not empty: a flag wrongly accepted then
+		// fails at the mountpoint check instead of starting a simulator.
+		args := append([]string{"sim", "--dir", full}, tc.args...)
 		var stdout, stderr bytes.Buffer
 		code := run(args, &stdout, &stderr)
 		if code != 1 || !strings.Contains(stderr.String(), tc.want) || strings.Count(stderr.String(), "\n") != 1 {

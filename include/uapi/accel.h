@@ -19,7 +19,8 @@
  *   if (ioctl(fd, ACCEL_IOCTL_INFO, &info) == 0 && info.version >= 1)
  *       printf("%s %s\n", info.name, info.serial);
  *
- * errno: EBUSY compute node held; EAGAIN device resetting; EPERM device
+ * errno: EBUSY compute node held; EMFILE too many open monitor files (per
+ * process and device, or per device); EAGAIN device resetting; EPERM device
  * malfunctioning / needs reset, or driver command on the monitor node;
  * ENODEV device removed; ENOTTY unknown command; EINVAL malformed argument.
  */

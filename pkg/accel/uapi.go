@@ -58,6 +58,8 @@ package accel
 // Errors (errno) follow what real accel drivers return:
 //
 //	EBUSY   compute node already held by another open file
+//	EMFILE  (open) monitor node: the process already holds its limit of open
+//	        monitor files of this device, or the device its total (see Options)
 //	EAGAIN  device is resetting (open, driver commands)
 //	EPERM   device malfunctioning or needs a reset (compute open, driver commands);
 //	        driver command sent to the monitor node

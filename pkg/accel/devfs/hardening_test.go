@@ -15,6 +15,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -283,7 +284,10 @@ func TestModesHonouredExactly(t *testing.T) {
 		}
 	}
 	for _, bad := range []os.FileMode{0o1777, 0o4755, os.ModeSetuid | 0o755} {
-		_, err := Mount(filepath.Join(t.TempDir(), "dev"), accel.NewRegistry(accel.Options{}), Options{ComputeMode: Mode(bad)})
+		srv, err := Mount(filepath.Join(t.TempDir(), "dev"), accel.NewRegistry(accel.Options{}), Options{ComputeMode: Mode(bad)})
+		if err == nil {
+			_ = srv.Unmount(5 * time.Second)
+		}
 		if err == nil || !strings.Contains(err.Error(), "at most 0777") {
 			t.Errorf("mount with compute mode %v: %v, want a refusal", bad, err)
 		}
