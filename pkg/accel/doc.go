@@ -7,8 +7,10 @@
 //   - the registry (registry.go) hands out device indices and node names
 //     (acN for compute, acN_monitor for monitoring) and reuses an index only
 //     after the previous device with it is fully gone;
-//   - open/close rules (file.go): one client at a time on the compute node,
-//     any number on the monitor node;
+//   - open/close rules (file.go): one client at a time on the compute node;
+//     on the monitor node up to Options.MonitorOpensPerProcess open files
+//     per process and Options.MonitorOpensPerDevice in all (EMFILE past
+//     them), so no client can grow the daemon's memory without bound;
 //   - the common info query and attributes (device.go): status, reset count;
 //   - events (events.go): device added, removed, status changed, delivered in
 //     order to any number of waiting consumers;
