@@ -41,7 +41,7 @@ type holderRec struct {
 	name  string // compute node name, acN
 	ino   uint64 // its inode number in the mount
 	pid   int32  // recorded holder; 0: unknown
-	start uint64 // its start time (/proc/PID/stat field 22), 0 if unknown
+	start uint64 // its start time (/proc/PID/stat field 22), 0 if not read yet
 	stale bool   // a descriptor was closed since the holder was checked
 }
 
@@ -57,7 +57,8 @@ func (h *holders) mounted(dev uint64) {
 // opened records a new compute file opened by pid.
 func (h *holders) opened(f *accel.File, name string, ino uint64, pid int32) {
 	h.mu.Lock()
-	h.recs[f] = &holderRec{name: name, ino: ino, pid: pid, start: procStart(pid)}
+	// The start time is read lazily, at the first check: opens stay cheap.
+	h.recs[f] = &holderRec{name: name, ino: ino, pid: pid}
 	h.mu.Unlock()
 }
 
@@ -88,7 +89,7 @@ func (h *holders) used(f *accel.File, pid int32) {
 	if r == nil || r.pid == pid {
 		return
 	}
-	r.pid, r.start, r.stale = pid, procStart(pid), false
+	r.pid, r.start, r.stale = pid, 0, false
 	f.SetPID(pid)
 }
 
@@ -103,6 +104,9 @@ func (h *holders) refresh(d *accel.Device) {
 	r := h.recs[f]
 	if r == nil {
 		return
+	}
+	if r.pid != 0 && r.start == 0 {
+		r.start = procStart(r.pid) // first check: 0 if it is gone already
 	}
 	if r.pid != 0 && r.start != 0 && procStart(r.pid) == r.start {
 		if !r.stale {
