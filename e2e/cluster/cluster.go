@@ -42,10 +42,10 @@ func NodeName() (string, error) {
 
 // LogFile is the log of a component: etcd, containerd, kube-apiserver,
 // kube-controller-manager, kube-scheduler or kubelet.
-func (o Options) LogFile(component string) string { return paths{o.Defaults()}.logFile(component) }
+func (o Options) LogFile(component string) string { return paths{o: o.Defaults()}.logFile(component) }
 
 // ContainerdSocket is the CRI endpoint of the cluster's containerd.
-func (o Options) ContainerdSocket() string { return paths{o.Defaults()}.containerdSock() }
+func (o Options) ContainerdSocket() string { return paths{o: o.Defaults()}.containerdSock() }
 
 // Client is an admin clientset.
 func (c *Cluster) Client() (*kubernetes.Clientset, error) { return c.Options.clientset() }
@@ -131,7 +131,7 @@ func Up(ctx context.Context, o Options) (*Cluster, error) {
 		return nil, err
 	}
 	defer unlock()
-	p := paths{o}
+	p := paths{o: o, kids: &children{}}
 	node, err := NodeName()
 	if err != nil {
 		return nil, err
@@ -169,8 +169,14 @@ func Up(ctx context.Context, o Options) (*Cluster, error) {
 		last = time.Now()
 	}
 
+	// A failed Up leaves nothing running and nothing changed: it stops what
+	// it started, then undoes the rest as Down does.
 	fail := func(err error) (*Cluster, error) {
-		o.logf("up failed; logs in %s; `localcluster down` cleans up", o.LogDir)
+		o.logf("up failed: %v; tearing down what it started (logs in %s)", err, o.LogDir)
+		if derr := p.abort(ctx); derr != nil {
+			o.logf("tearing down after the failed up: %v", derr)
+			return nil, errors.Join(err, fmt.Errorf("tearing down after the failed up (run `localcluster down`): %w", derr))
+		}
 		return nil, err
 	}
 	if !o.SkipPackages {
@@ -243,6 +249,16 @@ func Up(ctx context.Context, o Options) (*Cluster, error) {
 	phase("service accounts, root CA")
 	o.logf("up in %.1fs; node %s; kubeconfig %s", time.Since(t0).Seconds(), node, c.Kubeconfig)
 	return c, nil
+}
+
+// abort stops the components this Up started (through their own process
+// handles, whatever their PID files say), then tears down everything else
+// as Down does. It runs to the end even when ctx was cancelled (Ctrl-C).
+func (p paths) abort(ctx context.Context) error {
+	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Minute)
+	defer cancel()
+	err := p.kids.stopAll(15 * time.Second)
+	return errors.Join(err, down(tctx, p.o))
 }
 
 // prepare writes the PKI, kubeconfigs and configs, records the sysctls,
@@ -321,7 +337,7 @@ func RestartKubelet(ctx context.Context, o Options) error {
 		return err
 	}
 	defer unlock()
-	p := paths{o}
+	p := paths{o: o, kids: &children{}}
 	node, err := NodeName()
 	if err != nil {
 		return err
@@ -360,7 +376,7 @@ type ComponentStatus struct {
 // means everything runs and the node is Ready.
 func Status(ctx context.Context, o Options) (comps []ComponentStatus, summary string, ok bool) {
 	o = o.Defaults()
-	p := paths{o}
+	p := paths{o: o}
 	var out []ComponentStatus
 	for _, c := range components {
 		pid, ok := p.running(c)

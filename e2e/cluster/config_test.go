@@ -12,7 +12,7 @@ import (
 )
 
 func testPaths() paths {
-	return paths{Options{StateDir: "/s", RunDir: "/r", LogDir: "/l", CacheDir: "/c"}.Defaults()}
+	return paths{o: Options{StateDir: "/s", RunDir: "/r", LogDir: "/l", CacheDir: "/c"}.Defaults()}
 }
 
 func TestKubeconfig(t *testing.T) {

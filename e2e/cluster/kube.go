@@ -85,14 +85,30 @@ func poll(ctx context.Context, what string, timeout, interval time.Duration, f f
 // ErrComponentExited is returned when a component died while Up waited.
 var ErrComponentExited = errors.New("component exited")
 
-// checkAlive fails when a component died, naming its log.
+// checkAlive fails when a component died, naming its log. For a component
+// this Up or RestartKubelet started, "died" is what its watcher saw (it
+// reaped it); for others, its PID file no longer names a live process.
 func (p paths) checkAlive(names ...string) error {
 	for _, n := range names {
+		if c := p.child(n); c != nil {
+			if done, err := c.exited(); done {
+				return fmt.Errorf("%w: %s (pid %d, %s): see %s", ErrComponentExited, n, c.rec.PID, describeExit(err), p.logFile(n))
+			}
+			continue
+		}
 		if _, ok := p.running(n); !ok {
 			return fmt.Errorf("%w: %s: see %s", ErrComponentExited, n, p.logFile(n))
 		}
 	}
 	return nil
+}
+
+// child is the component name as this Up or RestartKubelet started it, or nil.
+func (p paths) child(name string) *child {
+	if p.kids == nil {
+		return nil
+	}
+	return p.kids.get(name)
 }
 
 // waitEtcd waits for etcd's /health.

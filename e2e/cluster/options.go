@@ -62,6 +62,10 @@ type Options struct {
 	SkipPackages bool
 	// Log receives progress lines; default os.Stderr.
 	Log io.Writer
+
+	// commands replaces components' command lines (executable first):
+	// the tests' stand-ins.
+	commands map[string][]string
 }
 
 // Defaults returns o with every empty field filled in.
@@ -95,6 +99,9 @@ func (o Options) logf(format string, args ...any) {
 // paths of everything the cluster writes, derived from Options.
 type paths struct {
 	o Options
+	// kids are the components this Up or RestartKubelet started (nil
+	// elsewhere): whether they still run is what their watchers saw.
+	kids *children
 }
 
 func (p paths) pki(name string) string        { return filepath.Join(p.o.StateDir, "pki", name) }
@@ -117,7 +124,7 @@ func (p paths) imageCache() string     { return filepath.Join(p.o.CacheDir, "ima
 
 // AdminKubeconfig is the path of the admin (system:masters) kubeconfig.
 func (o Options) AdminKubeconfig() string {
-	return paths{o.Defaults()}.kubeconfig("admin")
+	return paths{o: o.Defaults()}.kubeconfig("admin")
 }
 
 // findModuleDir walks up from dir to the e2e module's root.

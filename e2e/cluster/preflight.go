@@ -21,7 +21,8 @@ func (p paths) foreignKube() []string {
 	var found []string
 	procsWhere(func(pid int, proc string) bool {
 		comm, err := os.ReadFile(proc + "/comm")
-		if err != nil || ours[pid] || isZombie(pid) {
+		// Ours: recorded, or naming our directories (its PID file lost).
+		if err != nil || ours[pid] || isZombie(pid) || p.startedByUs(pid) {
 			return false
 		}
 		switch name := strings.TrimSpace(string(comm)); name {

@@ -29,7 +29,7 @@ func TestForeignKubeletIsFound(t *testing.T) {
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	o := Options{StateDir: t.TempDir(), RunDir: t.TempDir()}.Defaults()
-	found := paths{o}.foreignKube()
+	found := paths{o: o}.foreignKube()
 	if !strings.Contains(strings.Join(found, " "), "kubelet (pid") {
 		t.Fatalf("foreignKube = %v, want the fake kubelet", found)
 	}

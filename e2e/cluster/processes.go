@@ -8,8 +8,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The components, in start order (Down stops them in reverse).
@@ -26,6 +29,9 @@ var components = []string{compEtcd, compContainerd, compAPIServer, compCtrlMgr, 
 
 // command is the executable and arguments of a component.
 func (p paths) command(name string) (string, []string) {
+	if c, ok := p.o.commands[name]; ok { // tests: stand-ins
+		return c[0], c[1:]
+	}
 	switch name {
 	case compEtcd:
 		return "/usr/bin/etcd", etcdArgs(p)
@@ -43,63 +49,256 @@ func (p paths) command(name string) (string, []string) {
 	panic("unknown component " + name)
 }
 
-// start runs a component in its own session, its output appended to its log,
-// and records "PID EXE" in its PID file.
-func (p paths) start(name string) (int, error) {
+// record is what a PID file holds: "PID STARTTIME EXE". STARTTIME is field
+// 22 of /proc/PID/stat (clock ticks after boot), so a PID that the kernel
+// has since given to another process — PIDs wrap within minutes on these
+// machines during test runs — is never taken for the component. Files
+// written before the start time was recorded ("PID EXE") have Start 0.
+type record struct {
+	PID   int
+	Start uint64
+	Exe   string
+}
+
+func (r record) String() string { return fmt.Sprintf("%d %d %s", r.PID, r.Start, r.Exe) }
+
+// parseRecord reads a PID file's content.
+func parseRecord(s string) (record, error) {
+	f := strings.Fields(s)
+	var r record
+	var err error
+	switch len(f) {
+	case 2: // before start times were recorded
+		r.Exe = f[1]
+	case 3:
+		if r.Start, err = strconv.ParseUint(f[1], 10, 64); err != nil || r.Start == 0 {
+			return record{}, fmt.Errorf("PID file %q: bad start time", strings.TrimSpace(s))
+		}
+		r.Exe = f[2]
+	default:
+		return record{}, fmt.Errorf("PID file %q: want \"PID STARTTIME EXE\"", strings.TrimSpace(s))
+	}
+	if r.PID, err = strconv.Atoi(f[0]); err != nil || r.PID <= 1 {
+		return record{}, fmt.Errorf("PID file %q: bad PID", strings.TrimSpace(s))
+	}
+	return r, nil
+}
+
+// procStat is what /proc/PID/stat says about a process: its state letter
+// and start time.
+func procStat(pid int) (state byte, start uint64, err error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, 0, err
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')') // the command name may hold anything
+	if i < 0 || i+2 >= len(s) {
+		return 0, 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+	}
+	f := strings.Fields(s[i+2:]) // f[0] is field 3 (state)
+	if len(f) < 20 {
+		return 0, 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+	}
+	start, err = strconv.ParseUint(f[19], 10, 64) // field 22
+	if err != nil {
+		return 0, 0, fmt.Errorf("/proc/%d/stat: start time: %w", pid, err)
+	}
+	return f[0][0], start, nil
+}
+
+// recordOf records a live process.
+func recordOf(pid int, exe string) (record, error) {
+	_, start, err := procStat(pid)
+	if err != nil {
+		return record{}, err
+	}
+	return record{PID: pid, Start: start, Exe: exe}, nil
+}
+
+// live reports whether r's process still runs (not a zombie): same PID,
+// same start time (when recorded), same executable.
+func (r record) live() bool {
+	st, start, err := procStat(r.PID)
+	if err != nil || st == 'Z' || st == 'X' {
+		return false
+	}
+	if r.Start != 0 && start != r.Start {
+		return false // the PID now belongs to another process
+	}
+	return exeIs(r.PID, r.Exe)
+}
+
+// start runs a component in its own session, its output appended to its
+// log, records it in its PID file, and returns it with a watcher that
+// knows when it exits.
+func (p paths) start(name string) (*child, error) {
 	exe, args := p.command(name)
 	if err := os.MkdirAll(p.o.LogDir, 0o755); err != nil {
-		return 0, err
+		return nil, err
 	}
 	if err := os.MkdirAll(p.o.RunDir, 0o755); err != nil {
-		return 0, err
+		return nil, err
 	}
 	logf, err := os.OpenFile(p.logFile(name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	defer logf.Close()
-	fmt.Fprintf(logf, "==== %s %s\n", time.Now().UTC().Format(time.RFC3339), quoteArgs(append([]string{exe}, args...)))
+	fmt.Fprintf(logf, "==== %s %s\n", time.Now().UTC().Format(time.RFC3339Nano), quoteArgs(append([]string{exe}, args...)))
 	cmd := exec.Command(exe, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = "/"
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
-		return 0, fmt.Errorf("start %s: %w", name, err)
+		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	pid := cmd.Process.Pid
+	c := &child{name: name, cmd: cmd, done: make(chan struct{})}
+	// The start time is read while the child cannot have been reaped yet:
+	// only the watcher below waits for it.
+	c.rec, err = recordOf(cmd.Process.Pid, exe)
 	// Reap it if it exits while this process lives (otherwise init adopts
-	// it), and say in its log how it ended: a signal names no sender, but
-	// tells a crash from a kill.
+	// it), say in its log how it ended (a signal names no sender, but tells
+	// a crash from a kill), and tell whoever waits for it.
 	logPath := p.logFile(name)
 	go func() {
-		err := cmd.Wait()
+		werr := cmd.Wait()
 		if f, ferr := os.OpenFile(logPath, os.O_WRONLY|os.O_APPEND, 0o644); ferr == nil {
-			fmt.Fprintf(f, "==== %s exited: %v\n", time.Now().UTC().Format(time.RFC3339Nano), err)
+			fmt.Fprintf(f, "==== %s exited: %v\n", time.Now().UTC().Format(time.RFC3339Nano), describeExit(werr))
 			f.Close()
 		}
+		c.mu.Lock()
+		c.err = werr
+		c.mu.Unlock()
+		close(c.done)
 	}()
-	if err := os.WriteFile(p.pidFile(name), []byte(strconv.Itoa(pid)+" "+exe+"\n"), 0o644); err != nil {
-		return pid, err
+	if err != nil {
+		_ = cmd.Process.Kill()
+		<-c.done
+		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	return pid, nil
+	if err := os.WriteFile(p.pidFile(name), []byte(c.rec.String()+"\n"), 0o644); err != nil {
+		_ = cmd.Process.Kill()
+		<-c.done
+		return nil, fmt.Errorf("record %s: %w", name, err)
+	}
+	if p.kids != nil {
+		p.kids.add(c)
+	}
+	return c, nil
+}
+
+func describeExit(err error) string {
+	if err == nil {
+		return "exit status 0"
+	}
+	return err.Error()
+}
+
+// child is a component this process started.
+type child struct {
+	name string
+	rec  record
+	cmd  *exec.Cmd
+	done chan struct{} // closed once it exited and was reaped
+
+	mu  sync.Mutex
+	err error // how it exited
+}
+
+// exited reports whether the child has exited, and how.
+func (c *child) exited() (bool, error) {
+	select {
+	case <-c.done:
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return true, c.err
+	default:
+		return false, nil
+	}
+}
+
+// children are the components one Up or RestartKubelet started, in order.
+// While they run, whether one of them exited is what their own watchers
+// saw, never a guess from /proc and PID files.
+type children struct {
+	mu   sync.Mutex
+	list []*child
+}
+
+func (k *children) add(c *child) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.list = append(k.list, c)
+}
+
+// get is the last child started under name (nil if none).
+func (k *children) get(name string) *child {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for i := len(k.list) - 1; i >= 0; i-- {
+		if k.list[i].name == name {
+			return k.list[i]
+		}
+	}
+	return nil
+}
+
+// stopAll stops every child still running, last started first (SIGTERM,
+// SIGKILL after grace), and waits until each is reaped.
+func (k *children) stopAll(grace time.Duration) error {
+	k.mu.Lock()
+	list := append([]*child(nil), k.list...)
+	k.mu.Unlock()
+	var errs []error
+	for i := len(list) - 1; i >= 0; i-- {
+		c := list[i]
+		if done, _ := c.exited(); done {
+			continue
+		}
+		// os.Process signals through a pidfd: it cannot reach another
+		// process, even once this one is gone and its PID reused.
+		_ = c.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-c.done:
+			continue
+		case <-time.After(grace):
+		}
+		_ = c.cmd.Process.Kill()
+		select {
+		case <-c.done:
+		case <-time.After(10 * time.Second):
+			errs = append(errs, fmt.Errorf("stop %s (pid %d): still alive after SIGKILL", c.name, c.rec.PID))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// readRecord reads a component's PID file.
+func (p paths) readRecord(name string) (record, error) {
+	b, err := os.ReadFile(p.pidFile(name))
+	if err != nil {
+		return record{}, err
+	}
+	return parseRecord(string(b))
 }
 
 // running returns the PID of a component if its PID file names a live
-// process running the recorded executable.
+// process: the recorded executable, started at the recorded time. Only PID
+// files without a start time fall back to the command line (it must name
+// our state or run directory): a command line is no proof of life, since
+// /proc/PID/cmdline is empty for a moment after exec.Cmd.Start returns (the
+// kernel closes the close-on-exec pipe Start waits for before it has set up
+// the new program's arguments).
 func (p paths) running(name string) (int, bool) {
-	b, err := os.ReadFile(p.pidFile(name))
+	r, err := p.readRecord(name)
 	if err != nil {
 		return 0, false
 	}
-	f := strings.Fields(string(b))
-	if len(f) != 2 {
-		return 0, false
+	if r.Start == 0 {
+		return r.PID, r.live() && p.startedByUs(r.PID)
 	}
-	pid, err := strconv.Atoi(f[0])
-	if err != nil || pid <= 1 {
-		return 0, false
-	}
-	return pid, isProcess(pid, f[1]) && p.startedByUs(pid)
+	return r.PID, r.live()
 }
 
 // startedByUs reports whether pid's command line names our state or run
@@ -115,94 +314,122 @@ func (p paths) startedByUs(pid int) bool {
 	return strings.Contains(cmd, p.o.StateDir) || strings.Contains(cmd, p.o.RunDir)
 }
 
-// isProcess reports whether pid is alive (not a zombie) and runs exe.
-func isProcess(pid int, exe string) bool {
+// exeIs reports whether pid runs exe.
+func exeIs(pid int, exe string) bool {
 	got, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe")
 	if err != nil {
 		return false
 	}
 	got = strings.TrimSuffix(got, " (deleted)")
-	if filepath.Clean(got) != filepath.Clean(exe) {
-		return false
-	}
-	return !isZombie(pid)
+	return filepath.Clean(got) == filepath.Clean(exe)
+}
+
+// isProcess reports whether pid is alive (not a zombie) and runs exe.
+func isProcess(pid int, exe string) bool {
+	return exeIs(pid, exe) && !isZombie(pid)
 }
 
 func isZombie(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return true
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 || i+2 >= len(s) {
-		return true
-	}
-	st := s[i+2]
-	return st == 'Z' || st == 'X'
+	st, _, err := procStat(pid)
+	return err != nil || st == 'Z' || st == 'X'
 }
 
-func alive(pid int) bool {
-	if err := syscall.Kill(pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
-		return false
-	}
-	return !isZombie(pid)
-}
-
-// stop sends SIGTERM to a component started by start, waits up to grace,
-// then SIGKILLs it, and removes its PID file. It never signals a process
-// that is not the recorded executable.
+// stop sends SIGTERM to a component recorded in its PID file, waits up to
+// grace, then SIGKILLs it, and removes its PID file. It never signals a
+// process that is not the recorded one.
 func (p paths) stop(name string, grace time.Duration) error {
-	pid, ok := p.running(name)
-	if !ok {
+	r, err := p.readRecord(name)
+	if err != nil {
 		os.Remove(p.pidFile(name))
 		return nil
 	}
-	if err := terminate(pid, grace); err != nil {
-		return fmt.Errorf("stop %s (pid %d): %w", name, pid, err)
+	if err := terminate(r.PID, grace, func() bool { _, ok := p.running(name); return ok }); err != nil {
+		return fmt.Errorf("stop %s (pid %d): %w", name, r.PID, err)
 	}
 	os.Remove(p.pidFile(name))
 	return nil
 }
 
-func terminate(pid int, grace time.Duration) error {
-	syscall.Kill(pid, syscall.SIGTERM)
-	deadline := time.Now().Add(grace)
-	for time.Now().Before(deadline) {
-		if !alive(pid) {
-			return nil
-		}
-		time.Sleep(50 * time.Millisecond)
+// terminate stops the process pid if it still is the one meant (isIt is
+// checked after a pidfd for pid is open, so the pidfd holds that process
+// and every signal goes to it, even once it is gone and its PID reused):
+// SIGTERM, SIGKILL after grace, and it waits until it has exited.
+func terminate(pid int, grace time.Duration, isIt func() bool) error {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if errors.Is(err, unix.ESRCH) {
+		return nil // gone
 	}
-	syscall.Kill(pid, syscall.SIGKILL)
-	for i := 0; i < 100; i++ {
-		if !alive(pid) {
+	if err != nil {
+		return fmt.Errorf("pidfd_open: %w", err)
+	}
+	defer unix.Close(fd)
+	if !isIt() {
+		return nil // gone, or the PID is someone else's now
+	}
+	if err := unix.PidfdSendSignal(fd, unix.SIGTERM, nil, 0); err != nil {
+		if errors.Is(err, unix.ESRCH) {
 			return nil
 		}
-		time.Sleep(50 * time.Millisecond)
+		return fmt.Errorf("SIGTERM: %w", err)
+	}
+	if exitedWithin(fd, grace) {
+		return nil
+	}
+	if err := unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("SIGKILL: %w", err)
+	}
+	if exitedWithin(fd, 10*time.Second) {
+		return nil
 	}
 	return errors.New("still alive after SIGKILL")
+}
+
+// exitedWithin waits until the pidfd's process has exited (a zombie counts:
+// its parent reaps it), at most d.
+func exitedWithin(fd int, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for {
+		left := time.Until(deadline)
+		if left < 0 {
+			left = 0
+		}
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, int(left.Milliseconds()))
+		if err == nil && n > 0 {
+			return true
+		}
+		if errors.Is(err, unix.EINTR) && left > 0 {
+			continue
+		}
+		return false
+	}
 }
 
 // procsWith lists live processes whose executable is exe and whose command
 // line contains every one of args.
 func procsWith(exe string, args ...string) []int {
 	return procsWhere(func(pid int, proc string) bool {
-		if !isProcess(pid, exe) {
-			return false
-		}
-		b, err := os.ReadFile(proc + "/cmdline")
-		if err != nil {
-			return false
-		}
-		cl := strings.ReplaceAll(string(b), "\x00", " ")
-		for _, a := range args {
-			if !strings.Contains(cl, a) {
-				return false
-			}
-		}
-		return true
+		return procHas(pid, exe, args...)
 	})
+}
+
+// procHas reports whether pid is alive, runs exe and has every one of args
+// on its command line.
+func procHas(pid int, exe string, args ...string) bool {
+	if !isProcess(pid, exe) {
+		return false
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	if err != nil {
+		return false
+	}
+	cl := strings.ReplaceAll(string(b), "\x00", " ")
+	for _, a := range args {
+		if !strings.Contains(cl, a) {
+			return false
+		}
+	}
+	return true
 }
 
 // procsWhere lists the processes (other than this one) for which match,
@@ -220,4 +447,16 @@ func procsWhere(match func(pid int, proc string) bool) []int {
 		}
 	}
 	return pids
+}
+
+// killIf sends sig to pid if isIt holds once a pidfd for pid is open.
+func killIf(pid int, sig unix.Signal, isIt func() bool) {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return
+	}
+	defer unix.Close(fd)
+	if isIt() {
+		_ = unix.PidfdSendSignal(fd, sig, nil, 0)
+	}
 }

@@ -33,7 +33,7 @@ func Down(ctx context.Context, o Options) error {
 		return err
 	}
 	defer unlock()
-	p := paths{o}
+	p := paths{o: o}
 	if foreign := p.foreignKube(); len(foreign) > 0 {
 		return fmt.Errorf("refusing to tear down: this machine runs Kubernetes components that localcluster did not start (%s); stop them first", strings.Join(foreign, ", "))
 	}
@@ -45,7 +45,7 @@ func Down(ctx context.Context, o Options) error {
 }
 
 func down(ctx context.Context, o Options) error {
-	p := paths{o}
+	p := paths{o: o}
 	start := time.Now()
 	var errs []error
 	add := func(err error) {
@@ -56,6 +56,7 @@ func down(ctx context.Context, o Options) error {
 
 	// kubelet first, so it restarts nothing.
 	add(p.stop(compKubelet, 15*time.Second))
+	add(p.stopStrays(compKubelet))
 
 	// Pods: through the CRI (CNI DEL, netns unmount, container removal).
 	var netns, ids []string
@@ -85,13 +86,17 @@ func down(ctx context.Context, o Options) error {
 	for i := len(components) - 2; i >= 0; i-- { // all but kubelet, reverse order
 		add(p.stop(components[i], 15*time.Second))
 	}
+	add(p.stopStrays(components...))
 
-	// Shims of our containerd and any process left in a pod cgroup.
-	for _, pid := range procsWith(shimExe, p.containerdSock()) {
-		add(terminate(pid, 2*time.Second))
+	// Shims of our containerd and any process left in a pod cgroup. Each is
+	// checked again once a pidfd holds it: a PID seen in the scan may be
+	// someone else's by the time it is signalled.
+	sock := p.containerdSock()
+	for _, pid := range procsWith(shimExe, sock) {
+		add(terminate(pid, 2*time.Second, func() bool { return procHas(pid, shimExe, sock) }))
 	}
 	for _, pid := range podProcesses() {
-		syscall.Kill(pid, syscall.SIGKILL)
+		killIf(pid, syscall.SIGKILL, func() bool { return inPodCgroup(pid) })
 	}
 
 	// Mounts: netns, kubelet's pod volumes and its bind mount of its root,
@@ -240,12 +245,36 @@ func unmountDeadFUSE(dir string) error {
 	return nil
 }
 
-// podProcesses are processes in a kubepods cgroup.
+// podProcesses are processes in a cgroup of our kubelet's pods.
 func podProcesses() []int {
-	return procsWhere(func(_ int, proc string) bool {
-		b, err := os.ReadFile(proc + "/cgroup")
-		return err == nil && strings.Contains(string(b), ":/"+CgroupRoot+"/")
-	})
+	return procsWhere(func(pid int, _ string) bool { return inPodCgroup(pid) })
+}
+
+func inPodCgroup(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cgroup")
+	return err == nil && strings.Contains(string(b), ":/"+CgroupRoot+"/")
+}
+
+// stopStrays stops the components of ours that no PID file names (a PID
+// file lost or overwritten): processes running a component's executable
+// with our state or run directory on their command line.
+func (p paths) stopStrays(names ...string) error {
+	var errs []error
+	for _, c := range names {
+		exe, _ := p.command(c)
+		recorded, _ := p.running(c)
+		for _, pid := range procsWith(exe) {
+			if pid == recorded || !p.startedByUs(pid) {
+				continue
+			}
+			p.o.logf("stopping %s (pid %d): ours, but no PID file names it", c, pid)
+			pid := pid
+			if err := terminate(pid, 15*time.Second, func() bool { return procHas(pid, exe) && p.startedByUs(pid) }); err != nil {
+				errs = append(errs, fmt.Errorf("stop %s (pid %d): %w", c, pid, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // CgroupRoot is our kubelet's cgroupRoot: its pods' cgroups live under

@@ -181,7 +181,7 @@ func (e *env) controlNeedsSysAdmin(target string) {
 // restartRound is what one kubelet restart of crashLoopSurvivesKubeletRestarts measured.
 type restartRound struct {
 	restart    time.Duration // restart command: kubelet stopped, started, node Ready
-	allocAgain time.Duration // until node allocatable showed every device again
+	allocAgain time.Duration // until the plugin had registered again and allocatable showed every device
 	rerun      time.Duration // until the new kubelet had run the container again
 	rejected   string        // why the pod was rejected, if it was
 }
@@ -208,12 +208,19 @@ exit 1`
 	var results []restartRound
 	for r := 1; r <= rounds; r++ {
 		before := e.container(name)
+		regs := e.pluginRegistrations()
 		since := metav1.NewTime(time.Now().Truncate(time.Second)) // StartedAt has seconds
 		t0 := time.Now()
 		if out, err := exec.Command("sh", "-c", e.restartCmd).CombinedOutput(); err != nil {
 			e.t.Fatalf("round %d: restart kubelet (%s): %v\n%s", r, e.restartCmd, err, out)
 		}
 		res := restartRound{restart: time.Since(t0)}
+		// Registered again with the new kubelet: the plugin says so, and
+		// the node has every device again.
+		e.eventually(2*time.Minute, fmt.Sprintf("round %d: the plugin registered with the new kubelet", r), func() (bool, string) {
+			n := e.pluginRegistrations()
+			return n > regs, fmt.Sprintf("%d registrations logged, %d before the restart", n, regs)
+		})
 		e.awaitAllocatable(2*time.Minute, devices, devices, devices*slots, devices*slots)
 		res.allocAgain = time.Since(t0)
 		// Admitted once the new kubelet ran the container again; rejected
@@ -265,11 +272,25 @@ exit 1`
 		alloc = append(alloc, res.allocAgain.Seconds())
 	}
 	sort.Float64s(alloc)
-	e.t.Logf("crash-looping device pod over %d kubelet restarts: %d rejections; allocatable back after restart start: median %.1fs, max %.1fs",
+	e.t.Logf("crash-looping device pod over %d kubelet restarts: %d rejections; registered again and allocatable back after the restart began: median %.1fs, max %.1fs",
 		len(results), rejections, alloc[len(alloc)/2], alloc[len(alloc)-1])
 	if rejections > 0 {
 		e.t.Errorf("%d of %d kubelet restarts rejected the crash-looping pod", rejections, len(results))
 	}
+}
+
+// pluginRegistrations counts the plugin's "registered with kubelet" log
+// lines (both resources, every registration since the pod started).
+func (e *env) pluginRegistrations() int {
+	plugins := e.podsByComponent("plugin")
+	if len(plugins) != 1 {
+		return -1
+	}
+	b, err := e.cs.CoreV1().Pods(namespace).GetLogs(plugins[0].Name, &corev1.PodLogOptions{Container: "plugin"}).DoRaw(context.Background())
+	if err != nil {
+		return -1
+	}
+	return strings.Count(string(b), "registered with kubelet")
 }
 
 func ifNotEmpty(prefix, s string) string {

@@ -10,7 +10,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -58,17 +57,8 @@ func run(ctx context.Context, cmd string, args []string) error {
 	o.Imports = imports
 	switch cmd {
 	case "up":
+		// A failed Up has torn down what it started; its error says why.
 		c, err := cluster.Up(ctx, o)
-		if err != nil && errors.Is(err, cluster.ErrComponentExited) && ctx.Err() == nil {
-			// A component that dies during start-up has been seen once in
-			// a while on these machines, after long test runs; its log
-			// records how it ended. One clean retry, said out loud.
-			fmt.Fprintf(os.Stderr, "localcluster: %v; tearing down and trying once more\n", err)
-			if derr := cluster.Down(ctx, o); derr != nil {
-				return errors.Join(err, derr)
-			}
-			c, err = cluster.Up(ctx, o)
-		}
 		if err != nil {
 			return err
 		}
