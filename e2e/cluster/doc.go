@@ -31,4 +31,15 @@
 //     old kubelet's; RestartKubelet also waits for a newer node Lease.
 //   - If containerd dies, network namespace mounts stay behind: Down removes
 //     them.
+//   - PIDs wrap within minutes during test runs (pid_max 32768): PID files
+//     record each process's start time, and every signal goes through a
+//     pidfd opened before the process is checked, so a reused PID is never
+//     taken for a component nor signalled.
+//   - /proc/PID/cmdline is empty for a moment after exec.Cmd.Start returns
+//     (the kernel closes the close-on-exec pipe Start waits for before it
+//     sets up the new program's arguments): liveness never depends on a
+//     command line; Up judges the components it started by their own exit
+//     watchers. (Judging by the command line once made Up report a healthy
+//     kubelet as exited, and a retry tear down a just-started etcd.)
+//   - A failed Up stops what it started and undoes the rest, as Down does.
 package cluster
