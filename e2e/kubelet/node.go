@@ -3,8 +3,11 @@ package kubelet
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"sync"
+	"syscall"
+	"time"
 
 	cadvisorapi "github.com/google/cadvisor/lib/model"
 	v1 "k8s.io/api/core/v1"
@@ -13,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/sets"
 	"k8s.io/klog/v2"
+	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 	"k8s.io/kubernetes/pkg/kubelet/cm/containermap"
 	"k8s.io/kubernetes/pkg/kubelet/cm/devicemanager"
 	"k8s.io/kubernetes/pkg/kubelet/cm/topologymanager"
@@ -68,6 +72,35 @@ func (n *Node) Stop() error {
 	mgr := n.mgr
 	n.mgr = nil
 	return mgr.Stop(n.Logger)
+}
+
+// Kill stops the device manager the way a killed kubelet ends: its
+// connections to the plugins close, and kubelet.sock stays behind with
+// nobody answering it, until the next Start's cleanup removes it. (Stop
+// alone removes kubelet.sock: the manager's listener unlinks it on close.
+// Kill keeps it by making the directory's mount read-only meanwhile, so
+// the socket keeps its identity, as after a SIGKILL.) Only in a private
+// mount namespace, with the device-plugin directory a mount point.
+func (n *Node) Kill() error {
+	dir := filepath.Clean(pluginapi.DevicePluginPath)
+	const flags = syscall.MS_REMOUNT | syscall.MS_BIND // this mount only
+	// EBUSY while a file is being written (the manager's checkpoint, a
+	// socket being bound): retry.
+	var err error
+	for range 100 {
+		if err = syscall.Mount("", dir, "", flags|syscall.MS_RDONLY, ""); err != syscall.EBUSY {
+			break
+		}
+		time.Sleep(time.Millisecond) // a retry interval, not synchronisation
+	}
+	if err != nil {
+		return fmt.Errorf("make %s read-only: %w", dir, err)
+	}
+	stopErr := n.Stop()
+	if err := syscall.Mount("", dir, "", flags, ""); err != nil {
+		return fmt.Errorf("make %s writable again: %w", dir, err)
+	}
+	return stopErr
 }
 
 // Manager is the running device manager.

@@ -523,3 +523,81 @@ func statusError(s string) error {
 	}
 	return errors.New(s)
 }
+
+// FuzzDecide feeds decide arbitrary observation sequences (identities,
+// streams, events, time steps, consistent or not) and checks what must
+// hold whatever the world does:
+//   - a Register goes only to the kubelet.sock there now;
+//   - never to a kubelet we are registered with while it streams from us;
+//   - never to the kubelet a hand-over waits for, before its grace;
+//   - "registered" always means registered with the kubelet.sock there now;
+//   - liveness: when decide asks for no wake-up and does nothing, time
+//     alone would change nothing (no deadline is forgotten).
+func FuzzDecide(f *testing.F) {
+	f.Add([]byte{0x00, 0x10, 0x21, 0x31, 0x40, 0x55, 0x60, 0x70})
+	f.Add([]byte{0x03, 0x13, 0x23, 0x83, 0x93, 0xa3, 0xb3, 0xc3, 0xd3, 0xe3, 0xf3})
+	f.Add([]byte("kubelet restarted, sockets gone, kubelet.sock replaced"))
+	f.Fuzz(func(t *testing.T, ops []byte) {
+		p := defaultPolicy()
+		st := newRegState(p)
+		now := t0
+		kubelets := []uint64{0, k1, k2, 0x5001}
+		sockets := []uint64{0, s1, s2}
+		steps := []time.Duration{0, time.Millisecond, 10 * time.Millisecond, 300 * time.Millisecond, time.Second, 6 * time.Second}
+		for i := 0; i+1 < len(ops); i += 2 {
+			a, b := ops[i], ops[i+1]
+			now = now.Add(steps[int(a>>5)%len(steps)])
+			o := observation{
+				Now:     now,
+				Kubelet: kubelets[int(a>>3)&3],
+				Socket:  sockets[int(a>>1)&3%len(sockets)],
+				Serving: a&1 == 0,
+				Streams: int(b>>6) & 1, Retired: int(b>>5) & 1, Opened: uint64(b>>4) & 3,
+			}
+			switch b & 7 {
+			case 1:
+				o.Event, o.Served = evServed, o.Socket
+			case 2:
+				o.Event, o.Err = evServeFailed, errors.New("busy")
+			case 3:
+				o.Event, o.Attempt = evRegistered, st.Attempt-int(b>>3&1)
+			case 4:
+				o.Event, o.Attempt, o.Err, o.Ambiguous = evRegisterFailed, st.Attempt, errTimeout, b&8 != 0
+			case 5:
+				o.Event, o.Attempt, o.Err, o.Unanswered = evRegisterFailed, st.Attempt, errRefused, b&8 != 0
+			}
+			before := st
+			var act action
+			st, act = decide(st, o, p)
+			fail := func(msg string) {
+				t.Helper()
+				t.Fatalf("%s\nop %d: %+v\nbefore %+v\nafter %+v\naction %+v", msg, i/2, o, before, st, act)
+			}
+			if act.Do == doRegister {
+				if act.Kubelet == 0 || act.Kubelet != o.Kubelet {
+					fail(fmt.Sprintf("Register to %#x with kubelet.sock %#x", act.Kubelet, o.Kubelet))
+				}
+				if before.Phase == phaseRegistered && before.Kubelet == o.Kubelet && o.Streams+o.Retired > 0 && o.Event == evNone {
+					fail("Register while the kubelet we are registered with streams")
+				}
+				if before.Phase == phaseHandover && before.Kubelet == o.Kubelet && o.Now.Sub(before.Since) < p.HandoverGrace && o.Event == evNone {
+					fail("Register to the kubelet of a hand-over before its grace")
+				}
+				if before.Phase == phaseRegistered && before.Kubelet == o.Kubelet && before.Streamed && !before.Since.IsZero() &&
+					o.Now.Sub(before.Since) < p.HandoverGrace && o.Event == evNone {
+					fail("Register to the same kubelet right after its stream ended")
+				}
+			}
+			if st.registered() && st.Kubelet != o.Kubelet {
+				fail(fmt.Sprintf("registered with %#x while kubelet.sock is %#x", st.Kubelet, o.Kubelet))
+			}
+			if act.Do == doNothing && act.Wake == 0 && st.Phase != phaseServing {
+				later := o
+				later.Now, later.Event = o.Now.Add(time.Hour), evNone
+				if _, a2 := decide(st, later, p); a2.Do != doNothing {
+					fail("no wake-up asked, yet an hour later decide does " + a2.Do.String())
+				}
+			}
+		}
+	})
+}

@@ -2,8 +2,10 @@ package plugin
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"net"
 	"os"
@@ -46,14 +48,14 @@ type Registrar struct {
 	Logger    *slog.Logger
 	// Timeout bounds one Register call (0: 5 s).
 	Timeout time.Duration
-	// StreamGrace is how long a registered resource may go without a
-	// ListAndWatch stream before it registers again (0: 5 s).
+	// StreamGrace is how long kubelet may take to open its ListAndWatch
+	// stream after accepting a Register before the resource registers
+	// again (0: 5 s). A stream that was open and ended is followed by a new
+	// registration after the (shorter) hand-over grace.
 	StreamGrace time.Duration
 
 	// policy overrides the timing in tests (zero: defaults).
 	policy policy
-	// observe, when set, sees every decision (tests).
-	observe func(resource string, before regState, o observation, after regState, a action)
 }
 
 const safetyRecheck = 30 * time.Second
@@ -116,14 +118,10 @@ func (g *Registrar) Run(ctx context.Context) error {
 	step := func(ep *endpoint, ev observation) time.Duration {
 		o := ep.observe(kubeletSock, ev)
 		for {
-			before := ep.st
 			st, a := decide(ep.st, o, pol)
 			ep.st = st
 			ep.res.registered.Store(st.registered())
-			if g.observe != nil {
-				g.observe(ep.res.Name, before, o, st, a)
-			}
-			next := ep.carryOut(ctx, g, a, o, kubeletSock, timeout, wake, results, &calls)
+			next := ep.carryOut(ctx, a, kubeletSock, timeout, wake, results, &calls)
 			if next == nil {
 				ep.reap()
 				return a.Wake
@@ -209,11 +207,15 @@ func (ep *endpoint) observe(kubeletSock string, ev observation) observation {
 
 // carryOut performs an action; it returns the event to observe next when
 // the action completed at once (serving), nil otherwise.
-func (ep *endpoint) carryOut(ctx context.Context, g *Registrar, a action, o observation, kubeletSock string,
+func (ep *endpoint) carryOut(ctx context.Context, a action, kubeletSock string,
 	timeout time.Duration, wake chan struct{}, results chan<- registerResult, calls *sync.WaitGroup) *observation {
 	log := ep.log
 	if a.Info != "" {
-		log.Info(a.Info, "reason", a.Why, "endpoint", ep.res.SocketName(), "registrations", ep.st.Registers)
+		attrs := []any{"registrations", ep.st.Registers, "endpoint", ep.res.SocketName()}
+		if a.Why != "" {
+			attrs = append(attrs, "reason", a.Why)
+		}
+		log.Info(a.Info, attrs...)
 	}
 	if a.Warn != "" {
 		log.Warn(a.Warn, "phase", ep.st.Phase.String())
@@ -238,7 +240,7 @@ func (ep *endpoint) carryOut(ctx context.Context, g *Registrar, a action, o obse
 		}
 		cctx, cancel := context.WithTimeout(ctx, timeout)
 		ep.cancel = cancel
-		log.Info("registering with kubelet", "reason", a.Why, "attempt", a.Attempt)
+		log.Info("registering with kubelet", "attempt", a.Attempt, "reason", a.Why)
 		calls.Add(1)
 		go func(attempt int, kubelet uint64) {
 			defer calls.Done()
@@ -462,15 +464,19 @@ func served(path string) bool {
 	return true
 }
 
-// socketInode identifies the socket at path (0: none). A file system may
-// give a new socket the inode of one just deleted, so the identity mixes in
-// the birth time where the file system records it (ext4, xfs, tmpfs). Not
-// the change time: chmod, chown or a relabel change that, not the socket.
+// socketInode identifies the socket at path (0: none). kubelet removes its
+// kubelet.sock and creates the next one microseconds later; ext4 then hands
+// out the same inode number and the same (clock-tick) birth time, so the
+// identity is the file handle (name_to_handle_at: inode and its generation,
+// which differs on every reuse; ext4, xfs, btrfs and tmpfs have one), mixed
+// with inode and birth time for file systems without handles. Not the
+// change time: chmod, chown or a relabel change that, not the socket.
 func socketInode(path string) uint64 {
 	return socketID(unix.AT_FDCWD, path, 0)
 }
 
-// socketID is socketInode for statx(dirfd, path, flags).
+// socketID is socketInode for the file at (dirfd, path); flags may be
+// unix.AT_EMPTY_PATH (dirfd is the file).
 func socketID(dirfd int, path string, flags int) uint64 {
 	var st unix.Statx_t
 	if err := unix.Statx(dirfd, path, flags, unix.STATX_TYPE|unix.STATX_INO|unix.STATX_BTIME, &st); err != nil ||
@@ -480,6 +486,14 @@ func socketID(dirfd int, path string, flags int) uint64 {
 	id := st.Ino
 	if st.Mask&unix.STATX_BTIME != 0 {
 		id ^= uint64(st.Btime.Sec)<<32 ^ uint64(st.Btime.Nsec)
+	}
+	if h, _, err := unix.NameToHandleAt(dirfd, path, flags|unix.AT_SYMLINK_FOLLOW); err == nil {
+		f := fnv.New64a()
+		var typ [4]byte
+		binary.LittleEndian.PutUint32(typ[:], uint32(h.Type()))
+		f.Write(typ[:])
+		f.Write(h.Bytes())
+		id ^= f.Sum64()
 	}
 	return id | 1
 }

@@ -71,3 +71,28 @@ func TestSocketIdentityIgnoresChmod(t *testing.T) {
 		t.Fatal("a directory has a socket identity")
 	}
 }
+
+// kubelet removes kubelet.sock and listens again microseconds later; on
+// ext4 the new socket gets the old inode number and birth time (12137fa
+// took it for the same socket, so the same kubelet). The identity must
+// still differ. (t.TempDir is on the file system of $TMPDIR.)
+func TestSocketIdentitySeesImmediateReplacement(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "k.sock")
+	for i := range 20 {
+		l, err := net.Listen("unix", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := socketInode(path)
+		l.Close() // unlinks
+		l, err = net.Listen("unix", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		after := socketInode(path)
+		l.Close()
+		if before == 0 || before == after {
+			t.Fatalf("round %d: identity %x before and %x after the socket was replaced", i, before, after)
+		}
+	}
+}
