@@ -144,20 +144,22 @@ func (s *SimSource) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		s.markAllUnhealthy(log, err)
 		if errors.Is(err, errStreamWasUp) {
 			backoff = reconnectMin
 		}
+		// Readiness first, devices second: whoever sees them unhealthy
+		// sees the reason in /readyz too.
 		switch {
 		case errors.Is(err, ErrDaemonNotResponding):
 			s.setProblem(fmt.Sprintf("device daemon at %s not responding: %v", s.Dir, err))
 		case isDaemonDead(err):
-			s.setProblem(fmt.Sprintf("device daemon at %s is dead (its mount answers ENOTCONN): %v", s.Dir, err))
+			s.setProblem(fmt.Sprintf("device daemon at %s is dead (its mount fails with ENOTCONN or ECONNABORTED: the process serving it is gone): %v", s.Dir, err))
 		case errors.Is(err, errDaemonAbsent):
 			s.setProblem("") // not installed here (yet): nothing is broken
 		default:
 			s.setProblem(fmt.Sprintf("cannot follow device daemon at %s: %v", s.Dir, err))
 		}
+		s.markAllUnhealthy(log, err)
 		if isDaemonDead(err) || errors.Is(err, errDaemonAbsent) {
 			if downSince.IsZero() {
 				downSince = time.Now()
@@ -308,10 +310,11 @@ func (s *SimSource) follow(ctx context.Context, log *slog.Logger, lastErr *strin
 		}()
 	}()
 
-	if err := s.rescan(ctx, log, true); err != nil {
+	if err := s.rescan(ctx, log, false); err != nil {
 		return err
 	}
-	s.setProblem("")
+	s.setProblem("") // before the devices turn healthy, so no reader sees them healthy and the daemon not ready
+	s.publish(log)
 	log.Info("following device daemon", "dir", s.Dir, "devices", len(s.devices))
 	*lastErr = ""
 	resync := time.NewTicker(s.Resync)

@@ -123,9 +123,10 @@ func TestFrozenDaemonUnhealthyThenRecovers(t *testing.T) {
 		t.Errorf("a scrape took %s with the daemon frozen; want within the daemon timeout %s", slowest, timeout)
 	}
 	// The runtime may start an idle thread or two to run goroutines while
-	// others sit in blocked syscalls; one per scrape (11 → 31 threads after
-	// 20 scrapes before) is what must not happen.
-	if threads2 > threads1+3 || goroutines2 > goroutines1+2 {
+	// others sit in blocked syscalls, and connection goroutines end a moment
+	// after their response; one per scrape (11 → 31 threads after 20
+	// scrapes before) is what must not happen.
+	if threads2 > threads1+3 || goroutines2 > goroutines1+n/4 {
 		t.Errorf("%d scrapes of a frozen daemon grew threads %d → %d, goroutines %d → %d", n, threads1, threads2, goroutines1, goroutines2)
 	}
 
@@ -147,7 +148,7 @@ func TestDeadDaemonFailsReadyz(t *testing.T) {
 	awaitProbe(t, client, base+"/readyz", 200, "ok", settle)
 	h.sim.kill(t)
 	body := awaitProbe(t, client, base+"/readyz", http.StatusServiceUnavailable, "dead", 2*time.Second)
-	if !strings.Contains(body, h.sim.dir) || !strings.Contains(body, "not connected") {
+	if !strings.Contains(body, h.sim.dir) || !strings.Contains(body, "ENOTCONN") {
 		t.Errorf("/readyz %q does not name the dead daemon and ENOTCONN", body)
 	}
 }

@@ -240,7 +240,7 @@ func TestSimSourceDeadDaemon(t *testing.T) {
 	if r := devs["ac0"].Reason; !strings.Contains(r, "device daemon unreachable") {
 		t.Errorf("reason %q", r)
 	}
-	if why := m.src.notReady(); !strings.Contains(why, "is dead") || !strings.Contains(why, "not connected") {
+	if why := m.src.notReady(); !strings.Contains(why, "is dead") || !strings.Contains(why, "ENOTCONN") || !strings.Contains(why, d.dir) {
 		t.Errorf("notReady = %q; want the daemon named as dead (ENOTCONN)", why)
 	}
 }
