@@ -92,6 +92,9 @@ func restartLatency(t *testing.T) {
 	t.Cleanup(n.stopManager)
 	serve := startProc(t, "serve", "--dev-dir", devDir, "--monitor-slots", fmt.Sprint(slots), "--log-level", "info", "--metrics-addr", "127.0.0.1:0")
 	n.awaitCapacity(10*time.Second, 4, 4, 4*slots, 4*slots)
+	for _, res := range []string{acRes, monitorRes} {
+		serve.waitLog(5*time.Second, `msg="registered with kubelet`, "resource="+res+" ", "registrations=1 ")
+	}
 
 	type scenario struct {
 		name string

@@ -12,37 +12,45 @@ import (
 // carries out actions, and feeds their outcomes back as events; every
 // timing decision is made here and table-tested without sockets.
 //
-// What the policy relies on in kubelet (k8s.io/kubernetes v1.37.2,
-// pkg/kubelet/cm/devicemanager):
+// What the policy relies on in kubelet (read in k8s.io/kubernetes v1.37.2,
+// pkg/kubelet/cm/devicemanager, the version e2e/kubelet runs):
 //
-//   - Start cleans the directory first, then listens: plugin/v1beta1
-//     server.go Start calls CleanupPluginDirectory (manager.go: removes every
-//     socket but its checkpoint, in directory order) before
-//     net.Listen(kubelet.sock). A deleted socket of ours therefore means a
-//     kubelet is starting, and a kubelet.sock with a new identity is a
-//     kubelet that has never seen us: register with it at once, and a
-//     back-off earned with its predecessor does not apply. A killed kubelet
-//     leaves its kubelet.sock behind until that cleanup, so our socket can
-//     vanish while the old kubelet.sock is still there (tmpfs lists the
-//     newest entries first, and ours are newer).
-//   - Register is connectClient (server.go/handler.go): it dials our socket,
-//     asks GetDevicePluginOptions, and PluginConnected (manager.go) refuses
-//     an endpoint path it already holds with "device plugin already
-//     connected". On that refusal connectClient's deregisterClient drops
-//     every client for the path, including the live one, so when that
-//     stream later ends runClient finds no client and never calls
-//     PluginDisconnected: the stale endpoint then blocks our path until
-//     kubelet restarts. A Register to a kubelet that may still hold our
-//     endpoint is the one mistake this policy must never make.
-//   - kubelet holds an endpoint exactly as long as its ListAndWatch stream:
-//     runClient → disconnectClient → PluginDisconnected (deletes it from
-//     endpointStore) right after the stream's Recv fails. Once our stream to
-//     a kubelet has ended, a short grace (handover) makes a new Register
-//     safe. A stream that lives on a replaced server keeps the endpoint
-//     registered: there is nothing to redo.
-//   - The ListAndWatch stream is opened after Register returns (runClient
-//     goroutine), so a Register that timed out on our side may still have
-//     been accepted: a stream on our server is the proof.
+//   - A starting kubelet cleans the directory, then listens:
+//     plugin/v1beta1/server.go (*server).Start calls
+//     CleanupPluginDirectory (manager.go: Readdirnames, then removes every
+//     socket but the checkpoint, in directory order) before
+//     net.Listen(kubelet.sock). So a deleted socket of ours means a kubelet
+//     is starting, and a kubelet.sock not seen before is a kubelet that has
+//     never seen us: register with it at once; a back-off earned with its
+//     predecessor does not apply. A killed kubelet leaves its kubelet.sock
+//     behind until that cleanup, so our socket can vanish while the dead
+//     kubelet's socket is still there (tmpfs lists the newest entries
+//     first, and ours are newer): that is not "the same kubelet".
+//     net.Listen binds before it listens: a connect in between is refused.
+//   - Register (server.go) is connectClient (handler.go): registerClient,
+//     then client.go Connect (dial our socket, blocking, up to 10 s, then
+//     manager.go PluginConnected: GetDevicePluginOptions, and "device
+//     plugin already connected" if endpointStore holds the socket path).
+//     On any Connect error deregisterClient drops every client for that
+//     path, the live one included; when the live stream later ends,
+//     runClient's getClient finds nothing and PluginDisconnected is never
+//     called, so the stale endpoint blocks our path until kubelet restarts.
+//     A Register to a kubelet that may still hold our endpoint is the one
+//     mistake this policy must never make.
+//   - An endpoint lives exactly as long as its ListAndWatch stream:
+//     runClient (handler.go) runs client.go Run until Recv fails, then
+//     disconnectClient → PluginDisconnected (manager.go) deletes it from
+//     endpointStore (and, for the last one, marks the devices unhealthy).
+//     So once our stream to a kubelet has ended, a short grace (hand-over)
+//     makes a new Register safe; and a stream that lives on a server we
+//     replaced keeps the endpoint working: nothing to redo.
+//   - The stream is opened by runClient after connectClient returned, and
+//     the manager shows the devices as soon as the first list arrives,
+//     possibly before our Register call returns; a Register that failed on
+//     our side (deadline, broken connection) may have been accepted. Only a
+//     stream opened on our server after the call was issued proves it.
+//   - After a restart the manager's capacity for our resources is 0 until
+//     we register again (manager.go readCheckpoint: empty healthyDevices).
 
 // phase is where one endpoint is in its life.
 type phase int
