@@ -15,13 +15,17 @@ import (
 	"github.com/accel-device-plugin/accel-device-plugin/pkg/fakedev"
 )
 
+// maxMemoryGiB is the largest --memory-gib (1 PiB, the chart schema's
+// maximum); it keeps the byte count, memory-gib << 30, far from overflowing.
+const maxMemoryGiB = 1 << 20
+
 func runSim(args []string, stderr io.Writer) error {
 	fs := newFlagSet("sim", "sim --devices N --dir DIR [flags]", stderr)
 	devices := fs.Int("devices", 4, "number of simulated devices at start (0-256; more can be hot-plugged with \"sim ctl add\")")
 	dir := fs.String("dir", "/run/accel/dev", "empty directory to mount the device nodes on (created if missing)")
 	seed := fs.String("seed", "accel-sim", "seed of the device serials: same seed and slot, same serial on every run")
 	model := fs.String("model", "Simulated Accel SA-1", "model name the devices report")
-	memGiB := fs.Uint64("memory-gib", 16, "memory per device, GiB")
+	memGiB := fs.Uint64("memory-gib", 16, fmt.Sprintf("memory per device, GiB (1-%d)", maxMemoryGiB))
 	numa := fs.Int("numa-nodes", 1, "spread devices round-robin over this many NUMA nodes")
 	resetDur := fs.Duration("reset-duration", 100*time.Millisecond, "how long a reset keeps a device in_reset")
 	computeMode := fs.String("compute-mode", "0666", "permission of compute nodes, 3 octal digits with an optional leading 0, at most 0777 (0000 is honoured; e.g. 0660 with --gid)")
@@ -44,8 +48,8 @@ func runSim(args []string, stderr io.Writer) error {
 	if *numa < 1 || *numa > 64 {
 		return fmt.Errorf("--numa-nodes %d is out of range: want 1 to 64", *numa)
 	}
-	if *memGiB == 0 || *memGiB > 1<<20 {
-		return fmt.Errorf("--memory-gib %d is out of range: want 1 to %d", *memGiB, 1<<20)
+	if *memGiB == 0 || *memGiB > maxMemoryGiB {
+		return fmt.Errorf("--memory-gib %d is out of range: want 1 to %d", *memGiB, maxMemoryGiB)
 	}
 	if *resetDur <= 0 || *resetDur > time.Minute {
 		return fmt.Errorf("--reset-duration %s is out of range: want more than 0 and at most 1m", *resetDur)

@@ -40,6 +40,14 @@ func TestSimFlagErrors(t *testing.T) {
 		{[]string{"--monitor-opens-per-process", "0"}, "--monitor-opens-per-process 0 is out of range: want 1 to 65536"},
 		{[]string{"--monitor-opens-per-process", "65537"}, "--monitor-opens-per-process 65537 is out of range"},
 		{[]string{"--monitor-opens-per-device", "0"}, "--monitor-opens-per-device 0 is out of range: want 1 to 1048576"},
+		// Checked before the shift to bytes: 1<<34 GiB would wrap to 0
+		// bytes (and so to the 16 GiB default), 1<<34+1 to 1 GiB.
+		{[]string{"--memory-gib", "0"}, "--memory-gib 0 is out of range: want 1 to 1048576"},
+		{[]string{"--memory-gib", "1048577"}, "--memory-gib 1048577 is out of range: want 1 to 1048576"},
+		{[]string{"--memory-gib", "17179869184"}, "--memory-gib 17179869184 is out of range: want 1 to 1048576"},
+		{[]string{"--memory-gib", "17179869185"}, "--memory-gib 17179869185 is out of range: want 1 to 1048576"},
+		{[]string{"--memory-gib", "18446744073709551615"}, "--memory-gib 18446744073709551615 is out of range: want 1 to 1048576"},
+		{[]string{"--devices", "0", "--memory-gib", "1048576"}, "is not empty"}, // accepted: the mountpoint check is next
 	} {
 		// A directory that is not empty: a flag wrongly accepted then
 		// fails at the mountpoint check instead of starting a simulator.

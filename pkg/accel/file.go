@@ -3,6 +3,7 @@ package accel
 import (
 	"context"
 	"errors"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -22,16 +23,24 @@ import (
 //   - compute opens are refused with EAGAIN while the device resets, EPERM
 //     while it is malfunctioning or needs a reset, and ENODEV once it is
 //     removed;
-//   - driver-specific commands are accepted on the compute node only.
+//   - driver-specific commands are accepted on the compute node only;
+//   - a released file answers every ioctl with EBADF, and the driver never
+//     sees it again: Release waits for commands in flight on the file and
+//     only then calls the driver's Release.
 type File struct {
 	dev    *Device
 	kind   NodeKind
 	opener int32 // the process that opened it: what the monitor limits count
 
+	// use is held shared by each ioctl for as long as it runs and
+	// exclusively by Release while it marks the file closed, so no command
+	// runs on a released file.
+	use sync.RWMutex
+
 	// Guarded by dev.mu.
-	pid     int32 // the process holding it now (see SetPID)
-	flushed bool  // a descriptor was closed since the holder last showed activity
-	closed  bool
+	pid       int32     // the process holding it now (see SetPID)
+	flushedAt time.Time // when a descriptor was last closed with no activity since; zero if none
+	closed    bool
 
 	// Private belongs to the driver: per-client state set in Driver.Open.
 	Private any
@@ -72,12 +81,16 @@ func (d *Device) Holder() *File {
 
 // Open opens the device's compute or monitor node on behalf of process pid.
 //
-// A compute open that finds the node held waits up to the registry's
-// ReleaseGrace, but only if the holder has announced its end through
-// Flush: with FUSE the kernel sends the release after close() has returned,
-// so a client that closes and reopens at once would otherwise see a spurious
-// EBUSY. A holder that still has descriptors open after a Flush (dup, fork)
-// keeps the node, and the waiting open gets EBUSY.
+// A compute open that finds the node held waits for the holder's release,
+// but only if the holder has announced its end through Flush, and only
+// until the registry's ReleaseGrace has passed since that Flush: with FUSE
+// the kernel queues the release before close() returns, but the daemon
+// handles it in its own goroutine, which a loaded machine may not run for
+// a while, so a client that closes and reopens at once (or passes the node
+// to another process) would otherwise see a spurious EBUSY. A holder that
+// still has descriptors open after a Flush (dup, fork) keeps the node: the
+// waiting open gets EBUSY once the grace since the Flush is over, and an
+// open that comes later gets it at once.
 func (d *Device) Open(ctx context.Context, kind NodeKind, pid int32) (*File, error) {
 	f := &File{dev: d, kind: kind, opener: pid, pid: pid}
 	d.mu.Lock()
@@ -99,12 +112,6 @@ func (d *Device) Open(ctx context.Context, kind NodeKind, pid int32) (*File, err
 		return f, nil
 	}
 
-	var deadline *time.Timer
-	defer func() {
-		if deadline != nil {
-			deadline.Stop()
-		}
-	}()
 	for {
 		switch d.status {
 		case StatusRemoved:
@@ -120,8 +127,15 @@ func (d *Device) Open(ctx context.Context, kind NodeKind, pid int32) (*File, err
 		if d.holder == nil {
 			break
 		}
-		if !d.holder.flushed {
+		flushed := d.holder.flushedAt
+		left := time.Until(flushed.Add(d.reg.opts.ReleaseGrace))
+		if flushed.IsZero() || left <= 0 {
+			holderPID := d.holder.pid
 			d.mu.Unlock()
+			if !flushed.IsZero() {
+				d.reg.log.Debug("compute open refused (EBUSY): the holder closed a descriptor but was not released within the grace",
+					"device", d.name, "pid", pid, "holder", holderPID, "since_close", time.Since(flushed), "grace", d.reg.opts.ReleaseGrace)
+			}
 			return nil, syscall.EBUSY
 		}
 		if d.released == nil {
@@ -129,15 +143,8 @@ func (d *Device) Open(ctx context.Context, kind NodeKind, pid int32) (*File, err
 		}
 		wait := d.released
 		d.mu.Unlock()
-		if deadline == nil {
-			deadline = time.NewTimer(d.reg.opts.ReleaseGrace)
-		}
-		select {
-		case <-wait:
-		case <-deadline.C:
-			return nil, syscall.EBUSY
-		case <-ctx.Done():
-			return nil, syscall.EINTR
+		if err := waitRelease(ctx, wait, left); err != nil {
+			return nil, err
 		}
 		d.mu.Lock()
 	}
@@ -157,6 +164,21 @@ func (d *Device) Open(ctx context.Context, kind NodeKind, pid int32) (*File, err
 		return nil, syscall.EIO
 	}
 	return f, nil
+}
+
+// waitRelease waits for released to be closed, for at most d. It returns
+// nil when it was (or the time ran out: the caller checks again) and EINTR
+// when ctx ends first.
+func waitRelease(ctx context.Context, released <-chan struct{}, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-released:
+	case <-t.C:
+	case <-ctx.Done():
+		return syscall.EINTR
+	}
+	return nil
 }
 
 // monitorLimitLocked checks the monitor limits for one more open by pid.
@@ -190,25 +212,30 @@ func (d *Device) monitorLimitLocked(pid int32) error {
 
 // Flush records that a descriptor of f was closed. The kernel sends it on
 // every close(); the release follows only after the last one. Until f shows
-// activity again (an ioctl), a competing compute open waits briefly for the
-// release instead of failing at once.
+// activity again (an ioctl), a competing compute open waits for the
+// release, until ReleaseGrace after the latest Flush, instead of failing
+// at once.
 func (f *File) Flush() {
 	f.dev.mu.Lock()
-	f.flushed = true
+	f.flushedAt = time.Now()
 	f.dev.mu.Unlock()
 }
 
-// Release closes f: its last descriptor is gone. It is idempotent, and
-// the driver's Release runs exactly once, before the node can be reopened.
+// Release closes f: its last descriptor is gone. It is idempotent; it
+// waits for ioctls in flight on f to return, and the driver's Release runs
+// exactly once, after them and before the node can be reopened.
 func (f *File) Release() {
 	d := f.dev
+	f.use.Lock()
 	d.mu.Lock()
 	if f.closed {
 		d.mu.Unlock()
+		f.use.Unlock()
 		return
 	}
 	f.closed = true
 	d.mu.Unlock()
+	f.use.Unlock()
 	if f.kind == NodeCompute {
 		d.drv.Release(f)
 	}
@@ -239,12 +266,19 @@ func (d *Device) dropFile(f *File) {
 
 // Ioctl runs command cmd on f. in holds the caller's argument bytes and
 // out (sized from cmd) receives the reply. Errors are syscall.Errno values
-// as documented in uapi.go.
+// as documented in uapi.go; a released f gets EBADF (and never reaches the
+// driver).
 func (f *File) Ioctl(cmd uint32, in, out []byte) error {
+	f.use.RLock()
+	defer f.use.RUnlock()
 	d := f.dev
 	d.mu.Lock()
+	if f.closed {
+		d.mu.Unlock()
+		return syscall.EBADF
+	}
 	status := d.status
-	f.flushed = false
+	f.flushedAt = time.Time{}
 	d.mu.Unlock()
 	if status == StatusRemoved {
 		return syscall.ENODEV

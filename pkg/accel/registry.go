@@ -13,6 +13,20 @@ import (
 // as the kernel's accel core limits its minors.
 const MaxDevices = 256
 
+// DefaultReleaseGrace is how long after a holder's close a compute open
+// waits for the holder's release by default. The release is on its way by
+// then (the kernel queues it before close() returns), so the wait only
+// spans the time the daemon takes to handle it: well under a millisecond
+// on an idle machine, but not on a loaded one. With the former grace of
+// 50 ms, counted from the open, 1 close→reopen in 10,000 failed with EBUSY
+// on two CPUs shared with a Kubernetes build (load average 15), and with
+// the simulator starved on purpose (nice 19 among busy loops) releases
+// came up to 330 ms after their close. The grace only delays an open that
+// would otherwise fail, and it counts from the close: an open against a
+// holder that keeps another descriptor (dup, fork) gets its EBUSY at most
+// this long after that holder's close, and at once later on.
+const DefaultReleaseGrace = time.Second
+
 // Limits on open monitor files; see Options and Device.Open.
 const (
 	// DefaultMonitorOpensPerProcess is how many open files of one device's
@@ -31,8 +45,9 @@ const (
 type Options struct {
 	// MaxDevices caps the indices handed out (default and maximum MaxDevices).
 	MaxDevices int
-	// ReleaseGrace is how long a compute open waits for a release the
-	// holder has announced by closing a descriptor (default 50ms). See File.Flush.
+	// ReleaseGrace is how long after the holder announced its release by
+	// closing a descriptor a competing compute open still waits for that
+	// release (default DefaultReleaseGrace). See Device.Open and File.Flush.
 	ReleaseGrace time.Duration
 	// EventBacklog is how many events a slow consumer may lag behind
 	// before it gets EventResync (default 1024).
@@ -76,7 +91,7 @@ func NewRegistry(opts Options) *Registry {
 		opts.MaxDevices = MaxDevices
 	}
 	if opts.ReleaseGrace <= 0 {
-		opts.ReleaseGrace = 50 * time.Millisecond
+		opts.ReleaseGrace = DefaultReleaseGrace
 	}
 	if opts.EventBacklog <= 0 {
 		opts.EventBacklog = 1024

@@ -66,6 +66,8 @@ package accel
 //	ENODEV  device was removed (every ioctl on a file still open)
 //	ENOTTY  unknown command
 //	EINVAL  malformed argument (wrong size or field values)
+//	EBADF   ioctl on a file that was already released (seen only through
+//	        the Go API: a process cannot use a descriptor it has closed)
 
 import (
 	"bytes"

@@ -25,9 +25,10 @@ const (
 
 // controlNode is sys/control. What it accepts, exactly:
 //
-//   - Only callers whose calling thread has CAP_SYS_ADMIN in its effective
-//     capability set may open it for writing and write to it (EPERM
-//     otherwise, logged with the caller's pid). Anyone the mode (0600,
+//   - Only callers in the simulator's user namespace whose calling thread
+//     has CAP_SYS_ADMIN in its effective capability set may open it for
+//     writing and write to it (EPERM otherwise, logged with the caller's
+//     pid and the reason; see hasSysAdmin). Anyone the mode (0600,
 //     root) lets in may open it read-only, which is useless: results belong
 //     to the descriptor that wrote the commands.
 //   - A command is one line. The bytes written to one descriptor form a
@@ -94,8 +95,8 @@ func (n *controlNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, ui
 }
 
 // mayControl checks that the caller of a request may drive the simulator:
-// CAP_SYS_ADMIN in the calling thread's effective set. A refusal is logged
-// with the caller's pid.
+// CAP_SYS_ADMIN in the calling thread's effective set, in the simulator's
+// user namespace. A refusal is logged with the caller's pid.
 func (s *Server) mayControl(ctx context.Context, what string) syscall.Errno {
 	c := callerOf(ctx)
 	ok, err := hasSysAdmin(c)

@@ -10,7 +10,8 @@
 //	              as a JSON line; each open descriptor starts from "now"
 //	sys/control   write control commands, one per line, read back the
 //	              result lines (present only with a Controller; writers
-//	              need CAP_SYS_ADMIN; see control.go)
+//	              need CAP_SYS_ADMIN in the simulator's user namespace; see
+//	              control.go)
 //
 // FUSE gives no inotify events for changes the daemon makes, so consumers
 // wait on sys/events instead of polling.

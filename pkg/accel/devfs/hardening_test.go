@@ -35,6 +35,9 @@ func runHardeningHelper(mode, path string) (int, bool) {
 	if code, ok := runHolderHelper(mode, path); ok {
 		return code, true
 	}
+	if code, ok := runUsernsHelper(mode, path); ok {
+		return code, true
+	}
 	switch mode {
 	case "flood":
 		return floodHelper(path), true

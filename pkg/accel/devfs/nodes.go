@@ -225,10 +225,17 @@ func (h *devHandle) Ioctl(ctx context.Context, cmd uint32, arg uint64, input, ou
 	return 0, 0
 }
 
-// Read returns the one-line summary on a monitor node; the compute node
-// has no read().
+// Read returns the one-line summary on a monitor node, like a regular
+// file of MonitorReadSize bytes: a read returns at most len(dest) bytes
+// from offset off (the kernel passes the descriptor's position), so a
+// small buffer reads the text in pieces. The text is taken anew by a read
+// at offset 0 and stays fixed for the reads after it, so the pieces fit
+// together. The compute node has no read().
 func (h *devHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	if h.f.Kind() != accel.NodeMonitor {
+		return nil, syscall.EINVAL
+	}
+	if off < 0 {
 		return nil, syscall.EINVAL
 	}
 	h.mu.Lock()
@@ -243,7 +250,10 @@ func (h *devHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Read
 	if off >= int64(len(h.summary)) {
 		return fuse.ReadResultData(nil), 0
 	}
-	return fuse.ReadResultData(h.summary[off:]), 0
+	// A reply longer than the request is a protocol error the kernel
+	// turns into EIO.
+	n := copy(dest, h.summary[off:])
+	return fuse.ReadResultData(dest[:n]), 0
 }
 
 // Summary is the one-line human summary a monitor node's read() returns.
