@@ -26,7 +26,7 @@ KUBECTL      := $(TOOLS)/kubectl-v1.37.2/kubectl
 LOCALCLUSTER := bin/localcluster
 E2E_IMAGE_TAR = $(CURDIR)/$(OUT)/accel-device-plugin-$(VERSION).tar
 
-.PHONY: all build view image test test-kubelet test-chart test-image lint helm bench demo demo-node demo-down \
+.PHONY: all build view image test test-kubelet test-chart test-image lint lint-go lint-helm helm bench demo demo-node demo-down \
 	localcluster cluster-up cluster-down e2e e2e-kind fuzz clean
 
 all: build
@@ -75,11 +75,18 @@ test-chart: $(HELM)
 test-image:
 	cd $(IMAGE_TOOL) && $(GO) test -count=1 ./...
 
-## lint: gofmt check, go vet of every module, helm lint
-lint: $(HELM)
+## lint: gofmt check, go vet of every module, then helm lint (the only step that needs
+## helm, which the first run builds: gofmt and go vet report before that)
+lint: lint-go lint-helm
+
+## lint-go: gofmt check and go vet of every module (no helm needed)
+lint-go:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	@for m in $(MODULES); do echo "go vet ($$m)"; (cd $$m && $(GO) vet ./...) || exit 1; done
+
+## lint-helm: helm lint --strict of the chart, after lint-go
+lint-helm: lint-go $(HELM)
 	$(HELM) lint --strict $(CHART)
 
 ## fuzz: every native Go fuzz target of the main module, FUZZTIME each (default 30s);

@@ -110,8 +110,10 @@ func renderCNIConfig(p paths) string {
 	return string(b) + "\n"
 }
 
-// renderKubeletConfig is the KubeletConfiguration (see localcluster.md for
-// why each unusual setting is there).
+// renderKubeletConfig is the KubeletConfiguration. The package doc (doc.go)
+// says why its unusual settings are there: failCgroupV1, oomScoreAdj, the
+// loopback address, image GC off; cgroupRoot keeps kubelet's pods under
+// their own cgroup root so Down can remove them.
 func renderKubeletConfig(p paths) string {
 	return fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
