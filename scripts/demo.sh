@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Walks through the accel core with 4 simulated devices: run by `make demo`.
+# Walks through the accel core with 4 simulated devices: run by `make demo-node`.
 set -euo pipefail
 BIN=$(realpath "${1:-bin/accel-plugin}")
 VIEW=$(realpath "${2:-bin/kubelet-view}")
 if [ "$(id -u)" != 0 ]; then
-  echo "make demo mounts a FUSE file system with allow_other: run it as root (sudo make demo)" >&2
+  echo "make demo-node mounts a FUSE file system with allow_other: run it as root (sudo make demo-node)" >&2
   exit 1
 fi
 WORK=$(mktemp -d /tmp/accel-demo.XXXXXX)

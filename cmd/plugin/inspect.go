@@ -81,7 +81,7 @@ func runList(args []string, stdout, stderr io.Writer) error {
 
 func runEvents(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("events", "events --dir DIR [--count N]", stderr)
-	dir := fs.String("dir", "/run/accel/dev", "directory a running `accel-plugin sim` serves")
+	dir := fs.String("dir", "/run/accel/dev", "directory a running \"accel-plugin sim\" serves")
 	count := fs.Int("count", 0, "exit after this many events (0: until interrupted)")
 	if err := parseFlags(fs, args); err != nil {
 		return err

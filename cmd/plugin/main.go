@@ -25,8 +25,8 @@ const usage = `accel-plugin: Kubernetes device plugin for accel-subsystem comput
 usage:
   accel-plugin sim --devices N --dir DIR      run N simulated devices, nodes mounted on DIR
   accel-plugin sim ctl --dir DIR COMMAND...   control a running simulator (fault, recover, reset, add, remove)
-  accel-plugin serve [--dev-dir DIR]         advertise the devices in DIR to kubelet (accel.io/ac, accel.io/ac-monitor)
-  accel-plugin unlabel-nodes                 remove PREFIX/ac.* labels from every node (the chart's uninstall hook)
+  accel-plugin serve [--dev-dir DIR]          advertise the devices in DIR to kubelet (accel.io/ac, accel.io/ac-monitor)
+  accel-plugin unlabel-nodes                  remove PREFIX/ac.* labels from every node (the chart's uninstall hook)
   accel-plugin events --dir DIR               print device events as JSON lines as they happen
   accel-plugin info PATH...                   print each node's info as one JSON object per line
   accel-plugin list --dir DIR                 print a table of the devices in DIR

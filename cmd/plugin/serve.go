@@ -22,7 +22,7 @@ import (
 func runServe(args []string, stderr io.Writer) error {
 	fs := newFlagSet("serve", "serve [flags]", stderr)
 	var cfg plugin.Config
-	fs.StringVar(&cfg.DevDir, "dev-dir", "/run/accel/dev", "directory where this process sees the simulated device nodes (a running `accel-plugin sim --dir`); empty: no simulated devices")
+	fs.StringVar(&cfg.DevDir, "dev-dir", "/run/accel/dev", "directory where this process sees the simulated device nodes (what a running \"accel-plugin sim --dir\" mounts); empty: no simulated devices")
 	fs.StringVar(&cfg.HostDevDir, "host-dev-dir", "", "the same directory as the host (kubelet, container runtime) sees it; default: --dev-dir")
 	fs.StringVar(&cfg.KernelClassDir, "kernel-class-dir", "/sys/class/accel", "sysfs class directory of the kernel's accel devices (Linux 6.2+); empty: no kernel devices")
 	fs.StringVar(&cfg.KernelDevDir, "kernel-dev-dir", "/dev/accel", "directory of the kernel's accel device nodes (accelN), the same on the host")

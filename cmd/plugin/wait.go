@@ -26,7 +26,7 @@ func runWait(args []string, stderr io.Writer) error {
 		"Exits 0 as soon as DIR holds a live simulator (DIR/sys/events is there and answers stat),\n"+
 		"1 when --timeout passes first. Every stat is bounded by --timeout, so a frozen simulator\n"+
 		"cannot hang it.", stderr)
-	dir := fs.String("dir", "/run/accel/dev", "the simulator's directory (`accel-plugin sim --dir`)")
+	dir := fs.String("dir", "/run/accel/dev", "the simulator's directory (what \"accel-plugin sim --dir\" mounts)")
 	timeout := fs.Duration("timeout", 5*time.Minute, "give up after this long")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	if err := parseFlags(fs, args); err != nil {
