@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := bin/accel-plugin
 VIEW    := bin/kubelet-view
 PKGS    := ./...
-VERSION ?= 0.1.0
+VERSION ?= $(shell cat $(CURDIR)/VERSION)
 IMAGE   ?= localhost/accel-device-plugin:$(VERSION)
 OUT     := _output
 # Separate Go modules, so the main module's dependencies stay small:

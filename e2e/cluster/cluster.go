@@ -303,8 +303,9 @@ func (p paths) prepare(node string) error {
 
 // SharedMounts are host directories made shared mount points, so pods can
 // mount them with Bidirectional/HostToContainer propagation (the root mount
-// of these machines is private): the simulator's device directory.
-var SharedMounts = []string{"/run/accel"}
+// of these machines is private): the parent of the simulator's device
+// directory, the host path the chart mounts.
+var SharedMounts = []string{filepath.Dir(fuseDevDir)}
 
 func (p paths) makeSharedMounts() error {
 	var made []string // "bind DIR" / "mkdir DIR" lines for Down

@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -15,12 +14,14 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/prometheus/procfs"
 )
 
 const (
 	shimExe       = "/usr/bin/containerd-shim-runc-v2"
-	sharedMarker  = "shared-mounts" // file in RunDir: the shared bind mounts Up made
-	fuseDevDir    = "/run/accel/dev"
+	sharedMarker  = "shared-mounts"     // file in RunDir: the shared bind mounts Up made
+	fuseDevDir    = "/run/accel/dev"    // the chart's default devDir (TestChartDefaults checks it)
 	shimSocketDir = "/run/containerd/s" // containerd 1.6 puts shim sockets here whatever its state dir
 	runcRoot      = "/run/containerd/runc/" + criNamespace
 )
@@ -161,21 +162,14 @@ func down(ctx context.Context, o Options) error {
 
 // mountPoints returns the mount points at or below dir, deepest first.
 func mountPoints(dir string) []string {
-	f, err := os.Open("/proc/self/mountinfo")
+	mounts, err := procfs.GetMounts()
 	if err != nil {
 		return nil
 	}
-	defer f.Close()
 	dir = filepath.Clean(dir)
 	var out []string
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 {
-			continue
-		}
-		mp := unescapeMount(fields[4])
+	for _, m := range mounts {
+		mp := unescapeMount(m.MountPoint)
 		if mp == dir || strings.HasPrefix(mp, dir+"/") {
 			out = append(out, mp)
 		}
@@ -184,6 +178,8 @@ func mountPoints(dir string) []string {
 	return out
 }
 
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space, \011,
+// \012, \134), which procfs leaves in place.
 func unescapeMount(s string) string {
 	if !strings.Contains(s, `\`) {
 		return s

@@ -8,7 +8,7 @@
 //
 //	ACCEL_E2E_KUBECONFIG       kubeconfig of the cluster (required; without it the tests skip)
 //	ACCEL_E2E_HELM             helm binary (default: helm on PATH)
-//	ACCEL_E2E_IMAGE            the plugin image (default localhost/accel-device-plugin:0.1.0)
+//	ACCEL_E2E_IMAGE            the plugin image (default localhost/accel-device-plugin:$(cat VERSION))
 //	ACCEL_E2E_BUSYBOX          a busybox image present on the node (default localhost/busybox:1.36)
 //	ACCEL_E2E_RESTART_KUBELET  shell command restarting the node's kubelet (empty: those steps are skipped)
 //	ACCEL_E2E_KUBELET_RESTARTS kubelet restarts of the crash-looping pod's step (default 10)

@@ -68,8 +68,8 @@ func TestEndToEnd(t *testing.T) {
 	// A tool pod with the plugin image (no shell: exec runs the binary) and
 	// the simulator's directory, to query and drive devices from the node.
 	// Privileged: sys/control refuses writers without CAP_SYS_ADMIN.
-	e.createPod("accel-tool", "", withImage(e.image, "/accel-plugin", "events", "--dir", devDir), hostAccess(true))
-	e.createPod("host-tool", "sleep 3600", hostAccess(true))
+	e.createPod("accel-tool", "", withImage(e.image, "/accel-plugin", "events", "--dir", e.devDir), e.hostAccess(true))
+	e.createPod("host-tool", "sleep 3600", e.hostAccess(true))
 	e.awaitPhase("accel-tool", corev1.PodRunning, 2*time.Minute)
 	e.awaitPhase("host-tool", corev1.PodRunning, 2*time.Minute)
 
@@ -130,7 +130,7 @@ exec sleep 3600`, requests(monRes, devices))
 		}
 	}
 	// A failed redirection ends a shell: try in a subshell.
-	e.createPod("debug-open", fmt.Sprintf(`(exec 3<>%s/%s) 2>&1 && echo OPENED || echo FAILED`, devDir, dev), hostAccess(true), runOnce)
+	e.createPod("debug-open", fmt.Sprintf(`(exec 3<>%s/%s) 2>&1 && echo OPENED || echo FAILED`, e.devDir, dev), e.hostAccess(true), runOnce)
 	e.awaitPhase("debug-open", corev1.PodSucceeded, 2*time.Minute)
 	if l := e.logs("debug-open"); !strings.Contains(l, "Device or resource busy") || !strings.Contains(l, "FAILED") {
 		t.Errorf("a second client opening %s through the host path: %q, want EBUSY", dev, l)
@@ -147,9 +147,9 @@ exec sleep 3600`, requests(monRes, devices))
 	e.controlNeedsSysAdmin(other)
 
 	step("fault: allocatable drops; reset: it recovers")
-	e.mustExec("accel-tool", "/accel-plugin", "sim", "ctl", "--dir", devDir, "fault", other, "malfunction")
+	e.mustExec("accel-tool", "/accel-plugin", "sim", "ctl", "--dir", e.devDir, "fault", other, "malfunction")
 	e.awaitAllocatable(30*time.Second, devices, devices-1, devices*slots, (devices-1)*slots)
-	e.mustExec("accel-tool", "/accel-plugin", "sim", "ctl", "--dir", devDir, "reset", other)
+	e.mustExec("accel-tool", "/accel-plugin", "sim", "ctl", "--dir", e.devDir, "reset", other)
 	e.awaitAllocatable(30*time.Second, devices, devices, devices*slots, devices*slots)
 
 	step("plugin restarted: running pods keep their devices, allocatable comes back")
@@ -213,7 +213,7 @@ exec sleep 3600`, requests(monRes, devices))
 		if err != nil {
 			return false, err.Error()
 		}
-		return !strings.Contains(out, "accel.io-ac") && !strings.Contains(out, devDir), out
+		return !strings.Contains(out, "accel.io-ac") && !strings.Contains(out, e.devDir), out
 	})
 	e.deletePod("host-tool")
 	step("done")

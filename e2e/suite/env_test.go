@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/accel-device-plugin/accel-device-plugin/e2e/cluster"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -31,7 +32,6 @@ const (
 	monRes    = corev1.ResourceName("accel.io/ac-monitor")
 	devices   = 4
 	slots     = 8
-	devDir    = "/run/accel/dev"
 )
 
 // env is the cluster under test.
@@ -40,6 +40,7 @@ type env struct {
 	kubeconfig string
 	helm       string
 	image      string
+	devDir     string // the chart's default devDir: the chart is installed without setting it
 	busybox    string
 	restartCmd string
 	cfg        *rest.Config
@@ -52,13 +53,17 @@ func newEnv(t *testing.T) *env {
 	if kc == "" {
 		t.Skip("ACCEL_E2E_KUBECONFIG is not set: run `make e2e` (local cluster) or `make e2e-kind`")
 	}
+	chart, err := cluster.ReadChart("../..")
+	if err != nil {
+		t.Fatalf("the repository's version and chart defaults: %v", err)
+	}
 	e := &env{t: t, kubeconfig: kc,
 		helm:       getenv("ACCEL_E2E_HELM", "helm"),
-		image:      getenv("ACCEL_E2E_IMAGE", "localhost/accel-device-plugin:0.1.0"),
+		image:      getenv("ACCEL_E2E_IMAGE", "localhost/accel-device-plugin:"+chart.Version),
+		devDir:     chart.DevDir,
 		busybox:    getenv("ACCEL_E2E_BUSYBOX", "localhost/busybox:1.36"),
 		restartCmd: os.Getenv("ACCEL_E2E_RESTART_KUBELET"),
 	}
-	var err error
 	if e.cfg, err = clientcmd.BuildConfigFromFlags("", kc); err != nil {
 		t.Fatalf("kubeconfig %s: %v", kc, err)
 	}
@@ -182,13 +187,14 @@ func requests(res corev1.ResourceName, n int64) podOpt {
 	}
 }
 
-// hostAccess gives the pod the node's PID namespace and the simulator's and
-// kubelet's directories; privileged pods can also use nsenter on PID 1.
-func hostAccess(privileged bool) podOpt {
+// hostAccess gives the pod the node's PID namespace and the simulator's
+// directory (devDir's parent, as the chart mounts it) and kubelet's;
+// privileged pods can also use nsenter on PID 1.
+func (e *env) hostAccess(privileged bool) podOpt {
 	return func(p *corev1.Pod) {
 		p.Spec.HostPID = true
 		prop := corev1.MountPropagationHostToContainer
-		dirs := map[string]string{"accel-run": "/run/accel", "device-plugins": "/var/lib/kubelet/device-plugins"}
+		dirs := map[string]string{"accel-run": filepath.Dir(e.devDir), "device-plugins": "/var/lib/kubelet/device-plugins"}
 		for name, path := range dirs {
 			p.Spec.Volumes = append(p.Spec.Volumes, corev1.Volume{Name: name, VolumeSource: corev1.VolumeSource{
 				HostPath: &corev1.HostPathVolumeSource{Path: path}}})

@@ -38,7 +38,7 @@ func nonRoot(p *corev1.Pod) {
 // devInfo is `accel-plugin info` of a device, run in the accel-tool pod.
 func (e *env) devInfo(dev string) info {
 	e.t.Helper()
-	out := e.mustExec("accel-tool", "/accel-plugin", "info", devDir+"/"+dev)
+	out := e.mustExec("accel-tool", "/accel-plugin", "info", e.devDir+"/"+dev)
 	var i info
 	if err := json.Unmarshal([]byte(out), &i); err != nil {
 		e.t.Fatalf("info %s: %v: %s", dev, err, out)
@@ -135,16 +135,16 @@ func procField(status, name string) []string {
 func (e *env) hostPathNeedsRoot(held string) {
 	e.t.Helper()
 	free := e.freeDevice(held)
-	script := fmt.Sprintf(`ls -ld %[1]s; (exec 3<>%[1]s/%[2]s) 2>&1 && echo OPENED || echo FAILED`, devDir, free)
-	e.createPod("host-nonroot", script, hostAccess(false), nonRoot, runOnce)
+	script := fmt.Sprintf(`ls -ld %[1]s; (exec 3<>%[1]s/%[2]s) 2>&1 && echo OPENED || echo FAILED`, e.devDir, free)
+	e.createPod("host-nonroot", script, e.hostAccess(false), nonRoot, runOnce)
 	e.awaitPhase("host-nonroot", corev1.PodSucceeded, 2*time.Minute)
 	if l := e.logs("host-nonroot"); !strings.Contains(l, "Permission denied") || !strings.Contains(l, "FAILED") {
-		e.t.Errorf("uid %d opening %s/%s through the host path: %q, want EACCES", nonRootUID, devDir, free, l)
+		e.t.Errorf("uid %d opening %s/%s through the host path: %q, want EACCES", nonRootUID, e.devDir, free, l)
 	}
-	e.createPod("host-root", script, hostAccess(false), runOnce)
+	e.createPod("host-root", script, e.hostAccess(false), runOnce)
 	e.awaitPhase("host-root", corev1.PodSucceeded, 2*time.Minute)
 	if l := e.logs("host-root"); !strings.Contains(l, "OPENED") {
-		e.t.Errorf("root opening the free %s/%s through the host path: %q, want it opened", devDir, free, l)
+		e.t.Errorf("root opening the free %s/%s through the host path: %q, want it opened", e.devDir, free, l)
 	}
 	e.deletePod("host-nonroot")
 	e.deletePod("host-root")
@@ -156,9 +156,9 @@ func (e *env) hostPathNeedsRoot(held string) {
 func (e *env) controlNeedsSysAdmin(target string) {
 	e.t.Helper()
 	before := e.devInfo(target)
-	e.createPod("ctl-denied", "", withImage(e.image, "/accel-plugin", "events", "--dir", devDir), hostAccess(false))
+	e.createPod("ctl-denied", "", withImage(e.image, "/accel-plugin", "events", "--dir", e.devDir), e.hostAccess(false))
 	e.awaitPhase("ctl-denied", corev1.PodRunning, 2*time.Minute)
-	ctl := []string{"/accel-plugin", "sim", "ctl", "--dir", devDir, "fault", target, "malfunction"}
+	ctl := []string{"/accel-plugin", "sim", "ctl", "--dir", e.devDir, "fault", target, "malfunction"}
 	out, err := e.exec("ctl-denied", ctl...)
 	if err == nil || !strings.Contains(strings.ToLower(out), "operation not permitted") {
 		e.t.Errorf("sim ctl from a root pod without CAP_SYS_ADMIN: err %v, output %q; want EPERM", err, out)

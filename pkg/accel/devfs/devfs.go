@@ -39,6 +39,7 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/prometheus/procfs"
 	"golang.org/x/sys/unix"
 
 	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel"
@@ -196,20 +197,20 @@ func CheckMountpoint(dir string) error {
 // IsMountpoint reports whether abs (an absolute, clean path) is a mountpoint
 // in this mount namespace.
 func IsMountpoint(abs string) (bool, error) {
-	data, err := os.ReadFile("/proc/self/mountinfo")
+	mounts, err := procfs.GetMounts()
 	if err != nil {
 		return false, fmt.Errorf("read mount table: %w", err)
 	}
-	for line := range strings.SplitSeq(string(data), "\n") {
-		fields := strings.Fields(line)
-		if len(fields) > 4 && unescapeMountPath(fields[4]) == abs {
+	for _, m := range mounts {
+		if unescapeMountPath(m.MountPoint) == abs {
 			return true, nil
 		}
 	}
 	return false, nil
 }
 
-// unescapeMountPath undoes the octal escapes of /proc/self/mountinfo.
+// unescapeMountPath undoes the octal escapes of /proc/self/mountinfo
+// (\040 for a space, \011, \012, \134), which procfs leaves in place.
 func unescapeMountPath(s string) string {
 	if !strings.Contains(s, `\`) {
 		return s
