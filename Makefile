@@ -117,7 +117,7 @@ cluster-down: localcluster
 
 ## e2e: the end-to-end suite on the local cluster (brought up if needed)
 e2e: cluster-up $(HELM)
-	cd $(E2E) && ACCEL_E2E_KUBECONFIG=$$($(CURDIR)/$(LOCALCLUSTER) kubeconfig) ACCEL_E2E_HELM=$(HELM) \
+	cd $(E2E) && ACCEL_E2E_KUBECONFIG=$$($(CURDIR)/$(LOCALCLUSTER) kubeconfig) ACCEL_E2E_HELM=$(HELM) ACCEL_E2E_IMAGE=$(IMAGE) \
 	  ACCEL_E2E_RESTART_KUBELET="$(CURDIR)/$(LOCALCLUSTER) restart-kubelet" \
 	  $(GO) test -count=1 -v -timeout 20m ./suite/
 
@@ -125,12 +125,12 @@ e2e: cluster-up $(HELM)
 ## without a Docker engine)
 KIND_CLUSTER := accel-e2e
 e2e-kind: $(HELM)
-	docker build -t $(IMAGE) .
+	docker build --build-arg VERSION=$(VERSION) -t $(IMAGE) .
 	docker pull busybox:1.36 && docker tag busybox:1.36 localhost/busybox:1.36
 	kind get clusters | grep -qx $(KIND_CLUSTER) || kind create cluster --config $(E2E)/kind.yaml
 	kind load docker-image $(IMAGE) localhost/busybox:1.36 --name $(KIND_CLUSTER)
 	kind get kubeconfig --name $(KIND_CLUSTER) > $(CURDIR)/$(OUT)/kind.kubeconfig
-	cd $(E2E) && ACCEL_E2E_KUBECONFIG=$(CURDIR)/$(OUT)/kind.kubeconfig ACCEL_E2E_HELM=$(HELM) \
+	cd $(E2E) && ACCEL_E2E_KUBECONFIG=$(CURDIR)/$(OUT)/kind.kubeconfig ACCEL_E2E_HELM=$(HELM) ACCEL_E2E_IMAGE=$(IMAGE) \
 	  ACCEL_E2E_RESTART_KUBELET="docker exec $(KIND_CLUSTER)-control-plane systemctl restart kubelet" \
 	  $(GO) test -count=1 -v -timeout 20m ./suite/
 
