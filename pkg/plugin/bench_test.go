@@ -54,7 +54,7 @@ func BenchmarkAllocate(b *testing.B) {
 // unplug) command returning in the simulator to the ListAndWatch update
 // arriving at the stand-in kubelet.
 func BenchmarkHotplugToListAndWatch(b *testing.B) {
-	h := startHarness(b, 4, 1, 1)
+	h := startFUSEHarness(b, "hot-plug latency through a real FUSE mount and its event file", 4, 1, 1, nil)
 	h.kubelet.awaitList(30*time.Second, computeRes, 4, 4)
 	samples := make([]time.Duration, 0, b.N)
 	b.ResetTimer()

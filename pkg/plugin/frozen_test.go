@@ -16,10 +16,11 @@ import (
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 )
 
-// These tests freeze a real device daemon (a separate process serving a
-// FUSE mount) with SIGSTOP: only the kernel shows how syscalls on its mount
-// then block, so they need root (see requireFUSE). The in-memory daemon
-// tests (simsource_test.go) cover the same logic without root.
+// TestFrozenDaemonUnhealthyThenRecovers freezes a real device daemon (a
+// separate process serving a FUSE mount) with SIGSTOP: only the kernel
+// shows how syscalls on its mount then block, so it needs root (see
+// requireFUSE). TestSimSourceFrozenDaemon covers the same logic on the
+// in-memory daemon without root; TestDeadDaemonFailsReadyz runs on it.
 
 // threads is this process's OS thread count.
 func threads(t *testing.T) int {
@@ -70,7 +71,8 @@ func awaitProbe(t *testing.T, client *http.Client, url string, code int, want st
 // goroutines; after SIGCONT everything is healthy again, no restart.
 func TestFrozenDaemonUnhealthyThenRecovers(t *testing.T) {
 	const timeout = 500 * time.Millisecond
-	h := startHarnessWith(t, 3, 1, 2, func(c *Config) { c.DaemonTimeout, c.MetricsAddr = timeout, "127.0.0.1:0" })
+	h := startFUSEHarness(t, "that calls into a daemon stopped with SIGSTOP block in the kernel, and that scrapes then grow neither threads nor goroutines",
+		3, 1, 2, func(c *Config) { c.DaemonTimeout, c.MetricsAddr = timeout, "127.0.0.1:0" })
 	compute := h.kubelet.awaitList(settle, computeRes, 3, 3)
 	h.kubelet.awaitList(settle, monitorRes, 6, 6)
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
@@ -139,16 +141,18 @@ func TestFrozenDaemonUnhealthyThenRecovers(t *testing.T) {
 }
 
 // Item 4: a dead daemon (killed: its mount answers ENOTCONN) makes /readyz
-// 503 and says so.
+// 503 and says so. The in-memory daemon answers ENOTCONN as a killed FUSE
+// daemon's mount does (TestDaemonKilledAllUnhealthyThenRecovers shows the
+// kernel's answer).
 func TestDeadDaemonFailsReadyz(t *testing.T) {
 	h := startHarnessWith(t, 2, 1, 1, func(c *Config) { c.MetricsAddr = "127.0.0.1:0" })
 	h.kubelet.awaitList(settle, computeRes, 2, 2)
 	client := &http.Client{Timeout: 10 * time.Second}
 	base := "http://" + h.plugin.metricsL.Addr().String()
 	awaitProbe(t, client, base+"/readyz", 200, "ok", settle)
-	h.sim.kill(t)
+	h.mem.kill()
 	body := awaitProbe(t, client, base+"/readyz", http.StatusServiceUnavailable, "dead", 2*time.Second)
-	if !strings.Contains(body, h.sim.dir) || !strings.Contains(body, "ENOTCONN") {
+	if !strings.Contains(body, h.daemonDir()) || !strings.Contains(body, "ENOTCONN") {
 		t.Errorf("/readyz %q does not name the dead daemon and ENOTCONN", body)
 	}
 }

@@ -74,13 +74,17 @@ func runSimHelper(spec string) int {
 	return 0
 }
 
-func requireFUSE(t testing.TB) {
+// requireFUSE skips the test unless it can mount a FUSE simulator (root
+// for allow_other, and /dev/fuse). why says what only the kernel can show
+// here; the skip message carries it, so a non-root run says what it left
+// untested.
+func requireFUSE(t testing.TB, why string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root (FUSE mount with allow_other); run `make test` as root")
+		t.Skipf("needs root: mounts a FUSE simulator (allow_other) to show %s; run as root to include it", why)
 	}
 	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skip("needs /dev/fuse (modprobe fuse)")
+		t.Skipf("needs /dev/fuse (modprobe fuse): mounts a FUSE simulator to show %s", why)
 	}
 }
 
@@ -93,7 +97,7 @@ type simProc struct {
 // startSim starts a device daemon serving devices on dir.
 func startSim(t testing.TB, dir string, devices, numa int) *simProc {
 	t.Helper()
-	requireFUSE(t)
+	requireFUSE(t, "a device daemon in its own process")
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %d %d", simHelperEnv, dir, devices, numa), "GORACE=atexit_sleep_ms=0")
 	cmd.Stderr = os.Stderr
@@ -367,8 +371,11 @@ func (k *fakeKubelet) awaitList(d time.Duration, resource string, total, healthy
 	return got
 }
 
-// harness is a device daemon, a stand-in kubelet and the plugin under test.
+// harness is a device daemon, a stand-in kubelet and the plugin under
+// test. The daemon is either in memory (mem, startHarness) or a FUSE
+// simulator in its own process (sim, startFUSEHarness).
 type harness struct {
+	mem     *memDaemon
 	sim     *simProc
 	kubelet *fakeKubelet
 	plugin  *Plugin
@@ -381,15 +388,25 @@ const (
 	monitorRes = "accel.io/ac-monitor"
 )
 
+// startHarness runs the plugin over an in-memory daemon (see
+// startMemHarness): what the plugin does with what it discovers needs
+// neither root nor FUSE.
 func startHarness(t testing.TB, devices, numa, slots int) *harness {
 	t.Helper()
-	return startHarnessWith(t, devices, numa, slots, nil)
+	return startMemHarness(t, devices, numa, slots, nil)
 }
 
-// startHarnessWith lets the test adjust the plugin's config.
+// startHarnessWith is startHarness with the plugin's config adjusted.
 func startHarnessWith(t testing.TB, devices, numa, slots int, adjust func(*Config)) *harness {
 	t.Helper()
-	requireFUSE(t)
+	return startMemHarness(t, devices, numa, slots, adjust)
+}
+
+// startFUSEHarness runs the plugin over a FUSE simulator in its own
+// process, for what only the kernel can show (why, in the skip message).
+func startFUSEHarness(t testing.TB, why string, devices, numa, slots int, adjust func(*Config)) *harness {
+	t.Helper()
+	requireFUSE(t, why)
 	root := t.TempDir()
 	kdir := filepath.Join(root, "device-plugins")
 	if err := os.Mkdir(kdir, 0o755); err != nil {
@@ -434,9 +451,11 @@ func (h *harness) stop(t testing.TB) {
 	}
 }
 
-// testLogger logs through t at debug level when -v is given.
+// testLogger logs through t at debug level when -v is given. A fuzz
+// target's logger discards: the resources it builds log from inside the
+// fuzz function, where f.Log panics.
 func testLogger(t testing.TB) *slog.Logger {
-	if !testing.Verbose() {
+	if _, fuzz := t.(*testing.F); fuzz || !testing.Verbose() {
 		return slog.New(slog.DiscardHandler)
 	}
 	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))

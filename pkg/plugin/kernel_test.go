@@ -19,11 +19,12 @@ import (
 //	accel0  habanalabs-like: serial_number and status attributes, NUMA node 1
 //	accel1  ivpu-like: no serial, no status, no NUMA node
 //	accel2  in sysfs, but its node is missing
+//
+// The nodes are symlinks to /dev/null: character devices any user can
+// make, and the source only asks that a node be one (stat, S_IFCHR).
+// TestKernelSourceRealNode shows a node made with mknod, as root.
 func fakeSysfs(t *testing.T) (classDir, devDir string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create character device nodes")
-	}
 	root := t.TempDir()
 	classDir = filepath.Join(root, "sys/class/accel")
 	devDir = filepath.Join(root, "dev/accel")
@@ -64,13 +65,30 @@ func fakeSysfs(t *testing.T) (classDir, devDir string) {
 	write(filepath.Join(pci, "0000:3b:00.0", "serial_number"), "AN-0042")
 	write(filepath.Join(classDir, "accel0", "status"), "operational")
 	write(filepath.Join(classDir, "accel2", "status"), "operational")
-	mknod(t, filepath.Join(devDir, "accel0"), 0)
-	mknod(t, filepath.Join(devDir, "accel1"), 1)
+	charNode(t, filepath.Join(devDir, "accel0"))
+	charNode(t, filepath.Join(devDir, "accel1"))
 	return classDir, devDir
 }
 
+// charNode makes path a character device without root: a symlink to
+// /dev/null.
+func charNode(t *testing.T, path string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/dev/null", path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// mknod makes path the character device 261:minor (accel's major), as the
+// kernel does; it needs root (CAP_MKNOD).
 func mknod(t *testing.T, path string, minor uint32) {
 	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: mknod of a character device node (CAP_MKNOD), to show the source accepts a node as the kernel makes it")
+	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +154,7 @@ func TestKernelSourceIdentityAndHealth(t *testing.T) {
 	if err := os.Remove(filepath.Join(devDir, "accel1")); err != nil {
 		t.Fatal(err)
 	}
-	mknod(t, filepath.Join(devDir, "accel2"), 2)
+	charNode(t, filepath.Join(devDir, "accel2"))
 	awaitDevices(t, store, time.Second, "accel1 unhealthy, accel2 healthy", func(m map[string]Device) bool {
 		return !m["accel1"].Healthy && m["accel2"].Healthy
 	})
@@ -149,6 +167,24 @@ func TestKernelSourceIdentityAndHealth(t *testing.T) {
 		t.Fatal(err)
 	}
 	awaitDevices(t, store, time.Second, "accel2 removed", func(m map[string]Device) bool { _, ok := m["accel2"]; return !ok })
+}
+
+// A node made with mknod (261:N, as the kernel makes it) is usable; a
+// regular file where the node should be is not, and says why.
+func TestKernelSourceRealNode(t *testing.T) {
+	classDir, devDir := kernelSysfs(t, kernelDev{name: "accel0", pci: "0000:3b:00.0", serial: "AN-1"},
+		kernelDev{name: "accel1", pci: "0000:3c:00.0", serial: "AN-2"})
+	mknod(t, filepath.Join(devDir, "accel0"), 0)
+	if err := os.WriteFile(filepath.Join(devDir, "accel1"), nil, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	store := runKernelSource(t, classDir, devDir, time.Hour)
+	devs := awaitDevices(t, store, 5*time.Second, "accel0 healthy, accel1 unhealthy", func(m map[string]Device) bool {
+		return len(m) == 2 && m["accel0"].Healthy && !m["accel1"].Healthy
+	})
+	if r := devs["accel1"].Reason; !strings.Contains(r, "not a character device") {
+		t.Errorf("accel1 (a regular file) reason %q; want \"not a character device\"", r)
+	}
 }
 
 // sysfs attributes do not notify: a status change is seen at the resync.

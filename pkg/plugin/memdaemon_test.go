@@ -33,6 +33,8 @@ type memDaemon struct {
 	calls   atomic.Int64 // calls that reached the daemon
 	blocked atomic.Int64 // calls waiting in a frozen daemon now
 	opened  []string     // every path opened, in order
+
+	nextSerial int // serial number of the next hot-plugged device: serials are never reused
 }
 
 type memDev struct {
@@ -41,7 +43,7 @@ type memDev struct {
 }
 
 func newMemDaemon(devices int) *memDaemon {
-	d := &memDaemon{dir: "/mem/dev", devs: map[int]*memDev{}, events: true, streams: map[*memStream]bool{}}
+	d := &memDaemon{dir: "/mem/dev", devs: map[int]*memDev{}, events: true, streams: map[*memStream]bool{}, nextSerial: devices}
 	for i := range devices {
 		d.devs[i] = &memDev{compute: true, monitor: true, info: accel.Info{
 			Name: accel.ComputeName(i), Index: uint32(i), Serial: fmt.Sprintf("MEM-%04d", i),
@@ -118,6 +120,11 @@ func (d *memDaemon) change(i int, edit func(*memDev), ev accel.EventType) {
 	if dev := d.devs[i]; dev != nil {
 		e.Serial, e.Status = dev.info.Serial, dev.info.Status
 	}
+	d.emitLocked(e)
+}
+
+// emitLocked sends e to every open event stream; d.mu is held.
+func (d *memDaemon) emitLocked(e accel.Event) {
 	for s := range d.streams {
 		select {
 		case s.ch <- e:

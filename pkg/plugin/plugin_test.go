@@ -25,7 +25,7 @@ func TestRegistersBothResourcesAndListsDevices(t *testing.T) {
 
 	numa := map[string]int64{}
 	for _, d := range compute.devices {
-		if !strings.HasPrefix(d.ID, "SIM-") {
+		if !strings.HasPrefix(d.ID, "MEM-") {
 			t.Errorf("compute ID %q is not the device serial", d.ID)
 		}
 		if d.Topology == nil || len(d.Topology.Nodes) != 1 {
@@ -174,7 +174,7 @@ func TestAllocateRejectsUnknownAndUnhealthy(t *testing.T) {
 		}
 	}
 
-	h.sim.ctl(t, "fault ac0 malfunction")
+	h.ctl(t, "fault ac0 malfunction")
 	h.kubelet.awaitList(time.Second, computeRes, 2, 1)
 	err := alloc(computeRes, good)
 	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), good) ||
@@ -206,7 +206,7 @@ func TestChangesReachListAndWatchFast(t *testing.T) {
 		{"add 2", 4, 4, 8, 8},
 	} {
 		start := time.Now()
-		h.sim.ctl(t, step.cmd)
+		h.ctl(t, step.cmd)
 		h.kubelet.awaitList(2*time.Second, computeRes, step.total, step.healthy)
 		at := h.kubelet.awaitList(2*time.Second, monitorRes, step.mtotal, step.mhealthy).at
 		if lat := at.Sub(start); lat > bound {
@@ -223,9 +223,9 @@ func TestChangesReachListAndWatchFast(t *testing.T) {
 func TestDeviceIDsStableAndNeverReused(t *testing.T) {
 	h := startHarness(t, 3, 1, 1)
 	before := ids(h.kubelet.awaitList(settle, computeRes, 3, 3))
-	h.sim.ctl(t, "remove ac1")
+	h.ctl(t, "remove ac1")
 	h.kubelet.awaitList(2*time.Second, computeRes, 2, 2)
-	h.sim.ctl(t, "add")
+	h.ctl(t, "add")
 	after := ids(h.kubelet.awaitList(2*time.Second, computeRes, 3, 3))
 	if slices.Equal(before, after) {
 		t.Fatalf("IDs unchanged after unplug + plug: %v", after)
@@ -239,10 +239,7 @@ func TestDeviceIDsStableAndNeverReused(t *testing.T) {
 	// Restart the plugin against the same daemon: same IDs.
 	h.stop(t)
 	k2 := newFakeKubelet(t, filepath.Join(t.TempDir()))
-	p, err := New(Config{DevDir: h.sim.dir, KubeletDir: k2.dir, ResourcePrefix: "accel.io", MonitorSlots: 1, Resync: time.Minute, DaemonTimeout: DefaultDaemonTimeout, Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := newMemPlugin(t, Config{DevDir: h.daemonDir(), KubeletDir: k2.dir, ResourcePrefix: "accel.io", MonitorSlots: 1, Resync: time.Minute, DaemonTimeout: DefaultDaemonTimeout, Logger: testLogger(t)}, h.mem)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- p.Run(ctx) }()
@@ -302,7 +299,7 @@ func TestRegistersWhenKubeletAppears(t *testing.T) {
 // When the device daemon dies, every device turns unhealthy within a
 // second, and healthy again when a new daemon serves the same devices.
 func TestDaemonKilledAllUnhealthyThenRecovers(t *testing.T) {
-	h := startHarness(t, 3, 1, 2)
+	h := startFUSEHarness(t, "the kernel's ENOTCONN from a killed daemon's mount, and a new daemon taking over the dead mount", 3, 1, 2, nil)
 	before := ids(h.kubelet.awaitList(settle, computeRes, 3, 3))
 	h.kubelet.awaitList(settle, monitorRes, 6, 6)
 	start := time.Now()
@@ -360,8 +357,8 @@ func TestConcurrentAllocate(t *testing.T) {
 		})
 	}
 	// Changes while allocating: discovery publishes concurrently.
-	h.sim.ctl(t, "add")
-	h.sim.ctl(t, "remove ac8")
+	h.ctl(t, "add")
+	h.ctl(t, "remove ac8")
 	wg.Wait()
 	close(errs)
 	for err := range errs {
@@ -480,6 +477,19 @@ func TestRegistrationRetriedWithBackoff(t *testing.T) {
 // buffered while a device read fails) still turns every device unhealthy.
 func TestDaemonKilledDuringEventBurst(t *testing.T) {
 	h := startHarness(t, 2, 1, 1)
+	h.kubelet.awaitList(settle, computeRes, 2, 2)
+	h.ctl(t, "add 60")
+	h.mem.kill()
+	h.kubelet.await(2*time.Second, "every device unhealthy after the daemon died mid-burst", func(lists map[string]list, _ map[string]int) bool {
+		l := lists[computeRes]
+		return len(l.devices) >= 2 && l.healthy() == 0
+	})
+}
+
+// The same through FUSE: events the kernel already queued on the event
+// file while the daemon dies.
+func TestDaemonKilledDuringEventBurstFUSE(t *testing.T) {
+	h := startFUSEHarness(t, "events queued in a killed FUSE daemon's event file while its mount turns ENOTCONN", 2, 1, 1, nil)
 	h.kubelet.awaitList(settle, computeRes, 2, 2)
 	h.sim.ctl(t, "add 60")
 	h.sim.kill(t)
