@@ -182,8 +182,11 @@ func TestSimSourceFrozenDaemon(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if el := time.Since(start); el > timeout+500*time.Millisecond {
-			t.Errorf("scrape took %s with the daemon frozen; want within the daemon timeout %s", el, timeout)
+		// Without the gate a scrape blocks for as long as the daemon is
+		// frozen; the slack only absorbs a loaded machine (Gather also runs
+		// the Go and process collectors).
+		if el := time.Since(start); el > timeout+3*time.Second {
+			t.Errorf("scrape took %s with the daemon frozen; want it bounded by the daemon timeout %s", el, timeout)
 		}
 		if v := gaugeValue(mfs, "accel_device_info_readable", "ac0"); v != 0 {
 			t.Errorf("accel_device_info_readable{device=ac0} = %v with the daemon frozen, want 0", v)
