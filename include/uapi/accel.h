@@ -8,7 +8,10 @@
  *                fails with EBUSY until the holder's last descriptor closes)
  *   acN_monitor  monitor node: any number of readers; read() returns a
  *                one-line summary
- * Both answer ACCEL_IOCTL_INFO. All integers are little-endian; strings are
+ * Both answer ACCEL_IOCTL_INFO. Command numbers ACCEL_DRIVER_CMD_BASE up to
+ * ACCEL_DRIVER_CMD_END belong to the device's driver, and each driver
+ * declares its own in its <driver>_accel.h (fakedev: fakedev_accel.h), as
+ * kernel accel drivers do. All integers are little-endian; strings are
  * UTF-8, NUL-terminated within their fixed fields (a long one is cut at a
  * character boundary). Readers should refuse a field without its NUL and a
  * status they do not know.
@@ -67,16 +70,5 @@ struct accel_info {
 };
 
 #define ACCEL_IOCTL_INFO _IOR(ACCEL_IOCTL_BASE, 0x00, struct accel_info)
-
-/* fakedev (simulated devices) driver-specific commands. */
-struct fakedev_mem_alloc {
-	__u64 size;   /* in: bytes */
-	__u64 handle; /* out */
-};
-struct fakedev_mem_free {
-	__u64 handle;
-};
-#define FAKEDEV_IOCTL_MEM_ALLOC _IOWR(ACCEL_IOCTL_BASE, ACCEL_DRIVER_CMD_BASE + 0, struct fakedev_mem_alloc)
-#define FAKEDEV_IOCTL_MEM_FREE  _IOW(ACCEL_IOCTL_BASE, ACCEL_DRIVER_CMD_BASE + 1, struct fakedev_mem_free)
 
 #endif /* ACCEL_UAPI_H */

@@ -3,6 +3,9 @@ package accel
 // This file is the user-space API (uAPI) of the accel core: the ioctl numbers
 // and the binary layout of the info struct. It is the single source of truth;
 // include/uapi/accel.h is its C rendering and a test keeps the two in step.
+// accel.h holds only the core; each driver declares its commands in its own
+// header that includes it, as kernel accel drivers do (fakedev:
+// include/uapi/fakedev_accel.h, rendering pkg/fakedev's uapi.go).
 //
 // Ioctl numbers follow Linux's _IOC encoding (direction, size, type, number)
 // so that FUSE forwards them to the daemon (the kernel's "restricted" ioctl

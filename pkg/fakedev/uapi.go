@@ -6,8 +6,10 @@ import (
 	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel"
 )
 
-// Driver-specific commands of fakedev devices (compute node only). Their
-// C declarations are in include/uapi/accel.h.
+// Driver-specific commands of fakedev devices (compute node only). This
+// file is their source of truth; their C declarations are in the driver's
+// own header, include/uapi/fakedev_accel.h (it includes the core's
+// accel.h), and a test keeps the two in step.
 //
 //	struct fakedev_mem_alloc { __u64 size; __u64 handle; };  // in: size; out: handle
 //	struct fakedev_mem_free  { __u64 handle; };

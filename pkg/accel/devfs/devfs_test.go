@@ -2,6 +2,8 @@ package devfs
 
 import (
 	"bufio"
+	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -395,31 +397,33 @@ func TestMountpointErrors(t *testing.T) {
 	}
 }
 
-// TestInfoFromC proves the uAPI is usable outside Go: a C program built
-// against include/uapi/accel.h agrees with the Go layout and reads a
-// device's info through the ioctl.
+// TestInfoFromC proves the core uAPI is usable outside Go: a C program
+// built against include/uapi/accel.h alone agrees with pkg/accel's layout,
+// ioctl number, command ranges and status values, and reads a device's
+// info through the ioctl. The program does not compile if accel.h declares
+// a driver's commands (they belong in the driver's own header; see
+// TestFakedevFromC).
 func TestInfoFromC(t *testing.T) {
-	gcc, err := exec.LookPath("gcc")
-	if err != nil {
-		t.Skip("gcc not found: install build-essential to run the C uAPI test")
-	}
-	bin := filepath.Join(t.TempDir(), "info")
-	out, err := exec.Command(gcc, "-Wall", "-Werror", "-std=c11", "-D_GNU_SOURCE", "-I", "../../../include/uapi",
-		"-o", bin, "testdata/info.c").CombinedOutput()
-	if err != nil {
-		t.Fatalf("gcc: %v\n%s", err, out)
-	}
+	bin := buildC(t, "info")
 	layout := runKV(t, bin, "--layout")
 	for key, want := range map[string]string{
 		"sizeof": strconv.Itoa(accel.InfoSize), "size": "0", "version": "4", "index": "8", "status": "12",
 		"memory_total": "16", "memory_used": "24", "numa_node": "32", "flags": "36", "holder_pid": "40",
 		"monitor_clients": "44", "reset_count": "48", "name": "56", "driver": "88", "model": "120", "serial": "184",
-		"ACCEL_IOCTL_INFO":        fmt.Sprintf("%#x", accel.IoctlInfo),
-		"FAKEDEV_IOCTL_MEM_ALLOC": fmt.Sprintf("%#x", fakedev.IoctlMemAlloc),
-		"FAKEDEV_IOCTL_MEM_FREE":  fmt.Sprintf("%#x", fakedev.IoctlMemFree),
+		"ACCEL_IOCTL_INFO":               fmt.Sprintf("%#x", accel.IoctlInfo),
+		"ACCEL_IOCTL_BASE":               fmt.Sprintf("%#x", accel.IoctlType),
+		"ACCEL_DRIVER_CMD_BASE":          fmt.Sprintf("%#x", accel.DriverCommandBase),
+		"ACCEL_DRIVER_CMD_END":           fmt.Sprintf("%#x", accel.DriverCommandEnd),
+		"ACCEL_INFO_VERSION":             strconv.Itoa(accel.InfoVersion),
+		"ACCEL_INFO_FLAG_COMPUTE_IN_USE": fmt.Sprintf("%#x", accel.InfoFlagComputeInUse),
+		"ACCEL_STATUS_OPERATIONAL":       strconv.Itoa(int(accel.StatusOperational)),
+		"ACCEL_STATUS_IN_RESET":          strconv.Itoa(int(accel.StatusInReset)),
+		"ACCEL_STATUS_MALFUNCTION":       strconv.Itoa(int(accel.StatusMalfunction)),
+		"ACCEL_STATUS_NEEDS_RESET":       strconv.Itoa(int(accel.StatusNeedsReset)),
+		"ACCEL_STATUS_REMOVED":           strconv.Itoa(int(accel.StatusRemoved)),
 	} {
 		if layout[key] != want {
-			t.Errorf("C header %s = %s, Go uAPI says %s", key, layout[key], want)
+			t.Errorf("C header accel.h: %s = %q, pkg/accel says %q", key, layout[key], want)
 		}
 	}
 
@@ -441,6 +445,69 @@ func TestInfoFromC(t *testing.T) {
 			t.Errorf("C program read %s = %q, want %q", key, got[key], want)
 		}
 	}
+}
+
+// TestFakedevFromC proves the fakedev driver's uAPI is usable outside Go: a
+// C program built against include/uapi/fakedev_accel.h alone (it must bring
+// in accel.h itself) agrees with pkg/fakedev's ioctl numbers and argument
+// encoding, and allocates and frees device memory through them.
+func TestFakedevFromC(t *testing.T) {
+	bin := buildC(t, "fakedev")
+	layout := runKV(t, bin, "--layout")
+	allocArg := fakedev.EncodeMemAlloc(0x0102030405060708)
+	binary.LittleEndian.PutUint64(allocArg[8:], 0x1112131415161718) // what the driver writes back
+	for key, want := range map[string]string{
+		"sizeof_mem_alloc": strconv.Itoa(len(fakedev.EncodeMemAlloc(0))),
+		"mem_alloc.size":   "0", "mem_alloc.handle": "8",
+		"sizeof_mem_free":         strconv.Itoa(len(fakedev.EncodeMemFree(0))),
+		"mem_free.handle":         "0",
+		"mem_alloc_bytes":         hex.EncodeToString(allocArg),
+		"mem_free_bytes":          hex.EncodeToString(fakedev.EncodeMemFree(0x2122232425262728)),
+		"FAKEDEV_IOCTL_MEM_ALLOC": fmt.Sprintf("%#x", fakedev.IoctlMemAlloc),
+		"FAKEDEV_IOCTL_MEM_FREE":  fmt.Sprintf("%#x", fakedev.IoctlMemFree),
+	} {
+		if layout[key] != want {
+			t.Errorf("C header fakedev_accel.h: %s = %q, pkg/fakedev says %q", key, layout[key], want)
+		}
+	}
+	if b, err := hex.DecodeString(layout["mem_alloc_bytes"]); err != nil || len(b) < 16 || fakedev.DecodeMemAlloc(b) != 0x1112131415161718 {
+		t.Errorf("pkg/fakedev decodes C's struct fakedev_mem_alloc %q to a different handle (%v)", layout["mem_alloc_bytes"], err)
+	}
+
+	requireFUSE(t)
+	m := mountSim(t, 1)
+	const size = 1 << 20
+	got := runKV(t, bin, m.path("ac0"), strconv.Itoa(size))
+	for key, want := range map[string]string{
+		"size": strconv.Itoa(size), "memory_used": strconv.Itoa(size), "free": "0", "free_again": "EINVAL",
+	} {
+		if got[key] != want {
+			t.Errorf("C program: %s = %q, want %q", key, got[key], want)
+		}
+	}
+	if got["handle"] == "" || got["handle"] == "0" {
+		t.Errorf("C program got handle %q, want a nonzero handle", got["handle"])
+	}
+	if used := infoOf(t, m.path("ac0_monitor")).MemoryUsed; used != 0 {
+		t.Errorf("memory_used after the C program freed its allocation = %d, want 0", used)
+	}
+}
+
+// buildC compiles testdata/NAME.c against include/uapi with warnings as
+// errors, skipping the test when there is no C compiler.
+func buildC(t *testing.T, name string) string {
+	t.Helper()
+	gcc, err := exec.LookPath("gcc")
+	if err != nil {
+		t.Skip("gcc not found: install build-essential to run the C uAPI tests")
+	}
+	bin := filepath.Join(t.TempDir(), name)
+	out, err := exec.Command(gcc, "-Wall", "-Werror", "-std=c11", "-D_GNU_SOURCE", "-I", "../../../include/uapi",
+		"-o", bin, filepath.Join("testdata", name+".c")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("gcc %s.c: %v\n%s", name, err, out)
+	}
+	return bin
 }
 
 func runKV(t *testing.T, bin string, args ...string) map[string]string {

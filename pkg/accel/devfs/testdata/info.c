@@ -1,5 +1,5 @@
-/* info.c - reads a device's info through the accel uAPI, as any C program
- * would. Usage: info PATH   prints key=value lines;
+/* info.c - reads a device's info through the accel core uAPI (accel.h
+ * alone), as any C program would. Usage: info PATH   prints key=value lines;
  *               info --layout  prints the struct layout and ioctl numbers. */
 #include <errno.h>
 #include <fcntl.h>
@@ -10,6 +10,12 @@
 #include <unistd.h>
 
 #include "accel.h"
+
+/* The core header declares no driver's commands: those are in each
+ * driver's <driver>_accel.h. */
+#if defined(FAKEDEV_IOCTL_MEM_ALLOC) || defined(FAKEDEV_IOCTL_MEM_FREE)
+#error "accel.h declares fakedev commands; they belong in fakedev_accel.h"
+#endif
 
 #define OFF(f) printf(#f "=%zu\n", offsetof(struct accel_info, f))
 
@@ -22,8 +28,15 @@ int main(int argc, char **argv)
 		OFF(monitor_clients); OFF(reset_count); OFF(name); OFF(driver);
 		OFF(model); OFF(serial);
 		printf("ACCEL_IOCTL_INFO=%#lx\n", (unsigned long)ACCEL_IOCTL_INFO);
-		printf("FAKEDEV_IOCTL_MEM_ALLOC=%#lx\n", (unsigned long)FAKEDEV_IOCTL_MEM_ALLOC);
-		printf("FAKEDEV_IOCTL_MEM_FREE=%#lx\n", (unsigned long)FAKEDEV_IOCTL_MEM_FREE);
+		printf("ACCEL_IOCTL_BASE=%#x\n", ACCEL_IOCTL_BASE);
+		printf("ACCEL_DRIVER_CMD_BASE=%#x\n", ACCEL_DRIVER_CMD_BASE);
+		printf("ACCEL_DRIVER_CMD_END=%#x\n", ACCEL_DRIVER_CMD_END);
+		printf("ACCEL_INFO_VERSION=%d\n", ACCEL_INFO_VERSION);
+		printf("ACCEL_INFO_FLAG_COMPUTE_IN_USE=%#x\n", ACCEL_INFO_FLAG_COMPUTE_IN_USE);
+		printf("ACCEL_STATUS_OPERATIONAL=%d\nACCEL_STATUS_IN_RESET=%d\nACCEL_STATUS_MALFUNCTION=%d\n"
+		       "ACCEL_STATUS_NEEDS_RESET=%d\nACCEL_STATUS_REMOVED=%d\n",
+		       ACCEL_STATUS_OPERATIONAL, ACCEL_STATUS_IN_RESET, ACCEL_STATUS_MALFUNCTION,
+		       ACCEL_STATUS_NEEDS_RESET, ACCEL_STATUS_REMOVED);
 		return 0;
 	}
 	if (argc != 2) {
