@@ -9,9 +9,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 )
 
 // Cluster is a running local cluster.
@@ -21,14 +18,6 @@ type Cluster struct {
 	Kubeconfig string
 	// NodeName is the only node: the host name, lower case.
 	NodeName string
-	// Timings of Up's phases, in order.
-	Timings []Timing
-}
-
-// Timing is how long one phase of Up took.
-type Timing struct {
-	Phase string
-	Took  time.Duration
 }
 
 // NodeName is the name kubelet registers the node under.
@@ -46,12 +35,6 @@ func (o Options) LogFile(component string) string { return paths{o: o.Defaults()
 
 // ContainerdSocket is the CRI endpoint of the cluster's containerd.
 func (o Options) ContainerdSocket() string { return paths{o: o.Defaults()}.containerdSock() }
-
-// Client is an admin clientset.
-func (c *Cluster) Client() (*kubernetes.Clientset, error) { return c.Options.clientset() }
-
-// REST is the admin client configuration.
-func (c *Cluster) REST() (*rest.Config, error) { return c.Options.RESTConfig() }
 
 // Down tears the cluster down.
 func (c *Cluster) Down(ctx context.Context) error { return Down(ctx, c.Options) }
@@ -146,7 +129,6 @@ func Up(ctx context.Context, o Options) (*Cluster, error) {
 	last := t0
 	phase := func(name string) {
 		now := time.Now()
-		c.Timings = append(c.Timings, Timing{name, now.Sub(last)})
 		o.logf("%-28s %6.1fs", name, now.Sub(last).Seconds())
 		last = now
 	}

@@ -104,12 +104,12 @@ func down(ctx context.Context, o Options) error {
 	// containerd's rootfs/shm, the FUSE mount of a dead simulator, our shared
 	// bind mounts.
 	for _, n := range append(netns, orphanPodNetns(ctx)...) {
-		unmountTree(n, false)
+		unmountTree(n)
 		os.Remove(n)
 	}
-	add(unmountTree(KubeletDir, true))
-	add(unmountTree(o.RunDir, true))
-	add(unmountTree(o.StateDir, true))
+	add(unmountTree(KubeletDir))
+	add(unmountTree(o.RunDir))
+	add(unmountTree(o.StateDir))
 	add(unmountDeadFUSE(fuseDevDir))
 	var madeDirs []string
 	if b, err := os.ReadFile(filepath.Join(o.RunDir, sharedMarker)); err == nil {
@@ -124,7 +124,7 @@ func down(ctx context.Context, o Options) error {
 					o.logf("leaving %s bind-mounted: %s is still mounted", m, mps[0])
 					continue
 				}
-				add(unmountTree(m, true))
+				add(unmountTree(m))
 			case "mkdir":
 				madeDirs = append(madeDirs, m)
 			}
@@ -199,9 +199,8 @@ func unescapeMount(s string) string {
 }
 
 // unmountTree unmounts every mount at or below dir, deepest first (and each
-// one as many times as it is stacked); includeSelf=false keeps going even
-// if dir is not a mount. Busy mounts are detached lazily.
-func unmountTree(dir string, includeSelf bool) error {
+// one as many times as it is stacked). Busy mounts are detached lazily.
+func unmountTree(dir string) error {
 	var errs []error
 	for round := 0; round < 5; round++ {
 		mps := mountPoints(dir)
@@ -220,7 +219,6 @@ func unmountTree(dir string, includeSelf bool) error {
 	if left := mountPoints(dir); len(left) > 0 {
 		return fmt.Errorf("still mounted after unmounting: %s (%v)", strings.Join(left, " "), errors.Join(errs...))
 	}
-	_ = includeSelf
 	return nil
 }
 

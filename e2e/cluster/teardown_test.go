@@ -55,7 +55,7 @@ func TestMountPointsEscaped(t *testing.T) {
 	if got := mountPoints(base + " b"); len(got) != 0 {
 		t.Errorf("mountPoints(%q) = %q, want none", base+" b", got)
 	}
-	if err := unmountTree(outer, true); err != nil {
+	if err := unmountTree(outer); err != nil {
 		t.Fatalf("unmountTree: %v", err)
 	}
 	if got := mountPoints(base); len(got) != 0 {

@@ -40,10 +40,9 @@ import (
 type KernelSource struct {
 	// ClassDir is the accel class directory, normally /sys/class/accel.
 	ClassDir string
-	// DevDir is where this process sees the nodes, normally /dev/accel.
+	// DevDir is where this process, and also kubelet and the container
+	// runtime, see the nodes, normally /dev/accel.
 	DevDir string
-	// HostDevDir is where the host sees them (default DevDir).
-	HostDevDir string
 	// Resync is the re-read interval (0: 30 s).
 	Resync time.Duration
 	Store  *Store
@@ -62,9 +61,6 @@ func (s *KernelSource) sourceName() string { return "kernel:" + s.ClassDir }
 func (s *KernelSource) Run(ctx context.Context) error {
 	if s.Resync <= 0 {
 		s.Resync = 30 * time.Second
-	}
-	if s.HostDevDir == "" {
-		s.HostDevDir = s.DevDir
 	}
 	s.devices, s.dupIDs, s.warned = deviceSet{}, map[string]bool{}, map[string]bool{}
 	log := s.Logger.With("source", s.sourceName())
@@ -141,7 +137,7 @@ func (s *KernelSource) read(log *slog.Logger, name string, index int) Device {
 		Driver:   cleanText(driver),
 		NUMANode: -1,
 		Source:   s.sourceName(),
-		HostDir:  s.HostDevDir,
+		HostDir:  s.DevDir,
 		Kernel:   true,
 		addr:     idPart(strings.ReplaceAll(pciDev, ":", "-")),
 	}

@@ -121,7 +121,7 @@ func awaitDevices(t *testing.T, s *Store, d time.Duration, what string, cond fun
 
 func runKernelSource(t *testing.T, classDir, devDir string, resync time.Duration) *Store {
 	store := NewStore()
-	src := &KernelSource{ClassDir: classDir, DevDir: devDir, HostDevDir: "/dev/accel", Resync: resync, Store: store, Logger: testLogger(t)}
+	src := &KernelSource{ClassDir: classDir, DevDir: devDir, Resync: resync, Store: store, Logger: testLogger(t)}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- src.Run(ctx) }()
@@ -142,7 +142,7 @@ func TestKernelSourceIdentityAndHealth(t *testing.T) {
 	for name, w := range want {
 		got := devs[name]
 		if got.ID != w.ID || got.Index != w.Index || got.Driver != w.Driver || got.Model != w.Model ||
-			got.NUMANode != w.NUMANode || got.Healthy != w.Healthy || !got.Kernel || got.HostDir != "/dev/accel" {
+			got.NUMANode != w.NUMANode || got.Healthy != w.Healthy || !got.Kernel || got.HostDir != devDir {
 			t.Errorf("%s = %+v\nwant %+v", name, got, w)
 		}
 	}

@@ -53,9 +53,6 @@ type Registrar struct {
 	// again (0: 5 s). A stream that was open and ended is followed by a new
 	// registration after the (shorter) hand-over grace.
 	StreamGrace time.Duration
-
-	// policy overrides the timing in tests (zero: defaults).
-	policy policy
 }
 
 const safetyRecheck = 30 * time.Second
@@ -84,10 +81,7 @@ type registerResult struct {
 // Run serves and registers every resource until ctx ends, then stops the
 // servers and removes the sockets it created.
 func (g *Registrar) Run(ctx context.Context) error {
-	pol := g.policy
-	if pol == (policy{}) {
-		pol = defaultPolicy()
-	}
+	pol := defaultPolicy()
 	if g.StreamGrace > 0 {
 		pol.StreamGrace = g.StreamGrace
 	}
@@ -177,12 +171,6 @@ func (g *Registrar) Run(ctx context.Context) error {
 			}
 			step(r.ep, ev)
 		case <-timer.C:
-		}
-		if !timer.Stop() {
-			select {
-			case <-timer.C:
-			default:
-			}
 		}
 	}
 }

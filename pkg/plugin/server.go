@@ -26,11 +26,8 @@ type Resource struct {
 	store *Store
 	log   *slog.Logger
 
-	metrics     *Metrics      // nil: none
-	registered  atomic.Bool   // registered with the current kubelet
-	streams     atomic.Int64  // ListAndWatch streams open now
-	streamEnded chan struct{} // poked (never blocks) when a stream ends
-	sends       atomic.Uint64 // ListAndWatch responses sent, for tests and metrics
+	metrics    *Metrics    // nil: none
+	registered atomic.Bool // registered with the current kubelet
 }
 
 // NewComputeResource is "<prefix>/ac": one unit is one whole device.
@@ -46,8 +43,7 @@ func NewMonitorResource(prefix string, slots int, store *Store, log *slog.Logger
 func newResource(name string, kind nodeKind, slots int, store *Store, log *slog.Logger) *Resource {
 	return &Resource{
 		Name: name, kind: kind, slots: slots, store: store,
-		log:         log.With("resource", name),
-		streamEnded: make(chan struct{}, 1),
+		log: log.With("resource", name),
 	}
 }
 
@@ -112,14 +108,6 @@ func toAPI(units []unit) *pluginapi.ListAndWatchResponse {
 // what this resource advertises changes. A stream that wakes late sends only
 // the newest list: changes coalesce, and none is lost.
 func (r *Resource) ListAndWatch(_ *pluginapi.Empty, stream pluginapi.DevicePlugin_ListAndWatchServer) error {
-	r.streams.Add(1)
-	defer func() {
-		r.streams.Add(-1)
-		select {
-		case r.streamEnded <- struct{}{}:
-		default:
-		}
-	}()
 	ctx := stream.Context()
 	var last []unit
 	first := true
@@ -131,7 +119,6 @@ func (r *Resource) ListAndWatch(_ *pluginapi.Empty, stream pluginapi.DevicePlugi
 				r.log.Info("ListAndWatch stream closed", "err", err)
 				return err
 			}
-			r.sends.Add(1)
 			r.metrics.sent(r.Name)
 			r.log.Debug("sent device list", "version", snap.Version, "units", len(cur), "healthy", countHealthy(cur))
 			last, first = cur, false
