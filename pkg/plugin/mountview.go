@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"github.com/prometheus/procfs"
+
+	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel/devfs"
 )
 
 // DirView is the mount through which this process sees a directory, as
@@ -64,7 +66,7 @@ func dirView(mounts []*procfs.MountInfo, dir string) (DirView, error) {
 	var best *procfs.MountInfo
 	bestPoint := ""
 	for _, m := range mounts {
-		point := filepath.Clean(unescapeMountPath(m.MountPoint))
+		point := filepath.Clean(devfs.UnescapeMountPath(m.MountPoint))
 		if !covers(point, dir) || (point == dir && strings.HasPrefix(m.FSType, "fuse")) {
 			continue
 		}
@@ -91,23 +93,3 @@ func dirView(mounts []*procfs.MountInfo, dir string) (DirView, error) {
 func covers(point, path string) bool {
 	return point == "/" || path == point || strings.HasPrefix(path, point+"/")
 }
-
-// unescapeMountPath undoes mountinfo's octal escapes (\040 for a space,
-// \011, \012, \134), which procfs leaves in place.
-func unescapeMountPath(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) && isOctal(s[i+1]) && isOctal(s[i+2]) && isOctal(s[i+3]) {
-			b.WriteByte((s[i+1]-'0')<<6 | (s[i+2]-'0')<<3 | (s[i+3] - '0'))
-			i += 3
-			continue
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
-func isOctal(c byte) bool { return '0' <= c && c <= '7' }

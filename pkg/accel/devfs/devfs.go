@@ -202,33 +202,32 @@ func IsMountpoint(abs string) (bool, error) {
 		return false, fmt.Errorf("read mount table: %w", err)
 	}
 	for _, m := range mounts {
-		if unescapeMountPath(m.MountPoint) == abs {
+		if UnescapeMountPath(m.MountPoint) == abs {
 			return true, nil
 		}
 	}
 	return false, nil
 }
 
-// unescapeMountPath undoes the octal escapes of /proc/self/mountinfo
+// UnescapeMountPath undoes the octal escapes of /proc/self/mountinfo
 // (\040 for a space, \011, \012, \134), which procfs leaves in place.
-func unescapeMountPath(s string) string {
+func UnescapeMountPath(s string) string {
 	if !strings.Contains(s, `\`) {
 		return s
 	}
 	var b strings.Builder
 	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			var v byte
-			if _, err := fmt.Sscanf(s[i+1:i+4], "%03o", &v); err == nil {
-				b.WriteByte(v)
-				i += 3
-				continue
-			}
+		if s[i] == '\\' && i+3 < len(s) && isOctal(s[i+1]) && isOctal(s[i+2]) && isOctal(s[i+3]) {
+			b.WriteByte((s[i+1]-'0')<<6 | (s[i+2]-'0')<<3 | (s[i+3] - '0'))
+			i += 3
+			continue
 		}
 		b.WriteByte(s[i])
 	}
 	return b.String()
 }
+
+func isOctal(c byte) bool { return '0' <= c && c <= '7' }
 
 // Mount checks dir with CheckMountpoint, mounts the registry's nodes on it
 // (allow_other, default_permissions) and serves them until Unmount.

@@ -19,8 +19,8 @@ func TestUnescapeMountPath(t *testing.T) {
 		`/end\040`:           "/end ",
 		`/two\040\040spaces`: "/two  spaces",
 	} {
-		if got := unescapeMountPath(in); got != want {
-			t.Errorf("unescapeMountPath(%q) = %q, want %q", in, got, want)
+		if got := UnescapeMountPath(in); got != want {
+			t.Errorf("UnescapeMountPath(%q) = %q, want %q", in, got, want)
 		}
 	}
 }
