@@ -3,9 +3,7 @@ package devfs
 import (
 	"context"
 	"fmt"
-	"os"
 	"strconv"
-	"strings"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
@@ -85,18 +83,13 @@ func userNS(proc string) (nsID, error) {
 
 // capEff returns the CapEff mask of thread tid.
 func capEff(tid int32) (uint64, error) {
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(int(tid)) + "/status")
+	v, err := procStatusField(tid, "CapEff")
 	if err != nil {
 		return 0, fmt.Errorf("read capabilities of the caller: %w", err)
 	}
-	for line := range strings.SplitSeq(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
-			mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
-			if err != nil {
-				return 0, fmt.Errorf("parse CapEff of thread %d: %w", tid, err)
-			}
-			return mask, nil
-		}
+	mask, err := strconv.ParseUint(v, 16, 64)
+	if err != nil {
+		return 0, fmt.Errorf("parse CapEff of thread %d: %w", tid, err)
 	}
-	return 0, fmt.Errorf("no CapEff line in /proc/%d/status", tid)
+	return mask, nil
 }

@@ -351,18 +351,30 @@ func callerPID(ctx context.Context) int32 { return callerOf(ctx).pid }
 // tgid returns the thread group id of thread tid, or tid itself when /proc
 // does not say (the thread is gone, or lives in a pid namespace we cannot see).
 func tgid(tid int32) int32 {
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(int(tid)) + "/status")
+	v, err := procStatusField(tid, "Tgid")
 	if err != nil {
 		return tid
 	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		return tid
+	}
+	return int32(n)
+}
+
+// procStatusField returns the value of one field ("Tgid", "CapEff") of
+// /proc/TID/status: the one reader of that file for tgid and capEff.
+func procStatusField(tid int32, key string) (string, error) {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(int(tid)) + "/status")
+	if err != nil {
+		return "", err
+	}
 	for line := range strings.SplitSeq(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "Tgid:"); ok {
-			if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil {
-				return int32(n)
-			}
+		if v, ok := strings.CutPrefix(line, key+":"); ok {
+			return strings.TrimSpace(v), nil
 		}
 	}
-	return tid
+	return "", fmt.Errorf("/proc/%d/status has no %s field", tid, key)
 }
 
 // toErrno maps an error to the errno a FUSE reply carries.

@@ -105,10 +105,14 @@ func (h *holders) refresh(d *accel.Device) {
 	if r == nil {
 		return
 	}
-	if r.pid != 0 && r.start == 0 {
-		r.start = procStart(r.pid) // first check: 0 if it is gone already
+	var now uint64
+	if r.pid != 0 {
+		now = procStart(r.pid) // 0 if it is gone
+		if r.start == 0 {
+			r.start = now // first check
+		}
 	}
-	if r.pid != 0 && r.start != 0 && procStart(r.pid) == r.start {
+	if r.pid != 0 && r.start != 0 && now == r.start {
 		if !r.stale {
 			return
 		}
