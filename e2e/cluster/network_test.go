@@ -82,12 +82,6 @@ func TestSysctlRecordFormat(t *testing.T) {
 	}
 }
 
-func TestUnescapeMount(t *testing.T) {
-	if got := unescapeMount(`/a\040b\011c`); got != "/a b\tc" {
-		t.Errorf("got %q", got)
-	}
-}
-
 func TestFindModuleDir(t *testing.T) {
 	d, err := findModuleDir(".")
 	if err != nil {

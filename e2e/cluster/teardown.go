@@ -15,7 +15,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/prometheus/procfs"
+	"github.com/moby/sys/mountinfo"
 )
 
 const (
@@ -161,41 +161,25 @@ func down(ctx context.Context, o Options) error {
 }
 
 // mountPoints returns the mount points at or below dir, deepest first.
+// The mount table is /proc/thread-self/mountinfo, its octal escapes (\040
+// for a space, \011, \012, \134) undone by the parser.
 func mountPoints(dir string) []string {
-	mounts, err := procfs.GetMounts()
+	mounts, err := mountinfo.GetMounts(mountinfo.PrefixFilter(filepath.Clean(dir)))
 	if err != nil {
 		return nil
 	}
-	dir = filepath.Clean(dir)
-	var out []string
+	return deepestFirst(mounts)
+}
+
+// deepestFirst lists the mounts' mount points, deepest first (a stacked
+// mount point once per mount, the order of the table kept among equals).
+func deepestFirst(mounts []*mountinfo.Info) []string {
+	out := make([]string, 0, len(mounts))
 	for _, m := range mounts {
-		mp := unescapeMount(m.MountPoint)
-		if mp == dir || strings.HasPrefix(mp, dir+"/") {
-			out = append(out, mp)
-		}
+		out = append(out, m.Mountpoint)
 	}
 	sort.SliceStable(out, func(i, j int) bool { return strings.Count(out[i], "/") > strings.Count(out[j], "/") })
 	return out
-}
-
-// unescapeMount undoes mountinfo's octal escapes (\040 for a space, \011,
-// \012, \134), which procfs leaves in place.
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // unmountTree unmounts every mount at or below dir, deepest first (and each
