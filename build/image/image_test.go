@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/accel-device-plugin/accel-device-plugin/build/image/oci"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
@@ -79,7 +80,7 @@ func hello(t *testing.T, goarch string) string {
 	return out
 }
 
-func buildOK(t *testing.T, o options) (result, []byte) {
+func buildOK(t *testing.T, o options) (oci.Result, []byte) {
 	t.Helper()
 	if o.Image == "" {
 		o.Image = testImage
@@ -187,7 +188,7 @@ func TestArchiveReadsBackBothWays(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(dm) != 1 || len(dm[0].RepoTags) != 1 || dm[0].RepoTags[0] != testImage ||
-		dm[0].Config != "blobs/sha256/"+res.ConfigDigest.Hex || len(dm[0].Layers) != 1 {
+		dm[0].Config != "blobs/sha256/"+res.Config.Encoded() || len(dm[0].Layers) != 1 {
 		t.Errorf("manifest.json = %s", files["manifest.json"])
 	}
 
@@ -223,8 +224,8 @@ func TestArchiveReadsBackBothWays(t *testing.T) {
 		t.Fatalf("index.json has %d manifests", len(im.Manifests))
 	}
 	desc := im.Manifests[0]
-	if desc.MediaType != types.OCIManifestSchema1 || desc.Digest != res.ManifestDigest {
-		t.Errorf("index.json manifest = %s %s, want %s %s", desc.MediaType, desc.Digest, types.OCIManifestSchema1, res.ManifestDigest)
+	if desc.MediaType != types.OCIManifestSchema1 || desc.Digest.String() != res.Manifest.String() {
+		t.Errorf("index.json manifest = %s %s, want %s %s", desc.MediaType, desc.Digest, types.OCIManifestSchema1, res.Manifest)
 	}
 	if got := desc.Annotations["io.containerd.image.name"]; got != testImage {
 		t.Errorf("io.containerd.image.name = %q, want %q", got, testImage)
@@ -242,8 +243,8 @@ func TestArchiveReadsBackBothWays(t *testing.T) {
 	if err := validate.Image(viaOCI); err != nil {
 		t.Errorf("OCI view does not validate: %v", err)
 	}
-	if d, err := viaOCI.Digest(); err != nil || d != res.ManifestDigest {
-		t.Errorf("OCI view digest = %v, %v; want %s", d, err, res.ManifestDigest)
+	if d, err := viaOCI.Digest(); err != nil || d.String() != res.Manifest.String() {
+		t.Errorf("OCI view digest = %v, %v; want %s", d, err, res.Manifest)
 	}
 
 	// Both views are one image: same image ID (config digest), same config
@@ -256,11 +257,11 @@ func TestArchiveReadsBackBothWays(t *testing.T) {
 		img  v1.Image
 	}{{"docker view", viaDocker}, {"OCI view", viaOCI}} {
 		id, err := v.img.ConfigName()
-		if err != nil || id != res.ConfigDigest {
-			t.Errorf("%s: image ID = %v, %v; want %s", v.what, id, err, res.ConfigDigest)
+		if err != nil || id.String() != res.Config.String() {
+			t.Errorf("%s: image ID = %v, %v; want %s", v.what, id, err, res.Config)
 		}
 		raw, err := v.img.RawConfigFile()
-		if err != nil || !bytes.Equal(raw, files["blobs/sha256/"+res.ConfigDigest.Hex]) {
+		if err != nil || !bytes.Equal(raw, files["blobs/sha256/"+res.Config.Encoded()]) {
 			t.Errorf("%s: config differs from the config blob (%v)", v.what, err)
 		}
 	}
@@ -383,7 +384,7 @@ func TestReproducible(t *testing.T) {
 		if !e.hdr.ModTime.Equal(time.Unix(epoch, 0)) {
 			t.Errorf("%s: mtime %v, want %v", e.hdr.Name, e.hdr.ModTime, time.Unix(epoch, 0))
 		}
-		if e.hdr.Name == "blobs/sha256/"+res.ConfigDigest.Hex {
+		if e.hdr.Name == "blobs/sha256/"+res.Config.Encoded() {
 			var cf v1.ConfigFile
 			if err := json.Unmarshal(e.data, &cf); err != nil {
 				t.Fatal(err)
@@ -453,7 +454,7 @@ func TestRejectsWrongArch(t *testing.T) {
 	// Without --platform the image takes the binary's arch.
 	res, _ := buildOK(t, options{Binary: bin})
 	if res.Platform.Architecture != other || res.Platform.OS != "linux" {
-		t.Errorf("platform = %s, want linux/%s", res.Platform.String(), other)
+		t.Errorf("platform = %s, want linux/%s", platformString(res.Platform), other)
 	}
 }
 
@@ -474,7 +475,7 @@ func TestImageRef(t *testing.T) {
 		{"accel-device-plugin:0.1.0", "docker.io/library/accel-device-plugin:0.1.0", "accel-device-plugin:0.1.0", "0.1.0"},
 		{"ghcr.io/acme/accel", "ghcr.io/acme/accel:latest", "ghcr.io/acme/accel:latest", "latest"},
 	} {
-		r, err := parseImageRef(c.in)
+		r, err := oci.ParseRef(c.in)
 		if err != nil {
 			t.Errorf("%s: %v", c.in, err)
 			continue
@@ -483,8 +484,8 @@ func TestImageRef(t *testing.T) {
 			t.Errorf("%s: got %+v, want full %s repoTag %s tag %s", c.in, r, c.full, c.repoTag, c.tag)
 		}
 	}
-	for _, bad := range []string{"", "UPPER/case:1", "localhost/x@sha256:" + strings.Repeat("a", 64)} {
-		if _, err := parseImageRef(bad); err == nil {
+	for _, bad := range []string{"", "localhost/UPPER:1", "no spaces:1", "localhost/x@sha256:" + strings.Repeat("a", 64)} {
+		if _, err := oci.ParseRef(bad); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
 	}

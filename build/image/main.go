@@ -9,7 +9,8 @@
 //	    --out /abs/_output/accel-device-plugin-0.1.0.tar \
 //	    [--platform linux/amd64]
 //
-// The archive is the one docker save writes since Docker 25: an OCI image
+// The archive (written by package oci, which the local cluster uses too)
+// is the one docker save writes since Docker 25: an OCI image
 // layout (oci-layout, index.json, blobs/sha256/…) with a docker
 // manifest.json beside it. index.json names the image both ways:
 // io.containerd.image.name (the full name, what ctr shows) and
@@ -30,10 +31,21 @@ import (
 	"os"
 	"strconv"
 	"strings"
+
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// platformString is os/arch[/variant].
+func platformString(p v1.Platform) string {
+	s := p.OS + "/" + p.Architecture
+	if p.Variant != "" {
+		s += "/" + p.Variant
+	}
+	return s
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
@@ -85,6 +97,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	fmt.Fprintf(stdout, "wrote %s (%d bytes): %s %s, digest %s, id %s\n",
-		o.Out, res.Size, res.Name, res.Platform.String(), res.ManifestDigest, res.ConfigDigest)
+		o.Out, res.Size, res.Ref.Full, platformString(res.Platform), res.Manifest, res.Config)
 	return 0
 }
