@@ -9,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"sigs.k8s.io/yaml"
 )
 
 // Cluster is a running local cluster.
@@ -270,13 +272,17 @@ func (p paths) prepare(node string) error {
 	if err := p.writeKubeconfigs(pki); err != nil {
 		return err
 	}
-	files := map[string]string{
-		p.config("containerd.toml"):                        renderContainerdConfig(p),
-		p.config("kubelet.yaml"):                           renderKubeletConfig(p),
-		filepath.Join(p.cniConfDir(), "10-accel.conflist"): renderCNIConfig(p),
+	kubelet, err := yaml.Marshal(kubeletConfig(p))
+	if err != nil {
+		return fmt.Errorf("kubelet config: %w", err)
+	}
+	files := map[string][]byte{
+		p.config("containerd.toml"):                        []byte(renderContainerdConfig(p)),
+		p.config("kubelet.yaml"):                           kubelet,
+		filepath.Join(p.cniConfDir(), "10-accel.conflist"): []byte(renderCNIConfig(p)),
 	}
 	for f, data := range files {
-		if err := os.WriteFile(f, []byte(data), 0o644); err != nil {
+		if err := os.WriteFile(f, data, 0o644); err != nil {
 			return err
 		}
 	}

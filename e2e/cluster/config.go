@@ -1,37 +1,30 @@
 package cluster
 
 import (
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	kubeletv1beta1 "k8s.io/kubelet/config/v1beta1"
+	"k8s.io/utils/ptr"
 )
 
-// This file renders every configuration file and command line; it is pure.
+// This file makes every configuration and command line; it is pure.
 
-// renderKubeconfig is a kubeconfig with everything embedded.
-func renderKubeconfig(server, user string, caPEM, certPEM, keyPEM []byte) string {
-	b64 := base64.StdEncoding.EncodeToString
-	return fmt.Sprintf(`apiVersion: v1
-kind: Config
-clusters:
-- name: accel-e2e
-  cluster:
-    server: %s
-    certificate-authority-data: %s
-users:
-- name: %s
-  user:
-    client-certificate-data: %s
-    client-key-data: %s
-contexts:
-- name: accel-e2e
-  context:
-    cluster: accel-e2e
-    user: %s
-current-context: accel-e2e
-`, server, b64(caPEM), user, b64(certPEM), b64(keyPEM), user)
+// kubeconfig is a kubeconfig for user with everything embedded: one
+// cluster and one context, both named accel-e2e.
+func kubeconfig(server, user string, caPEM, certPEM, keyPEM []byte) *clientcmdapi.Config {
+	const name = "accel-e2e"
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters[name] = &clientcmdapi.Cluster{Server: server, CertificateAuthorityData: caPEM}
+	cfg.AuthInfos[user] = &clientcmdapi.AuthInfo{ClientCertificateData: certPEM, ClientKeyData: keyPEM}
+	cfg.Contexts[name] = &clientcmdapi.Context{Cluster: name, AuthInfo: user}
+	cfg.CurrentContext = name
+	return cfg
 }
 
 func apiServerURL() string { return "https://127.0.0.1:" + strconv.Itoa(APIServerPort) }
@@ -110,53 +103,51 @@ func renderCNIConfig(p paths) string {
 	return string(b) + "\n"
 }
 
-// renderKubeletConfig is the KubeletConfiguration. The package doc (doc.go)
+// kubeletConfig is the KubeletConfiguration. The package doc (doc.go)
 // says why its unusual settings are there: failCgroupV1, oomScoreAdj, the
 // loopback address, image GC off; cgroupRoot keeps kubelet's pods under
 // their own cgroup root so Down can remove them.
-func renderKubeletConfig(p paths) string {
-	return fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
-kind: KubeletConfiguration
-failCgroupV1: false
-cgroupRoot: /`+CgroupRoot+`
-address: 127.0.0.1
-port: 10250
-readOnlyPort: 0
-healthzBindAddress: 127.0.0.1
-healthzPort: 10248
-cgroupDriver: cgroupfs
-containerRuntimeEndpoint: unix://%s
-oomScoreAdj: 0
-imageGCHighThresholdPercent: 100
-imageGCLowThresholdPercent: 99
-serializeImagePulls: false
-clusterDomain: cluster.local
-resolvConf: /etc/resolv.conf
-tlsCertFile: %s
-tlsPrivateKeyFile: %s
-authentication:
-  anonymous:
-    enabled: false
-  webhook:
-    enabled: true
-  x509:
-    clientCAFile: %s
-authorization:
-  mode: Webhook
-evictionHard:
-  memory.available: "20Mi"
-  nodefs.available: "1%%"
-  nodefs.inodesFree: "1%%"
-  imagefs.available: "1%%"
-  imagefs.inodesFree: "1%%"
-evictionPressureTransitionPeriod: 30s
-syncFrequency: 10s
-fileCheckFrequency: 10s
-nodeStatusUpdateFrequency: 5s
-nodeStatusReportFrequency: 1m0s
-shutdownGracePeriod: 0s
-maxPods: 110
-`, p.containerdSock(), p.pki(certKubeletServer+".crt"), p.pki(certKubeletServer+".key"), p.pki(certCA+".crt"))
+func kubeletConfig(p paths) *kubeletv1beta1.KubeletConfiguration {
+	return &kubeletv1beta1.KubeletConfiguration{
+		TypeMeta:                    metav1.TypeMeta{APIVersion: kubeletv1beta1.SchemeGroupVersion.String(), Kind: "KubeletConfiguration"},
+		FailCgroupV1:                ptr.To(false),
+		CgroupRoot:                  "/" + CgroupRoot,
+		Address:                     "127.0.0.1",
+		Port:                        10250,
+		ReadOnlyPort:                0, // off
+		HealthzBindAddress:          "127.0.0.1",
+		HealthzPort:                 ptr.To[int32](10248),
+		CgroupDriver:                "cgroupfs",
+		ContainerRuntimeEndpoint:    "unix://" + p.containerdSock(),
+		OOMScoreAdj:                 ptr.To[int32](0),
+		ImageGCHighThresholdPercent: ptr.To[int32](100),
+		ImageGCLowThresholdPercent:  ptr.To[int32](99),
+		SerializeImagePulls:         ptr.To(false),
+		ClusterDomain:               "cluster.local",
+		ResolverConfig:              ptr.To("/etc/resolv.conf"),
+		TLSCertFile:                 p.pki(certKubeletServer + ".crt"),
+		TLSPrivateKeyFile:           p.pki(certKubeletServer + ".key"),
+		Authentication: kubeletv1beta1.KubeletAuthentication{
+			Anonymous: kubeletv1beta1.KubeletAnonymousAuthentication{Enabled: ptr.To(false)},
+			Webhook:   kubeletv1beta1.KubeletWebhookAuthentication{Enabled: ptr.To(true)},
+			X509:      kubeletv1beta1.KubeletX509Authentication{ClientCAFile: p.pki(certCA + ".crt")},
+		},
+		Authorization: kubeletv1beta1.KubeletAuthorization{Mode: kubeletv1beta1.KubeletAuthorizationModeWebhook},
+		EvictionHard: map[string]string{
+			"memory.available":   "20Mi",
+			"nodefs.available":   "1%",
+			"nodefs.inodesFree":  "1%",
+			"imagefs.available":  "1%",
+			"imagefs.inodesFree": "1%",
+		},
+		EvictionPressureTransitionPeriod: metav1.Duration{Duration: 30 * time.Second},
+		SyncFrequency:                    metav1.Duration{Duration: 10 * time.Second},
+		FileCheckFrequency:               metav1.Duration{Duration: 10 * time.Second},
+		NodeStatusUpdateFrequency:        metav1.Duration{Duration: 5 * time.Second},
+		NodeStatusReportFrequency:        metav1.Duration{Duration: time.Minute},
+		ShutdownGracePeriod:              metav1.Duration{}, // no graceful node shutdown
+		MaxPods:                          110,
+	}
 }
 
 func etcdArgs(p paths) []string {

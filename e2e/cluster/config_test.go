@@ -1,13 +1,19 @@
 package cluster
 
 import (
-	"encoding/base64"
+	"context"
 	"encoding/json"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"k8s.io/client-go/tools/clientcmd"
+	kubeletconfig "k8s.io/kubernetes/pkg/kubelet/apis/config"
+	"k8s.io/kubernetes/pkg/kubelet/kubeletconfig/configfiles"
+	utilfs "k8s.io/kubernetes/pkg/util/filesystem"
 	"sigs.k8s.io/yaml"
 )
 
@@ -15,14 +21,20 @@ func testPaths() paths {
 	return paths{o: Options{StateDir: "/s", RunDir: "/r", LogDir: "/l", CacheDir: "/c"}.Defaults()}
 }
 
+// TestKubeconfig: client-go reads the kubeconfig Up writes as the given
+// user of the accel-e2e cluster at the API server, with the CA, certificate
+// and key embedded.
 func TestKubeconfig(t *testing.T) {
 	pki, err := GeneratePKI("vm", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	kp := pki.Pairs[certAdmin]
-	data := renderKubeconfig(apiServerURL(), "admin", pki.Pairs[certCA].CertPEM, kp.CertPEM, kp.KeyPEM)
-	cfg, err := clientcmd.RESTConfigFromKubeConfig([]byte(data))
+	data, err := clientcmd.Write(*kubeconfig(apiServerURL(), "admin", pki.Pairs[certCA].CertPEM, kp.CertPEM, kp.KeyPEM))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := clientcmd.RESTConfigFromKubeConfig(data)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -32,39 +44,82 @@ func TestKubeconfig(t *testing.T) {
 	if string(cfg.CAData) != string(pki.Pairs[certCA].CertPEM) || string(cfg.CertData) != string(kp.CertPEM) || string(cfg.KeyData) != string(kp.KeyPEM) {
 		t.Errorf("embedded data differ")
 	}
-	if !strings.Contains(data, base64.StdEncoding.EncodeToString(kp.CertPEM)) {
-		t.Errorf("cert not embedded")
+	raw, err := clientcmd.Load(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := raw.Contexts[raw.CurrentContext]
+	if raw.CurrentContext != "accel-e2e" || ctx == nil || ctx.Cluster != "accel-e2e" || ctx.AuthInfo != "admin" {
+		t.Errorf("current context %q: %+v, want cluster accel-e2e, user admin", raw.CurrentContext, ctx)
+	}
+	if u := raw.AuthInfos["admin"]; u == nil || string(u.ClientCertificateData) != string(kp.CertPEM) {
+		t.Errorf("user admin: %+v", u)
 	}
 }
 
-func TestKubeletConfig(t *testing.T) {
-	var m map[string]any
-	if err := yaml.Unmarshal([]byte(renderKubeletConfig(testPaths())), &m); err != nil {
+// loadKubeletConfig writes c's KubeletConfiguration as Up does and reads
+// it back with kubelet's own loader (strict decoding, then defaults).
+func loadKubeletConfig(t *testing.T, p paths) *kubeletconfig.KubeletConfiguration {
+	t.Helper()
+	b, err := yaml.Marshal(kubeletConfig(p))
+	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]any{
-		"kind": "KubeletConfiguration", "failCgroupV1": false, "oomScoreAdj": float64(0), "address": "127.0.0.1",
-		"cgroupDriver": "cgroupfs", "imageGCHighThresholdPercent": float64(100), "imageGCLowThresholdPercent": float64(99),
-		"containerRuntimeEndpoint": "unix:///r/containerd.sock", "readOnlyPort": float64(0),
-		"tlsCertFile": "/s/pki/kubelet-server.crt",
+	f := filepath.Join(t.TempDir(), "kubelet.yaml")
+	if err := os.WriteFile(f, b, 0o644); err != nil {
+		t.Fatal(err)
 	}
-	for k, v := range want {
-		if m[k] != v {
-			t.Errorf("%s = %#v, want %#v", k, m[k], v)
+	loader, err := configfiles.NewFsLoader(&utilfs.DefaultFs{}, f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kc, err := loader.Load(context.Background())
+	if err != nil {
+		t.Fatalf("kubelet does not load its config: %v\n%s", err, b)
+	}
+	return kc
+}
+
+func TestKubeletConfig(t *testing.T) {
+	kc := loadKubeletConfig(t, testPaths())
+	for _, c := range []struct {
+		name      string
+		got, want any
+	}{
+		{"failCgroupV1", kc.FailCgroupV1, false},
+		{"cgroupRoot", kc.CgroupRoot, "/" + CgroupRoot},
+		{"oomScoreAdj", kc.OOMScoreAdj, int32(0)},
+		{"address", kc.Address, "127.0.0.1"},
+		{"port", kc.Port, int32(10250)},
+		{"readOnlyPort", kc.ReadOnlyPort, int32(0)},
+		{"healthzBindAddress", kc.HealthzBindAddress, "127.0.0.1"},
+		{"healthzPort", kc.HealthzPort, int32(10248)},
+		{"cgroupDriver", kc.CgroupDriver, "cgroupfs"},
+		{"imageGCHighThresholdPercent", kc.ImageGCHighThresholdPercent, int32(100)},
+		{"imageGCLowThresholdPercent", kc.ImageGCLowThresholdPercent, int32(99)},
+		{"serializeImagePulls", kc.SerializeImagePulls, false},
+		{"containerRuntimeEndpoint", kc.ContainerRuntimeEndpoint, "unix:///r/containerd.sock"},
+		{"tlsCertFile", kc.TLSCertFile, "/s/pki/kubelet-server.crt"},
+		{"tlsPrivateKeyFile", kc.TLSPrivateKeyFile, "/s/pki/kubelet-server.key"},
+		{"authorization.mode", string(kc.Authorization.Mode), "Webhook"},
+		{"authentication.webhook.enabled", kc.Authentication.Webhook.Enabled, true},
+		{"authentication.anonymous.enabled", kc.Authentication.Anonymous.Enabled, false},
+		{"authentication.x509.clientCAFile", kc.Authentication.X509.ClientCAFile, "/s/pki/ca.crt"},
+		{"evictionHard[memory.available]", kc.EvictionHard["memory.available"], "20Mi"},
+		{"evictionHard[nodefs.available]", kc.EvictionHard["nodefs.available"], "1%"},
+		{"evictionHard[imagefs.inodesFree]", kc.EvictionHard["imagefs.inodesFree"], "1%"},
+		{"evictionPressureTransitionPeriod", kc.EvictionPressureTransitionPeriod.Duration, 30 * time.Second},
+		{"nodeStatusUpdateFrequency", kc.NodeStatusUpdateFrequency.Duration, 5 * time.Second},
+		{"shutdownGracePeriod", kc.ShutdownGracePeriod.Duration, time.Duration(0)},
+		{"resolvConf", kc.ResolverConfig, "/etc/resolv.conf"},
+		{"maxPods", kc.MaxPods, int32(110)},
+	} {
+		if c.got != c.want {
+			t.Errorf("kubelet reads %s = %#v, want %#v", c.name, c.got, c.want)
 		}
 	}
-	if m["authorization"].(map[string]any)["mode"] != "Webhook" {
-		t.Errorf("authorization %v", m["authorization"])
-	}
-	authn := m["authentication"].(map[string]any)
-	if authn["webhook"].(map[string]any)["enabled"] != true || authn["anonymous"].(map[string]any)["enabled"] != false {
-		t.Errorf("authentication %v", authn)
-	}
-	if authn["x509"].(map[string]any)["clientCAFile"] != "/s/pki/ca.crt" {
-		t.Errorf("x509 %v", authn["x509"])
-	}
-	if m["evictionHard"].(map[string]any)["nodefs.available"] != "1%" {
-		t.Errorf("evictionHard %v", m["evictionHard"])
+	if len(kc.EvictionHard) != 5 {
+		t.Errorf("evictionHard %v: want exactly the five thresholds set", kc.EvictionHard)
 	}
 }
 

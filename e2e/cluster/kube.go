@@ -27,9 +27,9 @@ func (p paths) writeKubeconfigs(pki *PKI) error {
 		{certKubelet, "kubelet"},
 	} {
 		kp := pki.Pairs[c.name]
-		data := renderKubeconfig(apiServerURL(), c.user, ca, kp.CertPEM, kp.KeyPEM)
-		if err := os.WriteFile(p.kubeconfig(c.name), []byte(data), 0o600); err != nil {
-			return err
+		cfg := kubeconfig(apiServerURL(), c.user, ca, kp.CertPEM, kp.KeyPEM)
+		if err := clientcmd.WriteToFile(*cfg, p.kubeconfig(c.name)); err != nil {
+			return fmt.Errorf("write the %s kubeconfig: %w", c.name, err)
 		}
 	}
 	return nil
