@@ -1,12 +1,7 @@
 package cluster
 
 import (
-	"archive/tar"
-	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -15,6 +10,9 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/accel-device-plugin/accel-device-plugin/build/image/oci"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
 // pauseSource is the pod sandbox's program: it sleeps until SIGTERM/SIGINT.
@@ -39,112 +37,19 @@ const busyboxPath = "/bin/busybox" // from Debian's busybox-static
 var busyboxApplets = []string{"sh", "ls", "cat", "sleep", "env", "grep", "nsenter", "mount", "test", "echo", "ps",
 	"[", "true", "false", "stat", "readlink", "head", "tail", "wc", "id", "mkdir", "rm", "touch", "umount", "find", "dd", "timeout"}
 
-// fileEntry is one entry of an image layer.
-type fileEntry struct {
-	path string // absolute path in the image
-	mode int64
-	data []byte
-	link string // symlink target if not empty
-	dir  bool
-}
-
-// layerTar writes entries as a tar with fixed timestamps and root ownership.
-func layerTar(entries []fileEntry) ([]byte, error) {
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	mtime := time.Unix(0, 0)
-	for _, e := range entries {
-		h := &tar.Header{Name: strings.TrimPrefix(e.path, "/"), Mode: e.mode, ModTime: mtime, Format: tar.FormatPAX}
-		switch {
-		case e.dir:
-			h.Typeflag, h.Name = tar.TypeDir, h.Name+"/"
-		case e.link != "":
-			h.Typeflag, h.Linkname = tar.TypeSymlink, e.link
-		default:
-			h.Typeflag, h.Size = tar.TypeReg, int64(len(e.data))
-		}
-		if err := tw.WriteHeader(h); err != nil {
-			return nil, err
-		}
-		if h.Typeflag == tar.TypeReg {
-			if _, err := tw.Write(e.data); err != nil {
-				return nil, err
-			}
-		}
-	}
-	if err := tw.Close(); err != nil {
-		return nil, err
-	}
-	return buf.Bytes(), nil
-}
-
-// imageConfig is the part of an OCI/Docker image config this package sets.
-type imageConfig struct {
-	Entrypoint []string `json:"Entrypoint,omitempty"`
-	Cmd        []string `json:"Cmd,omitempty"`
-	Env        []string `json:"Env,omitempty"`
-}
-
-// buildImage writes a one-layer image for this machine's platform as a
-// docker-archive tarball (what `docker save` writes and `ctr images import`
-// reads) tagged ref, at out (via a temporary file). It is written by hand
-// rather than with go-containerregistry, whose requirements would raise
-// golang.org/x/{net,crypto,text} in the e2e module and so invalidate the
-// compiled Kubernetes packages shared with the kubelet tests.
-func buildImage(ref string, entries []fileEntry, cfg imageConfig, out string) error {
-	if !strings.Contains(ref, "/") || !strings.Contains(ref, ":") {
-		return fmt.Errorf("image name %q: want registry/name:tag", ref)
-	}
-	layer, err := layerTar(entries)
-	if err != nil {
-		return err
-	}
-	diffID := sha256.Sum256(layer)
-	config := map[string]any{
-		"architecture": runtime.GOARCH,
-		"os":           "linux",
-		"created":      "1970-01-01T00:00:00Z",
-		"config":       cfg,
-		"rootfs": map[string]any{
-			"type":     "layers",
-			"diff_ids": []string{"sha256:" + hex.EncodeToString(diffID[:])},
-		},
-		"history": []any{map[string]any{"created": "1970-01-01T00:00:00Z", "created_by": "accel-e2e localcluster"}},
-	}
-	configJSON, err := json.Marshal(config)
-	if err != nil {
-		return err
-	}
-	configSum := sha256.Sum256(configJSON)
-	configName := hex.EncodeToString(configSum[:]) + ".json"
-	layerName := hex.EncodeToString(diffID[:]) + "/layer.tar"
-	manifest, err := json.Marshal([]any{map[string]any{
-		"Config":   configName,
-		"RepoTags": []string{ref},
-		"Layers":   []string{layerName},
-	}})
-	if err != nil {
-		return err
-	}
-	files := []fileEntry{
-		{path: configName, mode: 0o644, data: configJSON},
-		{path: hex.EncodeToString(diffID[:]), mode: 0o755, dir: true},
-		{path: layerName, mode: 0o644, data: layer},
-		{path: "manifest.json", mode: 0o644, data: manifest},
-	}
-	archive, err := layerTar(files)
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
-		return err
-	}
-	tmp := out + ".tmp"
-	if err := os.WriteFile(tmp, archive, 0o644); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return os.Rename(tmp, out)
+// writeImage writes a one-layer image of files for this machine's platform,
+// tagged name, at out, with the project's one image writer (package oci of
+// build/image, which the plugin's image comes from too).
+func writeImage(name string, files []oci.File, cfg v1.ImageConfig, out string) error {
+	_, err := oci.Write(out, oci.Image{
+		Name:      name,
+		Platform:  v1.Platform{OS: "linux", Architecture: runtime.GOARCH},
+		Files:     files,
+		Config:    cfg,
+		CreatedBy: "accel-e2e localcluster",
+		Created:   time.Unix(0, 0),
+	})
+	return err
 }
 
 // pauseImage builds the pause image archive (a static Go program) into out.
@@ -171,8 +76,8 @@ func pauseImage(ctx context.Context, out string) error {
 	if err != nil {
 		return err
 	}
-	return buildImage(PauseImage, []fileEntry{{path: "/pause", mode: 0o755, data: data}},
-		imageConfig{Entrypoint: []string{"/pause"}}, out)
+	return writeImage(PauseImage, []oci.File{{Path: "/pause", Mode: 0o755, Data: data}},
+		v1.ImageConfig{Entrypoint: []string{"/pause"}}, out)
 }
 
 // busyboxImage builds the busybox image archive from the host's static
@@ -193,37 +98,43 @@ func busyboxImage(ctx context.Context, out string) error {
 			}
 		}
 	}
+	return writeImage(BusyboxImage, busyboxFiles(data, applets), v1.ImageConfig{
+		Cmd: []string{"sh"},
+		Env: []string{oci.DefaultPath},
+	}, out)
+}
+
+// busyboxFiles is the busybox image's layer: a small FHS tree, busybox at
+// /bin/busybox and a symlink to it for each applet, in a fixed order.
+func busyboxFiles(busybox []byte, applets map[string]bool) []oci.File {
 	names := make([]string, 0, len(applets))
 	for a := range applets {
 		names = append(names, a)
 	}
 	sort.Strings(names)
-	entries := []fileEntry{
-		{path: "/bin", mode: 0o755, dir: true},
-		{path: "/etc", mode: 0o755, dir: true},
-		{path: "/root", mode: 0o700, dir: true},
-		{path: "/tmp", mode: 0o1777, dir: true},
-		{path: "/var", mode: 0o755, dir: true},
-		{path: "/usr", mode: 0o755, dir: true},
-		{path: "/usr/bin", link: "../bin"},
-		{path: "/sbin", link: "bin"},
-		{path: "/usr/sbin", link: "../bin"},
-		{path: busyboxPath, mode: 0o755, data: data},
+	files := []oci.File{
+		{Path: "/bin", Mode: 0o755, Dir: true},
+		{Path: "/etc", Mode: 0o755, Dir: true},
+		{Path: "/root", Mode: 0o700, Dir: true},
+		{Path: "/tmp", Mode: 0o1777, Dir: true},
+		{Path: "/var", Mode: 0o755, Dir: true},
+		{Path: "/usr", Mode: 0o755, Dir: true},
+		{Path: "/usr/bin", Link: "../bin"},
+		{Path: "/sbin", Link: "bin"},
+		{Path: "/usr/sbin", Link: "../bin"},
+		{Path: busyboxPath, Mode: 0o755, Data: busybox},
 	}
 	for _, a := range names {
-		entries = append(entries, fileEntry{path: "/bin/" + a, link: "busybox"})
+		files = append(files, oci.File{Path: "/bin/" + a, Link: "busybox"})
 	}
-	return buildImage(BusyboxImage, entries, imageConfig{
-		Cmd: []string{"sh"},
-		Env: []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
-	}, out)
+	return files
 }
 
 // baseImages makes sure the pause and busybox archives are in the cache and
 // returns their paths.
 func (p paths) baseImages(ctx context.Context) ([]string, error) {
-	pause := filepath.Join(p.imageCache(), "pause-3.10.tar")
-	busybox := filepath.Join(p.imageCache(), "busybox-1.36.tar")
+	pause := filepath.Join(p.imageCache(), "pause-3.10.oci.tar")
+	busybox := filepath.Join(p.imageCache(), "busybox-1.36.oci.tar")
 	if _, err := os.Stat(pause); err != nil {
 		if err := pauseImage(ctx, pause); err != nil {
 			return nil, err

@@ -3,103 +3,95 @@ package cluster
 import (
 	"archive/tar"
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
+	"compress/gzip"
 	"encoding/json"
 	"io"
 	"os"
 	"path/filepath"
 	"runtime"
 	"testing"
+
+	digest "github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
-func readTar(t *testing.T, data []byte) map[string]*tar.Header {
+// tarFiles reads a tar into its headers and contents by name.
+func tarFiles(t *testing.T, r io.Reader) (map[string]*tar.Header, map[string][]byte) {
 	t.Helper()
-	out := map[string]*tar.Header{}
-	tr := tar.NewReader(bytes.NewReader(data))
+	hdrs, data := map[string]*tar.Header{}, map[string][]byte{}
+	tr := tar.NewReader(r)
 	for {
 		h, err := tr.Next()
 		if err == io.EOF {
-			return out
+			return hdrs, data
 		}
 		if err != nil {
 			t.Fatal(err)
 		}
-		out[h.Name] = h
-	}
-}
-
-func fileInTar(t *testing.T, data []byte, name string) []byte {
-	t.Helper()
-	tr := tar.NewReader(bytes.NewReader(data))
-	for {
-		h, err := tr.Next()
+		b, err := io.ReadAll(tr)
 		if err != nil {
-			t.Fatalf("%s not in archive: %v", name, err)
+			t.Fatal(err)
 		}
-		if h.Name == name {
-			b, _ := io.ReadAll(tr)
-			return b
-		}
+		hdrs[h.Name], data[h.Name] = h, b
 	}
 }
 
-func TestBuildImage(t *testing.T) {
-	out := filepath.Join(t.TempDir(), "img.tar")
-	entries := []fileEntry{
-		{path: "/bin", mode: 0o755, dir: true},
-		{path: "/bin/busybox", mode: 0o755, data: []byte("ELF")},
-		{path: "/bin/sh", link: "busybox"},
-	}
-	if err := buildImage(BusyboxImage, entries, imageConfig{Cmd: []string{"sh"}}, out); err != nil {
+// TestBusyboxImage reads the busybox image back the way docker load does
+// (manifest.json → config → layer) and checks the tree the pods' shells
+// need: busybox at /bin/busybox, applets linked to it, /tmp sticky.
+func TestBusyboxImage(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "busybox.tar")
+	files := busyboxFiles([]byte("ELF"), map[string]bool{"sh": true, "ls": true})
+	if err := writeImage(BusyboxImage, files, v1.ImageConfig{Cmd: []string{"sh"}}, out); err != nil {
 		t.Fatal(err)
 	}
 	archive, err := os.ReadFile(out)
 	if err != nil {
 		t.Fatal(err)
 	}
+	_, blobs := tarFiles(t, bytes.NewReader(archive))
 	var manifest []struct {
 		Config   string
 		RepoTags []string
 		Layers   []string
 	}
-	if err := json.Unmarshal(fileInTar(t, archive, "manifest.json"), &manifest); err != nil {
+	if err := json.Unmarshal(blobs["manifest.json"], &manifest); err != nil {
 		t.Fatal(err)
 	}
 	if len(manifest) != 1 || len(manifest[0].RepoTags) != 1 || manifest[0].RepoTags[0] != BusyboxImage || len(manifest[0].Layers) != 1 {
-		t.Fatalf("manifest %+v", manifest)
+		t.Fatalf("manifest.json %+v", manifest)
 	}
-	cfgData := fileInTar(t, archive, manifest[0].Config)
-	sum := sha256.Sum256(cfgData)
-	if manifest[0].Config != hex.EncodeToString(sum[:])+".json" {
-		t.Errorf("config name %s is not its digest", manifest[0].Config)
-	}
-	var cfg struct {
-		OS, Architecture string
-		Config           imageConfig
-		RootFS           struct {
-			DiffIDs []string `json:"diff_ids"`
-		} `json:"rootfs"`
-	}
-	if err := json.Unmarshal(cfgData, &cfg); err != nil {
+	var cfg v1.Image
+	if err := json.Unmarshal(blobs[manifest[0].Config], &cfg); err != nil {
 		t.Fatal(err)
 	}
-	if cfg.OS != "linux" || cfg.Architecture != runtime.GOARCH || len(cfg.Config.Cmd) != 1 {
+	if cfg.OS != "linux" || cfg.Architecture != runtime.GOARCH || len(cfg.Config.Cmd) != 1 || cfg.Config.Cmd[0] != "sh" {
 		t.Errorf("config %+v", cfg)
 	}
-	layer := fileInTar(t, archive, manifest[0].Layers[0])
-	lsum := sha256.Sum256(layer)
-	if len(cfg.RootFS.DiffIDs) != 1 || cfg.RootFS.DiffIDs[0] != "sha256:"+hex.EncodeToString(lsum[:]) {
-		t.Errorf("diff_ids %v", cfg.RootFS.DiffIDs)
+	zr, err := gzip.NewReader(bytes.NewReader(blobs[manifest[0].Layers[0]]))
+	if err != nil {
+		t.Fatal(err)
 	}
-	files := readTar(t, layer)
-	if h := files["bin/sh"]; h == nil || h.Typeflag != tar.TypeSymlink || h.Linkname != "busybox" {
-		t.Errorf("bin/sh %+v", h)
+	layer, err := io.ReadAll(zr)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if h := files["bin/busybox"]; h == nil || h.Mode != 0o755 || h.Uid != 0 {
+	if len(cfg.RootFS.DiffIDs) != 1 || cfg.RootFS.DiffIDs[0] != digest.FromBytes(layer) {
+		t.Errorf("diff_ids %v, layer %s", cfg.RootFS.DiffIDs, digest.FromBytes(layer))
+	}
+	hdrs, data := tarFiles(t, bytes.NewReader(layer))
+	for _, applet := range []string{"bin/sh", "bin/ls"} {
+		if h := hdrs[applet]; h == nil || h.Typeflag != tar.TypeSymlink || h.Linkname != "busybox" {
+			t.Errorf("%s %+v", applet, h)
+		}
+	}
+	if h := hdrs["bin/busybox"]; h == nil || h.Mode != 0o755 || h.Uid != 0 || string(data["bin/busybox"]) != "ELF" {
 		t.Errorf("bin/busybox %+v", h)
 	}
-	if h := files["bin/"]; h == nil || h.Typeflag != tar.TypeDir {
-		t.Errorf("bin/ %+v", h)
+	if h := hdrs["tmp/"]; h == nil || h.Typeflag != tar.TypeDir || h.Mode != 0o1777 {
+		t.Errorf("tmp/ %+v", h)
+	}
+	if h := hdrs["usr/bin"]; h == nil || h.Typeflag != tar.TypeSymlink || h.Linkname != "../bin" {
+		t.Errorf("usr/bin %+v", h)
 	}
 }
