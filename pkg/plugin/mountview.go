@@ -5,9 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/prometheus/procfs"
+	"github.com/moby/sys/mountinfo"
 
-	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel/devfs"
 )
 
 // DirView is the mount through which this process sees a directory, as
@@ -47,7 +46,7 @@ func (v DirView) describe() string {
 // resolves symlinks in dir's parent only: dir itself may be a FUSE mount
 // whose daemon does not answer.
 func ReadDirView(dir string) (DirView, error) {
-	mounts, err := procfs.GetMounts()
+	mounts, err := mountinfo.GetMounts(nil)
 	if err != nil {
 		return DirView{}, fmt.Errorf("read /proc/self/mountinfo: %w", err)
 	}
@@ -61,12 +60,12 @@ func ReadDirView(dir string) (DirView, error) {
 // dirView picks, among mounts, the one a new mount at dir would be placed
 // on: the deepest mount covering dir (the last one where mounts are stacked
 // on the same point), not counting FUSE mounts at dir itself.
-func dirView(mounts []*procfs.MountInfo, dir string) (DirView, error) {
+func dirView(mounts []*mountinfo.Info, dir string) (DirView, error) {
 	dir = filepath.Clean(dir)
-	var best *procfs.MountInfo
+	var best *mountinfo.Info
 	bestPoint := ""
 	for _, m := range mounts {
-		point := filepath.Clean(devfs.UnescapeMountPath(m.MountPoint))
+		point := filepath.Clean(m.Mountpoint)
 		if !covers(point, dir) || (point == dir && strings.HasPrefix(m.FSType, "fuse")) {
 			continue
 		}
@@ -77,16 +76,17 @@ func dirView(mounts []*procfs.MountInfo, dir string) (DirView, error) {
 	if best == nil {
 		return DirView{}, fmt.Errorf("no mount in /proc/self/mountinfo holds %s", dir)
 	}
+	// The optional fields, in the kernel's order (shared, master,
+	// propagate_from, unbindable); anything else a newer kernel adds is not
+	// propagation.
 	var tags []string
-	for _, k := range []string{"shared", "master", "propagate_from", "unbindable"} {
-		if v, ok := best.OptionalFields[k]; ok {
-			if v != "" {
-				k += ":" + v
-			}
-			tags = append(tags, k)
+	for _, f := range strings.Fields(best.Optional) {
+		switch k, _, _ := strings.Cut(f, ":"); k {
+		case "shared", "master", "propagate_from", "unbindable":
+			tags = append(tags, f)
 		}
 	}
-	return DirView{Dir: dir, MountPoint: bestPoint, MountID: best.MountID, Propagation: strings.Join(tags, " ")}, nil
+	return DirView{Dir: dir, MountPoint: bestPoint, MountID: best.ID, Propagation: strings.Join(tags, " ")}, nil
 }
 
 // covers reports whether the mount point holds path.

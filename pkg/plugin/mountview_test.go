@@ -1,28 +1,16 @@
 package plugin
 
 import (
-	"os"
-	"path/filepath"
+	"strings"
 	"testing"
 
-	"github.com/prometheus/procfs"
+	"github.com/moby/sys/mountinfo"
 )
 
 // parseMountinfo parses fixture text with the same parser ReadDirView uses.
-func parseMountinfo(t *testing.T, text string) []*procfs.MountInfo {
+func parseMountinfo(t *testing.T, text string) []*mountinfo.Info {
 	t.Helper()
-	root := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(root, "self"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(root, "self", "mountinfo"), []byte(text), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	fs, err := procfs.NewFS(root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mounts, err := fs.GetMounts()
+	mounts, err := mountinfo.GetMountsFromReader(strings.NewReader(text), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -39,7 +39,7 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
-	"github.com/prometheus/procfs"
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 
 	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel"
@@ -195,39 +195,15 @@ func CheckMountpoint(dir string) error {
 }
 
 // IsMountpoint reports whether abs (an absolute, clean path) is a mountpoint
-// in this mount namespace.
+// in this mount namespace. It reads /proc/self/mountinfo only and never
+// touches abs, which may be a FUSE mount whose daemon does not answer.
 func IsMountpoint(abs string) (bool, error) {
-	mounts, err := procfs.GetMounts()
+	mounts, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(abs))
 	if err != nil {
 		return false, fmt.Errorf("read mount table: %w", err)
 	}
-	for _, m := range mounts {
-		if UnescapeMountPath(m.MountPoint) == abs {
-			return true, nil
-		}
-	}
-	return false, nil
+	return len(mounts) > 0, nil
 }
-
-// UnescapeMountPath undoes the octal escapes of /proc/self/mountinfo
-// (\040 for a space, \011, \012, \134), which procfs leaves in place.
-func UnescapeMountPath(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) && isOctal(s[i+1]) && isOctal(s[i+2]) && isOctal(s[i+3]) {
-			b.WriteByte((s[i+1]-'0')<<6 | (s[i+2]-'0')<<3 | (s[i+3] - '0'))
-			i += 3
-			continue
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
-func isOctal(c byte) bool { return '0' <= c && c <= '7' }
 
 // Mount checks dir with CheckMountpoint, mounts the registry's nodes on it
 // (allow_other, default_permissions) and serves them until Unmount.

@@ -8,23 +8,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func TestUnescapeMountPath(t *testing.T) {
-	for in, want := range map[string]string{
-		`/run/accel/dev`:     "/run/accel/dev",
-		`/a\040b`:            "/a b",
-		`/tab\011nl\012`:     "/tab\tnl\n",
-		`/back\134slash`:     `/back\slash`,
-		`/short\04`:          `/short\04`,
-		`/not\999octal`:      `/not\999octal`,
-		`/end\040`:           "/end ",
-		`/two\040\040spaces`: "/two  spaces",
-	} {
-		if got := UnescapeMountPath(in); got != want {
-			t.Errorf("UnescapeMountPath(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 // TestIsMountpointEscapedPath: a mount point whose name mountinfo escapes
 // (a space, a tab) is found; its parent, which is not a mount point, is not.
 func TestIsMountpointEscapedPath(t *testing.T) {
