@@ -20,13 +20,15 @@ CHART       := charts/accel-device-plugin
 TOOLS        ?= $(HOME)/.cache/accel-device-plugin/tools
 HELM_VERSION := v3.22.0
 HELM         := $(TOOLS)/helm-$(HELM_VERSION)/helm
+GOLANGCI_LINT_VERSION := v2.15.0
+GOLANGCI_LINT         := $(TOOLS)/golangci-lint-$(GOLANGCI_LINT_VERSION)/golangci-lint
 # kubectl for the demo, built from the e2e module (the same Kubernetes version as the local cluster)
 KUBECTL      := $(TOOLS)/kubectl-v1.37.2/kubectl
 
 LOCALCLUSTER := bin/localcluster
 E2E_IMAGE_TAR = $(CURDIR)/$(OUT)/accel-device-plugin-$(VERSION).tar
 
-.PHONY: all build view image test test-kubelet test-chart test-image lint lint-go lint-helm helm bench demo demo-node demo-down \
+.PHONY: all build view image test test-kubelet test-chart test-image lint lint-go lint-golangci lint-helm helm golangci-lint bench demo demo-node demo-down \
 	localcluster cluster-up cluster-down e2e e2e-kind fuzz clean
 
 all: build
@@ -52,6 +54,11 @@ helm: $(HELM)
 $(HELM):
 	GOBIN=$(dir $(HELM)) $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 
+## golangci-lint: build golangci-lint from its Go module once (about 2 minutes), cached in $(TOOLS)
+golangci-lint: $(GOLANGCI_LINT)
+$(GOLANGCI_LINT):
+	GOBIN=$(dir $(GOLANGCI_LINT)) $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+
 $(KUBECTL):
 	cd $(E2E) && $(GO) build -o $@.tmp k8s.io/kubernetes/cmd/kubectl && mv $@.tmp $@
 
@@ -75,9 +82,9 @@ test-chart: $(HELM)
 test-image:
 	cd $(IMAGE_TOOL) && $(GO) test -count=1 ./...
 
-## lint: gofmt check, go vet of every module, then helm lint (the only step that needs
-## helm, which the first run builds: gofmt and go vet report before that)
-lint: lint-go lint-helm
+## lint: gofmt check and go vet of every module, then golangci-lint (.golangci.yml) of every
+## module, then helm lint; gofmt and go vet report before the first run builds either tool
+lint: lint-go lint-golangci lint-helm
 
 ## lint-go: gofmt check and go vet of every module (no helm needed)
 lint-go:
@@ -85,8 +92,12 @@ lint-go:
 	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	@for m in $(MODULES); do echo "go vet ($$m)"; (cd $$m && $(GO) vet ./...) || exit 1; done
 
-## lint-helm: helm lint --strict of the chart, after lint-go
-lint-helm: lint-go $(HELM)
+## lint-golangci: golangci-lint run of every module (config: .golangci.yml), after lint-go
+lint-golangci: lint-go $(GOLANGCI_LINT)
+	@for m in $(MODULES); do echo "golangci-lint ($$m)"; (cd $$m && $(GOLANGCI_LINT) run ./...) || exit 1; done
+
+## lint-helm: helm lint --strict of the chart, after lint-golangci
+lint-helm: lint-golangci $(HELM)
 	$(HELM) lint --strict $(CHART)
 
 ## fuzz: every native Go fuzz target of the main module, FUZZTIME each (default 30s);

@@ -107,7 +107,7 @@ func checkBinary(path, arch string) (string, error) {
 	// library, so what counts is DT_NEEDED, not the section.
 	libs, err := f.ImportedLibraries()
 	if err != nil {
-		return "", fmt.Errorf("%s: reading its dynamic section: %v: %s", path, err, fix(got))
+		return "", fmt.Errorf("%s: reading its dynamic section: %w: %s", path, err, fix(got))
 	}
 	if len(libs) > 0 {
 		return "", fmt.Errorf("%s needs shared libraries (%s) and the image has no libc: %s",
@@ -138,7 +138,7 @@ func parsePlatform(s string) (v1.Platform, error) {
 func build(o options) (oci.Result, error) {
 	ref, err := oci.ParseRef(o.Image)
 	if err != nil {
-		return oci.Result{}, fmt.Errorf("--image: %v (want e.g. localhost/accel-device-plugin:0.1.0)", err)
+		return oci.Result{}, fmt.Errorf("--image: %w (want e.g. localhost/accel-device-plugin:0.1.0)", err)
 	}
 	var plat v1.Platform
 	if o.Platform != "" {

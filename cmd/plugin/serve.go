@@ -105,7 +105,7 @@ func kubeClient(path string) (kubernetes.Interface, error) {
 		rc, err = rest.InClusterConfig()
 	}
 	if err != nil {
-		return nil, fmt.Errorf("Kubernetes client config: %w (outside a pod, pass --kubeconfig)", err)
+		return nil, fmt.Errorf("build the Kubernetes client config: %w (outside a pod, pass --kubeconfig)", err)
 	}
 	rc.UserAgent = "accel-plugin"
 	return kubernetes.NewForConfig(rc)

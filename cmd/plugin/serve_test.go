@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -92,7 +93,7 @@ func TestServeExitsWhenItsViewCannotSeeANewDaemon(t *testing.T) {
 		t.Fatalf("serve did not exit within 30s\n%s", out.String())
 	}
 	var exit *exec.ExitError
-	if !asExitError(err, &exit) || exit.ExitCode() != 1 {
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 {
 		t.Fatalf("serve ended with %v; want exit 1\n%s", err, out.String())
 	}
 	if !strings.Contains(out.String(), "the container must restart to see it") || !strings.Contains(out.String(), "private: no master:/shared: propagation") {
@@ -127,12 +128,4 @@ func TestServeWaitsWhenItsViewReceivesMounts(t *testing.T) {
 	if !strings.Contains(out.String(), "waiting for a new daemon") {
 		t.Errorf("no 'waiting' log:\n%s", out.String())
 	}
-}
-
-func asExitError(err error, target **exec.ExitError) bool {
-	e, ok := err.(*exec.ExitError)
-	if ok {
-		*target = e
-	}
-	return ok
 }

@@ -2,6 +2,7 @@ package accel
 
 import (
 	"context"
+	"errors"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -70,7 +71,7 @@ func TestIoctlOnReleasedFileIsEBADF(t *testing.T) {
 		{"unknown command on a released file", c, IOR(1, 8), 8},
 	} {
 		err := tc.f.Ioctl(tc.cmd, make([]byte, tc.size), make([]byte, tc.size))
-		if err != syscall.EBADF {
+		if !errors.Is(err, syscall.EBADF) {
 			t.Errorf("%s: %v, want EBADF", tc.name, err)
 		}
 	}
@@ -100,7 +101,7 @@ func TestReleaseWaitsForCommandsInFlight(t *testing.T) {
 				started <- struct{}{}
 				for !stop.Load() {
 					err := f.Ioctl(drvCmd, make([]byte, 8), make([]byte, 8))
-					if err != nil && err != syscall.EBADF {
+					if err != nil && !errors.Is(err, syscall.EBADF) {
 						t.Errorf("ioctl: %v", err)
 						return
 					}

@@ -60,7 +60,7 @@ func (l *Labeler) Check(ctx context.Context) error {
 	case apierrors.IsNotFound(err):
 		return fmt.Errorf("%w: node %q not found (set --node-name from the downward API spec.nodeName)", ErrMisconfigured, l.Node)
 	case apierrors.IsForbidden(err):
-		return fmt.Errorf("%w: reading node %q is forbidden: the service account needs get and patch on nodes: %v", ErrMisconfigured, l.Node, err)
+		return fmt.Errorf("%w: reading node %q is forbidden: the service account needs get and patch on nodes: %w", ErrMisconfigured, l.Node, err)
 	case err != nil:
 		return fmt.Errorf("get node %q: %w", l.Node, err)
 	}

@@ -142,7 +142,7 @@ func (s *SimSource) Run(ctx context.Context) error {
 	for {
 		err := s.follow(ctx, log, &lastErr)
 		if ctx.Err() != nil {
-			return nil
+			return nil //nolint:nilerr // a cancelled ctx is how Run ends; err is only its echo
 		}
 		if errors.Is(err, errStreamWasUp) {
 			backoff = reconnectMin
@@ -368,7 +368,7 @@ func (s *SimSource) openEvents() (eventStream, error) {
 		}
 	}
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("%w in %s: %v", errDaemonAbsent, s.Dir, err)
+		return nil, fmt.Errorf("%w in %s: %w", errDaemonAbsent, s.Dir, err)
 	}
 	return nil, err
 }

@@ -6,7 +6,6 @@ import (
 	"strings"
 
 	"github.com/moby/sys/mountinfo"
-
 )
 
 // DirView is the mount through which this process sees a directory, as

@@ -430,9 +430,6 @@ func TestKubeletSockReplacedThenSocketsDeleted(t *testing.T) {
 	// ... and for longer than the old hand-over grace the streams stay up
 	// and nothing registers again.
 	watch := time.Now().Add(1500 * time.Millisecond)
-	m.mu.Lock()
-	ch := m.changed
-	m.mu.Unlock()
 	for time.Now().Before(watch) {
 		m.mu.Lock()
 		for i, ep := range eps {
@@ -441,7 +438,7 @@ func TestKubeletSockReplacedThenSocketsDeleted(t *testing.T) {
 				t.Fatalf("%s: the new kubelet's stream ended %s after our socket was deleted", res[i], ep.ended.Sub(born))
 			}
 		}
-		ch = m.changed
+		ch := m.changed
 		m.mu.Unlock()
 		select {
 		case <-ch:

@@ -30,8 +30,6 @@ func seen(k, sock uint64, streams int) observation {
 	return observation{Kubelet: k, Socket: sock, Serving: true, Streams: streams, Opened: uint64(streams)}
 }
 
-func (o observation) opened(n uint64) observation { o.Opened = n; return o }
-
 func (o observation) retired(n int) observation    { o.Retired = n; return o }
 func (o observation) stopped() observation         { o.Serving = false; return o }
 func (o observation) served(id uint64) observation { o.Event, o.Served = evServed, id; return o }

@@ -77,7 +77,7 @@ type Ref struct {
 func ParseRef(s string) (Ref, error) {
 	named, err := reference.ParseNormalizedNamed(s)
 	if err != nil {
-		return Ref{}, fmt.Errorf("image name %q: %v", s, err)
+		return Ref{}, fmt.Errorf("image name %q: %w", s, err)
 	}
 	if _, ok := named.(reference.Digested); ok {
 		return Ref{}, fmt.Errorf("image name %q: a digest cannot name an image being built; give a tag", s)

@@ -153,7 +153,8 @@ func (h *controlHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if l, ok := h.lines.end(); ok {
-		h.run(ctx, l)
+		// A read returns results, not errnos: the line's errno is in them.
+		_ = h.run(ctx, l)
 	}
 	if h.dropped > 0 {
 		note := fmt.Sprintf("error: %d earlier result line(s) dropped: read results more often (at most %d bytes are kept)\n", h.dropped, MaxControlResults)
