@@ -12,7 +12,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel"
-	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel/devfs"
+	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel/devfsclient"
 )
 
 func runInfo(args []string, stdout, stderr io.Writer) error {
@@ -50,7 +50,7 @@ func runList(args []string, stdout, stderr io.Writer) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	indices, err := devfs.Nodes(*dir)
+	indices, err := devfsclient.Nodes(*dir)
 	if err != nil {
 		return err
 	}
@@ -86,7 +86,7 @@ func runEvents(args []string, stdout, stderr io.Writer) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	f, err := os.Open(filepath.Join(*dir, devfs.SysDir, devfs.EventsFile))
+	f, err := os.Open(filepath.Join(*dir, devfsclient.SysDir, devfsclient.EventsFile))
 	if err != nil {
 		return fmt.Errorf("open event stream (is `accel-plugin sim --dir %s` running?): %w", *dir, err)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel"
 	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel/devfs"
+	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel/devfsclient"
 	"github.com/accel-device-plugin/accel-device-plugin/pkg/fakedev"
 )
 
@@ -117,7 +118,7 @@ func runSim(args []string, stderr io.Writer) error {
 func runSimCtl(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("sim ctl", "sim ctl --dir DIR COMMAND [ARGS]\n\n"+fakedev.ControlUsage+
 		fmt.Sprintf("\n\nThe command is written to DIR/sys/control as one line (at most %d bytes); the simulator\n"+
-			"accepts it only from a caller with CAP_SYS_ADMIN (root on the host, or a privileged container).", devfs.MaxControlLine), stderr)
+			"accepts it only from a caller with CAP_SYS_ADMIN (root on the host, or a privileged container).", devfsclient.MaxControlLine), stderr)
 	dir := fs.String("dir", "/run/accel/dev", "directory a running \"accel-plugin sim\" serves")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -126,7 +127,7 @@ func runSimCtl(args []string, stdout, stderr io.Writer) error {
 		fs.Usage()
 		return errUsage
 	}
-	out, err := devfs.Control(*dir, strings.Join(fs.Args(), " "))
+	out, err := devfsclient.Control(*dir, strings.Join(fs.Args(), " "))
 	if err != nil {
 		return err
 	}

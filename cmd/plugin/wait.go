@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel/devfsclient"
 	"io"
 	"log/slog"
 	"os"
@@ -12,7 +13,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel/devfs"
 )
 
 // waitPollInterval is how often `wait` looks for the simulator.
@@ -78,7 +78,7 @@ func statProbe(path string) error {
 // deadline is kept even when it never returns; such a goroutine is
 // abandoned (the process exits right after).
 func waitForSimulator(ctx context.Context, dir string, interval time.Duration, probe func(string) error, log *slog.Logger) error {
-	path := filepath.Join(dir, devfs.SysDir, devfs.EventsFile)
+	path := filepath.Join(dir, devfsclient.SysDir, devfsclient.EventsFile)
 	start := time.Now()
 	gaveUp := func() string {
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel/devfsclient"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -63,10 +64,10 @@ func TestWaitReturnsWhenEventsAppears(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the wait never probed")
 	}
-	if err := os.MkdirAll(filepath.Join(dir, devfs.SysDir), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Join(dir, devfsclient.SysDir), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, devfs.SysDir, devfs.EventsFile), nil, 0o444); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, devfsclient.SysDir, devfsclient.EventsFile), nil, 0o444); err != nil {
 		t.Fatal(err)
 	}
 	if err := within(t, done, 10*time.Second, "wait after sys/events appeared"); err != nil {
@@ -122,10 +123,10 @@ func TestWaitReportsDeadMount(t *testing.T) {
 // timeout, usage errors for bad flags.
 func TestWaitCommand(t *testing.T) {
 	live := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(live, devfs.SysDir), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Join(live, devfsclient.SysDir), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(live, devfs.SysDir, devfs.EventsFile), nil, 0o444); err != nil {
+	if err := os.WriteFile(filepath.Join(live, devfsclient.SysDir, devfsclient.EventsFile), nil, 0o444); err != nil {
 		t.Fatal(err)
 	}
 	empty := t.TempDir()

@@ -6,7 +6,7 @@ import (
 	"path/filepath"
 
 	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel"
-	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel/devfs"
+	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel/devfsclient"
 )
 
 // daemonFS is every way a SimSource reaches its device daemon. Each call
@@ -27,7 +27,7 @@ type daemonFS interface {
 	OpenEvents(dir string) (eventStream, error)
 }
 
-// eventStream is an open event file (see devfs.EventStream).
+// eventStream is an open event file (see devfsclient.EventStream).
 type eventStream interface {
 	Next() (accel.Event, error)
 	Close() error
@@ -70,7 +70,7 @@ func (osFS) ReadInfo(path string) (accel.Info, error) {
 }
 
 func (osFS) OpenEvents(dir string) (eventStream, error) {
-	s, err := devfs.OpenEvents(dir)
+	s, err := devfsclient.OpenEvents(dir)
 	if err != nil {
 		return nil, err
 	}

@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel"
-	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel/devfs"
+	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel/devfsclient"
 )
 
 // SimSource follows the devices a device daemon (`accel-plugin sim`) serves
@@ -262,7 +262,7 @@ func (s *SimSource) follow(ctx context.Context, log *slog.Logger, lastErr *strin
 			return fmt.Errorf("close of the previous event stream: %w (the daemon has not answered it)", ErrDaemonNotResponding)
 		}
 	}
-	stream, err := gated(ctx, s.gate, "open of "+filepath.Join(s.Dir, devfs.SysDir, devfs.EventsFile),
+	stream, err := gated(ctx, s.gate, "open of "+filepath.Join(s.Dir, devfsclient.SysDir, devfsclient.EventsFile),
 		func() (eventStream, error) { return s.openEvents() },
 		func(st eventStream) { _ = st.Close() })
 	if errors.Is(err, errDaemonAbsent) {
@@ -363,7 +363,7 @@ func (s *SimSource) openEvents() (eventStream, error) {
 	}
 	if !errors.Is(err, os.ErrNotExist) && !isDaemonDead(err) {
 		// devfs words ENOENT without wrapping it; ask once more.
-		if serr := s.fs.Lstat(filepath.Join(s.Dir, devfs.SysDir, devfs.EventsFile)); errors.Is(serr, os.ErrNotExist) {
+		if serr := s.fs.Lstat(filepath.Join(s.Dir, devfsclient.SysDir, devfsclient.EventsFile)); errors.Is(serr, os.ErrNotExist) {
 			err = fmt.Errorf("%w: %w", err, os.ErrNotExist)
 		}
 	}
@@ -436,7 +436,7 @@ func (s *SimSource) withoutEvents(ctx context.Context, log *slog.Logger, cause e
 	if err := s.rescan(ctx, log, false); err != nil {
 		return err
 	}
-	return fmt.Errorf("%w: %s has device nodes but no %s/%s, so the daemon cannot be followed", errNoEvents, s.Dir, devfs.SysDir, devfs.EventsFile)
+	return fmt.Errorf("%w: %s has device nodes but no %s/%s, so the daemon cannot be followed", errNoEvents, s.Dir, devfsclient.SysDir, devfsclient.EventsFile)
 }
 
 // errNoEvents marks a daemon directory with device nodes but no event file.

@@ -25,6 +25,7 @@ import (
 
 	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel"
 	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel/devfs"
+	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel/devfsclient"
 	"github.com/accel-device-plugin/accel-device-plugin/pkg/fakedev"
 )
 
@@ -158,7 +159,7 @@ func (s *simProc) thaw(t testing.TB) {
 // ctl sends a control command to the daemon.
 func (s *simProc) ctl(t testing.TB, cmd string) string {
 	t.Helper()
-	out, err := devfs.Control(s.dir, cmd)
+	out, err := devfsclient.Control(s.dir, cmd)
 	if err != nil {
 		t.Fatalf("sim ctl %s: %v", cmd, err)
 	}

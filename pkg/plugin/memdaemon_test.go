@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel"
-	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel/devfs"
+	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel/devfsclient"
 )
 
 // memDaemon is a device daemon in memory, behind the daemonFS interface:
@@ -146,7 +146,7 @@ func (d *memDaemon) ReadDir(dir string) ([]string, error) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	names := []string{devfs.SysDir}
+	names := []string{devfsclient.SysDir}
 	for i, dev := range d.devs {
 		if dev.compute {
 			names = append(names, accel.ComputeName(i))
@@ -165,7 +165,7 @@ func (d *memDaemon) Lstat(path string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	rel, _ := filepath.Rel(d.dir, path)
-	if rel == filepath.Join(devfs.SysDir, devfs.EventsFile) {
+	if rel == filepath.Join(devfsclient.SysDir, devfsclient.EventsFile) {
 		if d.events {
 			return nil
 		}
@@ -200,7 +200,7 @@ func (d *memDaemon) OpenEvents(dir string) (eventStream, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if !d.events {
-		return nil, &os.PathError{Op: "open", Path: filepath.Join(dir, devfs.SysDir, devfs.EventsFile), Err: os.ErrNotExist}
+		return nil, &os.PathError{Op: "open", Path: filepath.Join(dir, devfsclient.SysDir, devfsclient.EventsFile), Err: os.ErrNotExist}
 	}
 	s := &memStream{d: d, ch: make(chan accel.Event, 1000), done: make(chan struct{})}
 	d.streams[s] = true

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel/devfsclient"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,9 +16,9 @@ import (
 
 // Limits of sys/control.
 const (
-	// MaxControlLine is the longest control command line, in bytes, not
-	// counting its newline. A longer line is refused whole: none of it runs.
-	MaxControlLine = 4096
+	// MaxControlLine is the longest control command line (see
+	// devfsclient.MaxControlLine, which clients check before sending).
+	MaxControlLine = devfsclient.MaxControlLine
 	// MaxControlResults caps the result lines a descriptor keeps until they
 	// are read; older lines are dropped first (and the drop is reported).
 	MaxControlResults = 64 << 10

@@ -45,13 +45,6 @@ import (
 	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel"
 )
 
-// Names of the files in the sys directory.
-const (
-	SysDir      = "sys"
-	EventsFile  = "events"
-	ControlFile = "control"
-)
-
 // Controller runs control commands written to sys/control.
 type Controller interface {
 	Control(ctx context.Context, command string) (string, error)

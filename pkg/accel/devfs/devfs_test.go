@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel"
+	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel/devfsclient"
 	"github.com/accel-device-plugin/accel-device-plugin/pkg/fakedev"
 )
 
@@ -236,7 +237,7 @@ func TestFaultResetUnplugPlug(t *testing.T) {
 	events := watchEvents(t, m)
 	control := func(cmd string) time.Time {
 		t.Helper()
-		if _, err := Control(m.dir, cmd); err != nil {
+		if _, err := devfsclient.Control(m.dir, cmd); err != nil {
 			t.Fatalf("control %q: %v", cmd, err)
 		}
 		return time.Now()
@@ -361,12 +362,12 @@ func TestControlErrorsAreClear(t *testing.T) {
 		"recover":      "recover needs a device name",
 		"fault ac0 on": `unknown fault "on"`,
 	} {
-		_, err := Control(m.dir, cmd)
+		_, err := devfsclient.Control(m.dir, cmd)
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("control %q: error %v, want it to say %q", cmd, err, want)
 		}
 	}
-	if _, err := Control(t.TempDir(), "add"); err == nil || !strings.Contains(err.Error(), "is `accel-plugin sim --dir") {
+	if _, err := devfsclient.Control(t.TempDir(), "add"); err == nil || !strings.Contains(err.Error(), "is `accel-plugin sim --dir") {
 		t.Errorf("control without a simulator: %v", err)
 	}
 }
@@ -530,7 +531,7 @@ func runKV(t *testing.T, bin string, args ...string) map[string]string {
 // goroutine: EventStream.Close sends FLUSH, and the blocked read ends.
 func TestEventStreamCloseEndsBlockedRead(t *testing.T) {
 	m := mountSim(t, 1)
-	s, err := OpenEvents(m.dir)
+	s, err := devfsclient.OpenEvents(m.dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -546,7 +547,7 @@ func TestEventStreamCloseEndsBlockedRead(t *testing.T) {
 		_, err := s.Next() // blocks: nothing else happens
 		done <- err
 	}()
-	waitBlockedInRead(t, int(s.f.Fd()))
+	waitBlockedInRead(t, fdsOf(t, filepath.Join(m.dir, devfsclient.SysDir, devfsclient.EventsFile))...)
 	if err := s.Close(); err != nil {
 		t.Fatalf("close: %v", err)
 	}
@@ -560,35 +561,49 @@ func TestEventStreamCloseEndsBlockedRead(t *testing.T) {
 	}
 }
 
-func TestOpenEventsWithoutSimulator(t *testing.T) {
-	_, err := OpenEvents(t.TempDir())
-	if err == nil || !strings.Contains(err.Error(), "is `accel-plugin sim") {
-		t.Fatalf("err = %v, want a hint to start the simulator", err)
-	}
-}
-
 // waitBlockedInRead waits until some thread of this process is inside
 // read(fd), as /proc/self/task/*/syscall shows (syscall 0 on amd64, 63 on
 // arm64, first argument fd).
-func waitBlockedInRead(t *testing.T, fd int) {
+func waitBlockedInRead(t *testing.T, fds ...int) {
 	t.Helper()
 	readNr := "0"
 	if runtime.GOARCH == "arm64" {
 		readNr = "63"
 	}
-	want := fmt.Sprintf("%s 0x%x ", readNr, fd)
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
 		tasks, _ := filepath.Glob("/proc/self/task/*/syscall")
 		for _, p := range tasks {
 			b, err := os.ReadFile(p)
-			if err == nil && strings.HasPrefix(string(b), want) {
-				return
+			for _, fd := range fds {
+				if err == nil && strings.HasPrefix(string(b), fmt.Sprintf("%s 0x%x ", readNr, fd)) {
+					return
+				}
 			}
 		}
 		runtime.Gosched()
 	}
-	t.Fatalf("no thread entered read(%d) within 5s", fd)
+	t.Fatalf("no thread entered read() of any of fds %v within 5s", fds)
+}
+
+// fdsOf lists this process's descriptors open on path.
+func fdsOf(t *testing.T, path string) []int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fds []int
+	for _, e := range ents {
+		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && target == path {
+			fd, _ := strconv.Atoi(e.Name())
+			fds = append(fds, fd)
+		}
+	}
+	if len(fds) == 0 {
+		t.Fatalf("no descriptor open on %s", path)
+	}
+	return fds
 }
 
 // A monitor node reads the same through read() and through sendfile()

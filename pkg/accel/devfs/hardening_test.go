@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel"
+	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel/devfsclient"
 )
 
 // runHardeningHelper implements the helper modes of this file:
@@ -125,7 +126,7 @@ func (s *syncBuffer) String() string {
 func TestMountRefusesChanges(t *testing.T) {
 	m := mountSim(t, 2)
 	names := dirNames(t, m.dir)
-	sysNames := dirNames(t, m.path(SysDir))
+	sysNames := dirNames(t, m.path(devfsclient.SysDir))
 	files := []string{"ac0", "ac0_monitor", "sys/events", "sys/control"}
 	dirs := []string{".", "sys"}
 	p := m.path
@@ -191,7 +192,7 @@ func TestMountRefusesChanges(t *testing.T) {
 	if got := dirNames(t, m.dir); strings.Join(got, " ") != strings.Join(names, " ") {
 		t.Errorf("root directory changed: %v, was %v", got, names)
 	}
-	if got := dirNames(t, m.path(SysDir)); strings.Join(got, " ") != strings.Join(sysNames, " ") {
+	if got := dirNames(t, m.path(devfsclient.SysDir)); strings.Join(got, " ") != strings.Join(sysNames, " ") {
 		t.Errorf("sys directory changed: %v, was %v", got, sysNames)
 	}
 	for _, f := range files {
@@ -486,14 +487,14 @@ func TestControlLineSemantics(t *testing.T) {
 			}
 		})
 	}
-	// devfs.Control, what `sim ctl` uses, still gets the result and errors.
-	if out, err := Control(m.dir, "a 1"); err != nil || out != "ran 1" {
+	// devfsclient.Control, what `sim ctl` uses, still gets the result and errors.
+	if out, err := devfsclient.Control(m.dir, "a 1"); err != nil || out != "ran 1" {
 		t.Errorf("Control: %q, %v", out, err)
 	}
-	if _, err := Control(m.dir, "fail 2"); err == nil || err.Error() != `"fail 2" failed: invalid argument` {
+	if _, err := devfsclient.Control(m.dir, "fail 2"); err == nil || err.Error() != `"fail 2" failed: invalid argument` {
 		t.Errorf("Control of a failing command: %v", err)
 	}
-	if _, err := Control(m.dir, "a 1\nb 2"); err == nil || !strings.Contains(err.Error(), "a command is one line") {
+	if _, err := devfsclient.Control(m.dir, "a 1\nb 2"); err == nil || !strings.Contains(err.Error(), "a command is one line") {
 		t.Errorf("Control with a newline: %v", err)
 	}
 	if got := rec.take(); len(got) != 1 {

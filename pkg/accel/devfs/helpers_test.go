@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel"
+	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel/devfsclient"
 	"github.com/accel-device-plugin/accel-device-plugin/pkg/fakedev"
 )
 
@@ -240,7 +241,7 @@ type stampedEvent struct {
 
 func watchEvents(t testing.TB, m *testMount) <-chan stampedEvent {
 	t.Helper()
-	f, err := os.Open(filepath.Join(m.dir, SysDir, EventsFile))
+	f, err := os.Open(filepath.Join(m.dir, devfsclient.SysDir, devfsclient.EventsFile))
 	if err != nil {
 		t.Fatal(err)
 	}

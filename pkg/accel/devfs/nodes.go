@@ -11,6 +11,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel"
+	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel/devfsclient"
 )
 
 // rootNode is the mount's root directory. Device nodes are added and
@@ -44,10 +45,10 @@ func (r *rootNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrO
 // OnAdd builds the tree once the mount is live.
 func (r *rootNode) OnAdd(ctx context.Context) {
 	sys := r.NewPersistentInode(ctx, &sysDir{srv: r.srv}, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: r.ino()})
-	r.AddChild(SysDir, sys, true)
-	sys.AddChild(EventsFile, r.NewPersistentInode(ctx, &eventsNode{srv: r.srv}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: r.ino()}), true)
+	r.AddChild(devfsclient.SysDir, sys, true)
+	sys.AddChild(devfsclient.EventsFile, r.NewPersistentInode(ctx, &eventsNode{srv: r.srv}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: r.ino()}), true)
 	if r.srv.opts.Control != nil {
-		sys.AddChild(ControlFile, r.NewPersistentInode(ctx, &controlNode{srv: r.srv}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: r.ino()}), true)
+		sys.AddChild(devfsclient.ControlFile, r.NewPersistentInode(ctx, &controlNode{srv: r.srv}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: r.ino()}), true)
 	}
 	for _, d := range r.srv.reg.Attach(r.onEvent) {
 		r.expose(d)

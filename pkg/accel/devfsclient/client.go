@@ -1,4 +1,9 @@
-package devfs
+// Package devfsclient is the client side of an accel device tree served by
+// package devfs (the simulator's FUSE mount): the layout of its sys
+// directory, control commands, the event stream and the list of device
+// nodes. The plugin reads simulated trees through it without linking the
+// FUSE server.
+package devfsclient
 
 import (
 	"bufio"
@@ -17,9 +22,21 @@ import (
 	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel"
 )
 
+// Names of the files in a tree's sys directory.
+const (
+	SysDir      = "sys"
+	EventsFile  = "events"
+	ControlFile = "control"
+)
+
+// MaxControlLine is the longest control command line, in bytes, not
+// counting its newline. The server refuses a longer line whole: none of it
+// runs.
+const MaxControlLine = 4096
+
 // Control sends one command to the simulator serving dir and returns its
 // result line. A failed command returns the simulator's own message. The
-// command is one line (see controlNode): one with a newline in it is
+// command is one line (see devfs's sys/control): one with a newline in it is
 // refused here rather than run as several.
 func Control(dir, command string) (string, error) {
 	if strings.ContainsAny(command, "\n\r") {
