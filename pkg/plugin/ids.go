@@ -24,20 +24,22 @@ const maxIDLen = 128
 // letter or digit. Real serials (habanalabs' serial_number) and our
 // simulated ones (SIM-…) fit.
 func validID(s string) bool {
-	if s == "" || len(s) > maxIDLen {
+	if s == "" || len(s) > maxIDLen || !alnum(s[0]) {
 		return false
 	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		case (c == '.' || c == '_' || c == '-') && i > 0:
-		default:
+	for i := 1; i < len(s); i++ {
+		if !idByte(s[i]) {
 			return false
 		}
 	}
 	return true
 }
+
+// alnum reports whether c is an ASCII letter or digit.
+func alnum(c byte) bool { return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' }
+
+// idByte reports whether c may stand in a device ID after its first byte.
+func idByte(c byte) bool { return alnum(c) || c == '.' || c == '_' || c == '-' }
 
 // idPart makes s usable inside a device ID: every character validID does
 // not allow becomes '_'. Different inputs may map to the same part; the
@@ -45,8 +47,7 @@ func validID(s string) bool {
 func idPart(s string) string {
 	var b strings.Builder
 	for i := 0; i < len(s) && b.Len() < maxIDLen; i++ {
-		c := s[i]
-		if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-' {
+		if c := s[i]; idByte(c) {
 			b.WriteByte(c)
 		} else {
 			b.WriteByte('_')

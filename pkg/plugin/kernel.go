@@ -131,6 +131,7 @@ func (s *KernelSource) read(log *slog.Logger, name string, index int) Device {
 	if target, err := os.Readlink(filepath.Join(dir, "device", "driver")); err == nil {
 		driver = filepath.Base(target)
 	}
+	addr := idPart(strings.ReplaceAll(pciDev, ":", "-")) // 0000:3b:00.0 → 0000-3b-00.0
 	d := Device{
 		Name:     name,
 		Index:    index,
@@ -139,7 +140,7 @@ func (s *KernelSource) read(log *slog.Logger, name string, index int) Device {
 		Source:   s.sourceName(),
 		HostDir:  s.DevDir,
 		Kernel:   true,
-		addr:     idPart(strings.ReplaceAll(pciDev, ":", "-")),
+		addr:     addr,
 	}
 	if v, ok := attr(dir, "device/vendor"); ok {
 		dev, _ := attr(dir, "device/device")
@@ -151,8 +152,8 @@ func (s *KernelSource) read(log *slog.Logger, name string, index int) Device {
 		}
 	}
 	fallback := "accel-" + name // no stable identity known: the best we have
-	if pciDev != "" {
-		fallback = idPart(cmp.Or(driver, "accel") + "-" + strings.ReplaceAll(pciDev, ":", "-"))
+	if addr != "" {
+		fallback = idPart(cmp.Or(driver, "accel") + "-" + addr) // idPart again: at most maxIDLen
 	}
 	switch serial, ok := driverAttr(dir, "serial_number"); {
 	case ok && validID(serial):
