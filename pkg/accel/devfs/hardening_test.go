@@ -234,6 +234,32 @@ func TestControlShellRedirect(t *testing.T) {
 // with its pid. Root with the capability still succeeds. On 12137fa the
 // capability-less writer's "add" ran.
 func TestControlNeedsCapSysAdmin(t *testing.T) {
+	p := probeControl(t, "nocap-control", nil)
+	out, err := p.cmd.Output()
+	if err != nil {
+		t.Fatalf("helper: %v: %s", err, out)
+	}
+	if got := strings.Fields(string(out)); strings.Join(got, " ") != "EPERM EPERM" {
+		t.Fatalf("write and open for writing without CAP_SYS_ADMIN: %q, want EPERM for both", out)
+	}
+	p.refusedThenCapable(t, "sys/control refused")
+}
+
+// controlProbe is a mounted one-device tree, a sys/control descriptor this
+// (capable) process opened, and a test helper process ready to try the
+// control file with that descriptor as fd 3 and the file's path as its
+// argument.
+type controlProbe struct {
+	m    *testMount
+	ctl  *os.File
+	logs *syncBuffer
+	cmd  *exec.Cmd
+}
+
+// probeControl prepares the helper `mode` (see helperEnviron), started
+// with attr (nil: as this process).
+func probeControl(t *testing.T, mode string, attr *syscall.SysProcAttr) *controlProbe {
+	t.Helper()
 	logs := &syncBuffer{}
 	m := mountSimWith(t, 1, filepath.Join(t.TempDir(), "dev"), accel.Options{},
 		Options{Logger: slog.New(slog.NewTextHandler(logs, nil))})
@@ -241,31 +267,33 @@ func TestControlNeedsCapSysAdmin(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ctl.Close()
+	t.Cleanup(func() { ctl.Close() })
 	cmd := exec.Command(os.Args[0], "-test.run=^$", m.path("sys/control"))
-	cmd.Env = helperEnviron("nocap-control")
+	cmd.Env = helperEnviron(mode)
 	cmd.ExtraFiles = []*os.File{ctl}
 	cmd.Stderr = os.Stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("helper: %v: %s", err, out)
-	}
-	if got := strings.Fields(string(out)); strings.Join(got, " ") != "EPERM EPERM" {
-		t.Fatalf("write and open for writing without CAP_SYS_ADMIN: %q, want EPERM for both", out)
-	}
-	if n := len(m.reg.Devices()); n != 1 {
+	cmd.SysProcAttr = attr
+	return &controlProbe{m: m, ctl: ctl, logs: logs, cmd: cmd}
+}
+
+// refusedThenCapable checks, after the helper ran, that none of its
+// commands ran and that the refusal was logged with its pid and wantLog;
+// then that this capable process, through the same descriptor, still adds
+// a device.
+func (p *controlProbe) refusedThenCapable(t *testing.T, wantLog string) {
+	t.Helper()
+	if n := len(p.m.reg.Devices()); n != 1 {
 		t.Fatalf("%d devices after the refused writes, want 1: a command ran", n)
 	}
-	pid := fmt.Sprintf("pid=%d", cmd.Process.Pid)
-	if l := logs.String(); !strings.Contains(l, "sys/control refused") || !strings.Contains(l, pid) {
-		t.Errorf("no log line naming %s:\n%s", pid, l)
+	pid := fmt.Sprintf("pid=%d", p.cmd.Process.Pid)
+	if l := p.logs.String(); !strings.Contains(l, wantLog) || !strings.Contains(l, pid) {
+		t.Errorf("no log line naming %s and %q:\n%s", pid, wantLog, l)
 	}
-	// The capable test process itself, through the same descriptor.
-	if _, err := ctl.Write([]byte("add\n")); err != nil {
+	if _, err := p.ctl.Write([]byte("add\n")); err != nil {
 		t.Fatalf("write with CAP_SYS_ADMIN: %v", err)
 	}
-	if got, _ := io.ReadAll(ctl); !strings.Contains(string(got), "ac1") || len(m.reg.Devices()) != 2 {
-		t.Fatalf("result %q and %d devices, want ac1 added", got, len(m.reg.Devices()))
+	if got, _ := io.ReadAll(p.ctl); !strings.Contains(string(got), "ac1") || len(p.m.reg.Devices()) != 2 {
+		t.Fatalf("result %q and %d devices, want ac1 added", got, len(p.m.reg.Devices()))
 	}
 }
 
