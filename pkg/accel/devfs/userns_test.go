@@ -7,7 +7,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-
 )
 
 // runUsernsHelper implements the helper mode of this file:
