@@ -90,16 +90,8 @@ func TestSimLifecycle(t *testing.T) {
 	}
 	dir := filepath.Join(t.TempDir(), "dev")
 	cmd := exec.Command(os.Args[0], "sim", "--devices", "3", "--dir", dir, "--numa-nodes", "2")
-	cmd.Env = append(os.Environ(), asBinaryEnv+"=1", "GORACE=atexit_sleep_ms=0")
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	logs := startBinary(t, cmd)
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	logs := bufio.NewScanner(stderr)
 	var logText strings.Builder
 	for logs.Scan() {
 		logText.WriteString(logs.Text() + "\n")
@@ -174,4 +166,20 @@ func TestSimLifecycle(t *testing.T) {
 	if _, err := accel.ReadInfo(filepath.Join(dir, "ac0")); err == nil {
 		t.Fatal("device still answers after the simulator exited")
 	}
+}
+
+// startBinary starts cmd, whose executable is this test binary, as the
+// accel-plugin binary (see asBinaryEnv) and returns a scanner over its
+// stderr, where its logs go. The caller stops it.
+func startBinary(t *testing.T, cmd *exec.Cmd) *bufio.Scanner {
+	t.Helper()
+	cmd.Env = append(os.Environ(), asBinaryEnv+"=1", "GORACE=atexit_sleep_ms=0")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return bufio.NewScanner(stderr)
 }

@@ -65,16 +65,9 @@ func serveIn(t *testing.T, propagation string) (*exec.Cmd, *bufio.Scanner) {
 	cmd := exec.Command(unshare, "--mount", "--propagation", propagation, os.Args[0], "serve",
 		"--dev-dir", dev, "--kubelet-dir", kubelet, "--kernel-class-dir", "", "--metrics-addr", "",
 		"--stale-view-grace", "300ms", "--log-level", "debug")
-	cmd.Env = append(os.Environ(), asBinaryEnv+"=1", "GORACE=atexit_sleep_ms=0")
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	logs := startBinary(t, cmd)
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	return cmd, bufio.NewScanner(stderr)
+	return cmd, logs
 }
 
 // A plugin whose view of --dev-dir has no propagation from the host (the

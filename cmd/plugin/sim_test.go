@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"os"
 	"os/exec"
@@ -93,14 +92,7 @@ func startSim(t *testing.T, dir string, args ...string) *exec.Cmd {
 		t.Skip("needs root to mount FUSE; run `make test` as root")
 	}
 	cmd := exec.Command(os.Args[0], append([]string{"sim", "--dir", dir}, args...)...)
-	cmd.Env = append(os.Environ(), asBinaryEnv+"=1", "GORACE=atexit_sleep_ms=0")
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	logs := startBinary(t, cmd)
 	t.Cleanup(func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		done := make(chan struct{})
@@ -112,7 +104,6 @@ func startSim(t *testing.T, dir string, args ...string) *exec.Cmd {
 			<-done
 		}
 	})
-	logs := bufio.NewScanner(stderr)
 	var text strings.Builder
 	for logs.Scan() {
 		text.WriteString(logs.Text() + "\n")

@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"syscall"
 	"time"
-
 )
 
 // waitPollInterval is how often `wait` looks for the simulator.

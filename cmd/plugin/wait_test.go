@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel/devfsclient"
@@ -206,14 +205,7 @@ func TestWaitFrozenSimulator(t *testing.T) {
 func startSimForWait(t *testing.T, dir string) *exec.Cmd {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "sim", "--devices", "1", "--dir", dir)
-	cmd.Env = append(os.Environ(), asBinaryEnv+"=1", "GORACE=atexit_sleep_ms=0")
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	logs := startBinary(t, cmd)
 	exited := make(chan error, 1)
 	t.Cleanup(func() {
 		_ = cmd.Process.Signal(syscall.SIGCONT)
@@ -226,7 +218,6 @@ func startSimForWait(t *testing.T, dir string) *exec.Cmd {
 		}
 		_ = unix.Unmount(dir, unix.MNT_DETACH) // only if it died without unmounting
 	})
-	logs := bufio.NewScanner(stderr)
 	var logText strings.Builder
 	running := false
 	for logs.Scan() {
