@@ -426,14 +426,14 @@ type nodes struct{ compute, monitor bool }
 // mount), the devices that can be identified are read and advertised,
 // unhealthy, since they cannot be followed.
 func (s *SimSource) withoutEvents(ctx context.Context, log *slog.Logger, cause error) error {
-	names, err := gated(ctx, s.gate, "READDIR of "+s.Dir, func() ([]string, error) { return s.fs.ReadDir(s.Dir) }, nil)
+	names, err := s.list(ctx)
 	if err != nil {
 		return cause
 	}
 	if !slices.ContainsFunc(names, func(n string) bool { _, _, ok := accel.ParseNodeName(n); return ok }) {
 		return cause
 	}
-	if err := s.rescan(ctx, log, false); err != nil {
+	if err := s.update(ctx, log, names, false); err != nil {
 		return err
 	}
 	return fmt.Errorf("%w: %s has device nodes but no %s/%s, so the daemon cannot be followed", errNoEvents, s.Dir, devfsclient.SysDir, devfsclient.EventsFile)
@@ -445,10 +445,21 @@ var errNoEvents = errors.New("no event file")
 // rescan re-reads every device from the directory, and publishes the
 // result if publish is set.
 func (s *SimSource) rescan(ctx context.Context, log *slog.Logger, publish bool) error {
-	names, err := gated(ctx, s.gate, "READDIR of "+s.Dir, func() ([]string, error) { return s.fs.ReadDir(s.Dir) }, nil)
+	names, err := s.list(ctx)
 	if err != nil {
 		return err
 	}
+	return s.update(ctx, log, names, publish)
+}
+
+// list reads the directory's entry names through the daemon's gate.
+func (s *SimSource) list(ctx context.Context) ([]string, error) {
+	return gated(ctx, s.gate, "READDIR of "+s.Dir, func() ([]string, error) { return s.fs.ReadDir(s.Dir) }, nil)
+}
+
+// update makes the device set what names (the directory's entries) show:
+// each device with nodes is read again, a device without nodes goes.
+func (s *SimSource) update(ctx context.Context, log *slog.Logger, names []string, publish bool) error {
 	listed := map[int]*nodes{}
 	for _, n := range names {
 		index, kind, ok := accel.ParseNodeName(n)
