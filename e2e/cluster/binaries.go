@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -44,12 +45,12 @@ func haveAll(dir string) bool {
 // ensureBinaries builds the four Kubernetes binaries into the cache unless
 // they are there. The build goes to <dir>.tmp and is renamed when complete,
 // so a partial build is never used. It reports whether it built.
-func (p paths) ensureBinaries(ctx context.Context) (bool, error) {
-	dir := p.binDir()
+func (c *Cluster) ensureBinaries(ctx context.Context) (bool, error) {
+	dir := c.binDir()
 	if haveAll(dir) {
 		return false, nil
 	}
-	mod := p.o.ModuleDir
+	mod := c.o.ModuleDir
 	if mod == "" {
 		wd, _ := os.Getwd()
 		var err error
@@ -58,7 +59,7 @@ func (p paths) ensureBinaries(ctx context.Context) (bool, error) {
 		}
 	}
 	// One build at a time per cache (another `up` may be building).
-	if err := os.MkdirAll(p.o.CacheDir, 0o755); err != nil {
+	if err := os.MkdirAll(c.o.CacheDir, 0o755); err != nil {
 		return false, err
 	}
 	lock, err := os.OpenFile(dir+".lock", os.O_CREATE|os.O_RDWR, 0o644)
@@ -76,11 +77,11 @@ func (p paths) ensureBinaries(ctx context.Context) (bool, error) {
 	if err := os.MkdirAll(tmp, 0o755); err != nil {
 		return false, err
 	}
-	p.o.logf("building the Kubernetes %s binaries into %s (10-15 min the first time; log %s)", KubeVersion, dir, p.logFile("k8s-build"))
-	if err := os.MkdirAll(p.o.LogDir, 0o755); err != nil {
+	c.logf("building the Kubernetes %s binaries into %s (10-15 min the first time; log %s)", KubeVersion, dir, c.logFile("k8s-build"))
+	if err := os.MkdirAll(c.o.LogDir, 0o755); err != nil {
 		return false, err
 	}
-	logf, err := os.Create(p.logFile("k8s-build"))
+	logf, err := os.Create(c.logFile("k8s-build"))
 	if err != nil {
 		return false, err
 	}
@@ -93,14 +94,48 @@ func (p paths) ensureBinaries(ctx context.Context) (bool, error) {
 	cmd.Dir = mod
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Run(); err != nil {
-		return false, fmt.Errorf("building the Kubernetes binaries failed (%v): see %s", err, p.logFile("k8s-build"))
+		return false, fmt.Errorf("building the Kubernetes binaries failed (%v): see %s", err, c.logFile("k8s-build"))
 	}
 	if !haveAll(tmp) {
-		return false, fmt.Errorf("the Kubernetes build in %s is incomplete: see %s", tmp, p.logFile("k8s-build"))
+		return false, fmt.Errorf("the Kubernetes build in %s is incomplete: see %s", tmp, c.logFile("k8s-build"))
 	}
 	os.RemoveAll(dir)
 	if err := os.Rename(tmp, dir); err != nil {
 		return false, err
 	}
 	return true, nil
+}
+
+// findModuleDir walks up from dir to the e2e module's root.
+func findModuleDir(dir string) (string, error) {
+	d, err := filepath.Abs(dir)
+	if err != nil {
+		return "", err
+	}
+	for {
+		b, err := os.ReadFile(filepath.Join(d, "go.mod"))
+		if err == nil && modulePath(string(b)) == e2eModule {
+			return d, nil
+		}
+		if sub := filepath.Join(d, "e2e"); d != sub {
+			if b, err := os.ReadFile(filepath.Join(sub, "go.mod")); err == nil && modulePath(string(b)) == e2eModule {
+				return sub, nil
+			}
+		}
+		parent := filepath.Dir(d)
+		if parent == d {
+			return "", errors.New("the e2e module (" + e2eModule + ") was not found above " + dir + ": run from the repository or set Options.ModuleDir")
+		}
+		d = parent
+	}
+}
+
+func modulePath(gomod string) string {
+	for _, line := range strings.Split(gomod, "\n") {
+		line = strings.TrimSpace(line)
+		if rest, ok := strings.CutPrefix(line, "module "); ok {
+			return strings.Trim(strings.TrimSpace(rest), `"`)
+		}
+	}
+	return ""
 }

@@ -17,8 +17,8 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-func testPaths() paths {
-	return paths{o: Options{StateDir: "/s", RunDir: "/r", LogDir: "/l", CacheDir: "/c"}.Defaults()}
+func testCluster() *Cluster {
+	return New(Options{StateDir: "/s", RunDir: "/r", LogDir: "/l", CacheDir: "/c"})
 }
 
 // TestKubeconfig: client-go reads the kubeconfig Up writes as the given
@@ -30,7 +30,7 @@ func TestKubeconfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	kp := pki.Pairs[certAdmin]
-	data, err := clientcmd.Write(*kubeconfig(apiServerURL(), "admin", pki.Pairs[certCA].CertPEM, kp.CertPEM, kp.KeyPEM))
+	data, err := clientcmd.Write(*kubeconfigFor(apiServerURL(), "admin", pki.Pairs[certCA].CertPEM, kp.CertPEM, kp.KeyPEM))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,9 +59,9 @@ func TestKubeconfig(t *testing.T) {
 
 // loadKubeletConfig writes c's KubeletConfiguration as Up does and reads
 // it back with kubelet's own loader (strict decoding, then defaults).
-func loadKubeletConfig(t *testing.T, p paths) *kubeletconfig.KubeletConfiguration {
+func loadKubeletConfig(t *testing.T, c *Cluster) *kubeletconfig.KubeletConfiguration {
 	t.Helper()
-	b, err := yaml.Marshal(kubeletConfig(p))
+	b, err := yaml.Marshal(c.kubeletConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +81,7 @@ func loadKubeletConfig(t *testing.T, p paths) *kubeletconfig.KubeletConfiguratio
 }
 
 func TestKubeletConfig(t *testing.T) {
-	kc := loadKubeletConfig(t, testPaths())
+	kc := loadKubeletConfig(t, testCluster())
 	for _, c := range []struct {
 		name      string
 		got, want any
@@ -124,7 +124,7 @@ func TestKubeletConfig(t *testing.T) {
 }
 
 func TestContainerdConfig(t *testing.T) {
-	c := renderContainerdConfig(testPaths())
+	c := testCluster().containerdConfig()
 	for _, want := range []string{
 		`root = "/s/containerd"`, `state = "/r/containerd"`, `address = "/r/containerd.sock"`,
 		`sandbox_image = "localhost/pause:3.10"`, `restrict_oom_score_adj = true`, `SystemdCgroup = false`,
@@ -144,7 +144,7 @@ func TestCNIConfig(t *testing.T) {
 		Name    string           `json:"name"`
 		Plugins []map[string]any `json:"plugins"`
 	}
-	if err := json.Unmarshal([]byte(renderCNIConfig(testPaths())), &m); err != nil {
+	if err := json.Unmarshal([]byte(testCluster().cniConfig()), &m); err != nil {
 		t.Fatal(err)
 	}
 	if m.Name != CNINetworkName || len(m.Plugins) != 2 || m.Plugins[0]["type"] != "bridge" || m.Plugins[1]["type"] != "loopback" {
@@ -181,8 +181,8 @@ func argMap(args []string) map[string]string {
 }
 
 func TestComponentArgs(t *testing.T) {
-	p := testPaths()
-	api := argMap(apiServerArgs(p))
+	p := testCluster()
+	api := argMap(p.apiServerArgs())
 	for k, v := range map[string]string{
 		"bind-address": "0.0.0.0", "secure-port": "6443", "service-cluster-ip-range": ServiceCIDR,
 		"kubelet-preferred-address-types": "Hostname,InternalIP", "etcd-servers": "http://127.0.0.1:12379",
@@ -193,17 +193,17 @@ func TestComponentArgs(t *testing.T) {
 			t.Errorf("kube-apiserver --%s=%q, want %q", k, api[k], v)
 		}
 	}
-	cm := argMap(controllerManagerArgs(p))
+	cm := argMap(p.controllerManagerArgs())
 	if cm["use-service-account-credentials"] != "true" || cm["leader-elect"] != "false" || cm["root-ca-file"] != "/s/pki/ca.crt" {
 		t.Errorf("controller-manager %v", cm)
 	}
-	if s := argMap(schedulerArgs(p)); s["leader-elect"] != "false" || s["kubeconfig"] != "/s/scheduler.kubeconfig" {
+	if s := argMap(p.schedulerArgs()); s["leader-elect"] != "false" || s["kubeconfig"] != "/s/scheduler.kubeconfig" {
 		t.Errorf("scheduler %v", s)
 	}
-	if k := argMap(kubeletArgs(p)); k["config"] != "/s/config/kubelet.yaml" || k["kubeconfig"] != "/s/kubelet.kubeconfig" {
+	if k := argMap(p.kubeletArgs()); k["config"] != "/s/config/kubelet.yaml" || k["kubeconfig"] != "/s/kubelet.kubeconfig" {
 		t.Errorf("kubelet %v", k)
 	}
-	e := argMap(etcdArgs(p))
+	e := argMap(p.etcdArgs())
 	if e["listen-client-urls"] != "http://127.0.0.1:12379" || e["data-dir"] != "/s/etcd" {
 		t.Errorf("etcd %v", e)
 	}

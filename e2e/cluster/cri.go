@@ -16,8 +16,8 @@ var netnsRE = regexp.MustCompile(`/(?:var/)?run/netns/cni-[0-9a-f-]+`)
 // CRI service, so containerd tears down their networks (CNI DEL) and
 // netns mounts itself. It returns the netns paths it saw, to unmount any
 // containerd left behind.
-func (p paths) removeSandboxes(ctx context.Context) ([]string, error) {
-	conn, err := grpc.NewClient("unix://"+p.containerdSock(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+func (c *Cluster) removeSandboxes(ctx context.Context) ([]string, error) {
+	conn, err := grpc.NewClient("unix://"+c.containerdSock(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return nil, err
 	}

@@ -132,9 +132,9 @@ func busyboxFiles(busybox []byte, applets map[string]bool) []oci.File {
 
 // baseImages makes sure the pause and busybox archives are in the cache and
 // returns their paths.
-func (p paths) baseImages(ctx context.Context) ([]string, error) {
-	pause := filepath.Join(p.imageCache(), "pause-3.10.oci.tar")
-	busybox := filepath.Join(p.imageCache(), "busybox-1.36.oci.tar")
+func (c *Cluster) baseImages(ctx context.Context) ([]string, error) {
+	pause := filepath.Join(c.imageCache(), "pause-3.10.oci.tar")
+	busybox := filepath.Join(c.imageCache(), "busybox-1.36.oci.tar")
 	if _, err := os.Stat(pause); err != nil {
 		if err := pauseImage(ctx, pause); err != nil {
 			return nil, err
@@ -149,12 +149,12 @@ func (p paths) baseImages(ctx context.Context) ([]string, error) {
 }
 
 // importImages imports archives into containerd's k8s.io namespace.
-func (p paths) importImages(ctx context.Context, archives []string) error {
+func (c *Cluster) importImages(ctx context.Context, archives []string) error {
 	for _, a := range archives {
 		if _, err := os.Stat(a); err != nil {
 			return fmt.Errorf("image archive %s: %w", a, err)
 		}
-		out, err := p.ctr(ctx, "images", "import", a)
+		out, err := c.ctr(ctx, "images", "import", a)
 		if err != nil {
 			return fmt.Errorf("import %s into containerd: %v: %s", a, err, strings.TrimSpace(out))
 		}
@@ -163,8 +163,8 @@ func (p paths) importImages(ctx context.Context, archives []string) error {
 }
 
 // ctr runs ctr against this cluster's containerd in the k8s.io namespace.
-func (p paths) ctr(ctx context.Context, args ...string) (string, error) {
-	full := append([]string{"--address", p.containerdSock(), "--namespace", criNamespace}, args...)
+func (c *Cluster) ctr(ctx context.Context, args ...string) (string, error) {
+	full := append([]string{"--address", c.containerdSock(), "--namespace", criNamespace}, args...)
 	cmd := exec.CommandContext(ctx, "ctr", full...)
 	b, err := cmd.CombinedOutput()
 	return string(b), err

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -243,4 +244,32 @@ func deleteBridge(ctx context.Context) error {
 		return fmt.Errorf("ip link del %s: %v: %s", BridgeName, err, strings.TrimSpace(string(out)))
 	}
 	return nil
+}
+
+// cniConfig is the CNI network: a bridge whose gateway is the node's
+// address for pods, host-local addresses, loopback. No IP masquerade: pod
+// traffic stays on the node (FORWARD drops what would leave the bridge).
+func (c *Cluster) cniConfig() string {
+	conf := map[string]any{
+		"cniVersion": "0.4.0",
+		"name":       CNINetworkName,
+		"plugins": []any{
+			map[string]any{
+				"type":        "bridge",
+				"bridge":      BridgeName,
+				"isGateway":   true,
+				"ipMasq":      false,
+				"hairpinMode": true,
+				"ipam": map[string]any{
+					"type":    "host-local",
+					"dataDir": c.cniDataDir(),
+					"ranges":  []any{[]any{map[string]any{"subnet": PodCIDR, "gateway": BridgeGateway}}},
+					"routes":  []any{map[string]any{"dst": "0.0.0.0/0"}},
+				},
+			},
+			map[string]any{"type": "loopback"},
+		},
+	}
+	b, _ := json.MarshalIndent(conf, "", "  ")
+	return string(b) + "\n"
 }

@@ -26,12 +26,12 @@ func missingPackages(ctx context.Context, pkgs []string) []string {
 // installPackages installs missing packages with apt-get. Services the
 // packages ship (etcd, containerd) are kept from starting with a temporary
 // policy-rc.d when none exists.
-func (o Options) installPackages(ctx context.Context) error {
+func (c *Cluster) installPackages(ctx context.Context) error {
 	missing := missingPackages(ctx, debPackages)
 	if len(missing) == 0 {
 		return nil
 	}
-	o.logf("installing %s", strings.Join(missing, " "))
+	c.logf("installing %s", strings.Join(missing, " "))
 	const policy = "/usr/sbin/policy-rc.d"
 	if _, err := os.Stat(policy); os.IsNotExist(err) {
 		if err := os.WriteFile(policy, []byte("#!/bin/sh\nexit 101\n"), 0o755); err == nil {

@@ -144,46 +144,17 @@ func serial() (*big.Int, error) {
 }
 
 func newCA(cn string) (*KeyPair, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	sn, err := serial()
-	if err != nil {
-		return nil, err
-	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber:          sn,
+	return sign(&x509.Certificate{
 		Subject:               pkix.Name{CommonName: cn},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(10 * 365 * 24 * time.Hour),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
 		BasicConstraintsValid: true,
 		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, err
-	}
-	return pair(der, key)
+	}, 10*365*24*time.Hour, nil)
 }
 
 func issue(ca *KeyPair, s certSpec) (*KeyPair, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	sn, err := serial()
-	if err != nil {
-		return nil, err
-	}
-	now := time.Now()
 	tmpl := &x509.Certificate{
-		SerialNumber:          sn,
 		Subject:               pkix.Name{CommonName: s.cn, Organization: s.orgs},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(365 * 24 * time.Hour),
 		KeyUsage:              x509.KeyUsageDigitalSignature,
 		BasicConstraintsValid: true,
 		DNSNames:              s.dns,
@@ -195,7 +166,27 @@ func issue(ca *KeyPair, s certSpec) (*KeyPair, error) {
 	if s.client {
 		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageClientAuth)
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	return sign(tmpl, 365*24*time.Hour, ca)
+}
+
+// sign makes a key pair whose certificate is tmpl with a fresh serial
+// number, valid from an hour ago (clock skew) for validity, signed by ca,
+// or by itself when ca is nil.
+func sign(tmpl *x509.Certificate, validity time.Duration, ca *KeyPair) (*KeyPair, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	if tmpl.SerialNumber, err = serial(); err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	tmpl.NotBefore, tmpl.NotAfter = now.Add(-time.Hour), now.Add(validity)
+	parent, signer := tmpl, crypto.Signer(key)
+	if ca != nil {
+		parent, signer = ca.cert, ca.key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, signer)
 	if err != nil {
 		return nil, err
 	}
@@ -225,4 +216,16 @@ func keyPEM(key *ecdsa.PrivateKey) ([]byte, error) {
 		return nil, err
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), nil
+}
+
+// writePKI generates a fresh PKI for the node and writes it to StateDir.
+func (c *Cluster) writePKI(node string) (*PKI, error) {
+	pki, err := GeneratePKI(node, hostIPs())
+	if err != nil {
+		return nil, fmt.Errorf("generate the PKI: %w", err)
+	}
+	if err := pki.Write(c.pki("")); err != nil {
+		return nil, err
+	}
+	return pki, nil
 }

@@ -28,8 +28,7 @@ func TestForeignKubeletIsFound(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	o := Options{StateDir: t.TempDir(), RunDir: t.TempDir()}.Defaults()
-	found := paths{o: o}.foreignKube()
+	found := New(Options{StateDir: t.TempDir(), RunDir: t.TempDir()}).foreignKube()
 	if !strings.Contains(strings.Join(found, " "), "kubelet (pid") {
 		t.Fatalf("foreignKube = %v, want the fake kubelet", found)
 	}

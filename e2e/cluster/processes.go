@@ -28,23 +28,23 @@ const (
 var components = []string{compEtcd, compContainerd, compAPIServer, compCtrlMgr, compScheduler, compKubelet}
 
 // command is the executable and arguments of a component.
-func (p paths) command(name string) (string, []string) {
-	if c, ok := p.o.commands[name]; ok { // tests: stand-ins
+func (c *Cluster) command(name string) (string, []string) {
+	if c, ok := c.commands[name]; ok { // tests: stand-ins
 		return c[0], c[1:]
 	}
 	switch name {
 	case compEtcd:
-		return "/usr/bin/etcd", etcdArgs(p)
+		return "/usr/bin/etcd", c.etcdArgs()
 	case compContainerd:
-		return "/usr/bin/containerd", containerdArgs(p)
+		return "/usr/bin/containerd", c.containerdArgs()
 	case compAPIServer:
-		return p.bin(name), apiServerArgs(p)
+		return c.bin(name), c.apiServerArgs()
 	case compCtrlMgr:
-		return p.bin(name), controllerManagerArgs(p)
+		return c.bin(name), c.controllerManagerArgs()
 	case compScheduler:
-		return p.bin(name), schedulerArgs(p)
+		return c.bin(name), c.schedulerArgs()
 	case compKubelet:
-		return p.bin(name), kubeletArgs(p)
+		return c.bin(name), c.kubeletArgs()
 	}
 	panic("unknown component " + name)
 }
@@ -132,15 +132,15 @@ func (r record) live() bool {
 // start runs a component in its own session, its output appended to its
 // log, records it in its PID file, and returns it with a watcher that
 // knows when it exits.
-func (p paths) start(name string) (*child, error) {
-	exe, args := p.command(name)
-	if err := os.MkdirAll(p.o.LogDir, 0o755); err != nil {
+func (c *Cluster) start(name string) (*child, error) {
+	exe, args := c.command(name)
+	if err := os.MkdirAll(c.o.LogDir, 0o755); err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(p.o.RunDir, 0o755); err != nil {
+	if err := os.MkdirAll(c.o.RunDir, 0o755); err != nil {
 		return nil, err
 	}
-	logf, err := os.OpenFile(p.logFile(name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	logf, err := os.OpenFile(c.logFile(name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
 	}
@@ -153,39 +153,37 @@ func (p paths) start(name string) (*child, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	c := &child{name: name, cmd: cmd, done: make(chan struct{})}
+	k := &child{name: name, cmd: cmd, done: make(chan struct{})}
 	// The start time is read while the child cannot have been reaped yet:
 	// only the watcher below waits for it.
-	c.rec, err = recordOf(cmd.Process.Pid, exe)
+	k.rec, err = recordOf(cmd.Process.Pid, exe)
 	// Reap it if it exits while this process lives (otherwise init adopts
 	// it), say in its log how it ended (a signal names no sender, but tells
 	// a crash from a kill), and tell whoever waits for it.
-	logPath := p.logFile(name)
+	logPath := c.logFile(name)
 	go func() {
 		werr := cmd.Wait()
 		if f, ferr := os.OpenFile(logPath, os.O_WRONLY|os.O_APPEND, 0o644); ferr == nil {
 			fmt.Fprintf(f, "==== %s exited: %v\n", time.Now().UTC().Format(time.RFC3339Nano), describeExit(werr))
 			f.Close()
 		}
-		c.mu.Lock()
-		c.err = werr
-		c.mu.Unlock()
-		close(c.done)
+		k.mu.Lock()
+		k.err = werr
+		k.mu.Unlock()
+		close(k.done)
 	}()
 	if err != nil {
 		_ = cmd.Process.Kill()
-		<-c.done
+		<-k.done
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	if err := os.WriteFile(p.pidFile(name), []byte(c.rec.String()+"\n"), 0o644); err != nil {
+	if err := os.WriteFile(c.pidFile(name), []byte(k.rec.String()+"\n"), 0o644); err != nil {
 		_ = cmd.Process.Kill()
-		<-c.done
+		<-k.done
 		return nil, fmt.Errorf("record %s: %w", name, err)
 	}
-	if p.kids != nil {
-		p.kids.add(c)
-	}
-	return c, nil
+	c.kids.add(k)
+	return k, nil
 }
 
 func describeExit(err error) string {
@@ -218,7 +216,7 @@ func (c *child) exited() (bool, error) {
 	}
 }
 
-// children are the components one Up or RestartKubelet started, in order.
+// children are the components a Cluster started, in order.
 // While they run, whether one of them exited is what their own watchers
 // saw, never a guess from /proc and PID files.
 type children struct {
@@ -275,8 +273,8 @@ func (k *children) stopAll(grace time.Duration) error {
 }
 
 // readRecord reads a component's PID file.
-func (p paths) readRecord(name string) (record, error) {
-	b, err := os.ReadFile(p.pidFile(name))
+func (c *Cluster) readRecord(name string) (record, error) {
+	b, err := os.ReadFile(c.pidFile(name))
 	if err != nil {
 		return record{}, err
 	}
@@ -290,13 +288,13 @@ func (p paths) readRecord(name string) (record, error) {
 // /proc/PID/cmdline is empty for a moment after exec.Cmd.Start returns (the
 // kernel closes the close-on-exec pipe Start waits for before it has set up
 // the new program's arguments).
-func (p paths) running(name string) (int, bool) {
-	r, err := p.readRecord(name)
+func (c *Cluster) running(name string) (int, bool) {
+	r, err := c.readRecord(name)
 	if err != nil {
 		return 0, false
 	}
 	if r.Start == 0 {
-		return r.PID, r.live() && p.startedByUs(r.PID)
+		return r.PID, r.live() && c.startedByUs(r.PID)
 	}
 	return r.PID, r.live()
 }
@@ -305,13 +303,13 @@ func (p paths) running(name string) (int, bool) {
 // directory (every component gets its config from there), so a reused PID
 // running the same executable, e.g. the distribution's own containerd, is
 // never taken for ours.
-func (p paths) startedByUs(pid int) bool {
+func (c *Cluster) startedByUs(pid int) bool {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
 	if err != nil {
 		return false
 	}
 	cmd := string(b)
-	return strings.Contains(cmd, p.o.StateDir) || strings.Contains(cmd, p.o.RunDir)
+	return strings.Contains(cmd, c.o.StateDir) || strings.Contains(cmd, c.o.RunDir)
 }
 
 // exeIs reports whether pid runs exe.
@@ -337,17 +335,39 @@ func isZombie(pid int) bool {
 // stop sends SIGTERM to a component recorded in its PID file, waits up to
 // grace, then SIGKILLs it, and removes its PID file. It never signals a
 // process that is not the recorded one.
-func (p paths) stop(name string, grace time.Duration) error {
-	r, err := p.readRecord(name)
+func (c *Cluster) stop(name string, grace time.Duration) error {
+	r, err := c.readRecord(name)
 	if err != nil {
-		os.Remove(p.pidFile(name))
+		os.Remove(c.pidFile(name))
 		return nil
 	}
-	if err := terminate(r.PID, grace, func() bool { _, ok := p.running(name); return ok }); err != nil {
+	if err := terminate(r.PID, grace, func() bool { _, ok := c.running(name); return ok }); err != nil {
 		return fmt.Errorf("stop %s (pid %d): %w", name, r.PID, err)
 	}
-	os.Remove(p.pidFile(name))
+	os.Remove(c.pidFile(name))
 	return nil
+}
+
+// stopStrays stops the components of ours that no PID file names (a PID
+// file lost or overwritten): processes running a component's executable
+// with our state or run directory on their command line.
+func (c *Cluster) stopStrays(names ...string) error {
+	var errs []error
+	for _, comp := range names {
+		exe, _ := c.command(comp)
+		recorded, _ := c.running(comp)
+		for _, pid := range procsWith(exe) {
+			if pid == recorded || !c.startedByUs(pid) {
+				continue
+			}
+			c.logf("stopping %s (pid %d): ours, but no PID file names it", comp, pid)
+			pid := pid
+			if err := terminate(pid, 15*time.Second, func() bool { return procHas(pid, exe) && c.startedByUs(pid) }); err != nil {
+				errs = append(errs, fmt.Errorf("stop %s (pid %d): %w", comp, pid, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // terminate stops the process pid if it still is the one meant (isIt is
@@ -458,5 +478,26 @@ func killIf(pid int, sig unix.Signal, isIt func() bool) {
 	defer unix.Close(fd)
 	if isIt() {
 		_ = unix.PidfdSendSignal(fd, sig, nil, 0)
+	}
+}
+
+// quoteArgs is a shell-like rendering of a command line, for logs.
+func quoteArgs(argv []string) string {
+	q := make([]string, len(argv))
+	for i, a := range argv {
+		if strings.ContainsAny(a, " \t'\"") {
+			a = strconv.Quote(a)
+		}
+		q[i] = a
+	}
+	return strings.Join(q, " ")
+}
+
+// rotateLogs keeps each component's previous log as <name>.log.1.
+func (c *Cluster) rotateLogs() {
+	for _, comp := range components {
+		if _, err := os.Stat(c.logFile(comp)); err == nil {
+			os.Rename(c.logFile(comp), c.logFile(comp)+".1")
+		}
 	}
 }

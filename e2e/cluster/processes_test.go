@@ -40,10 +40,10 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// standins returns paths whose components are stand-ins (the test binary,
+// standins returns a cluster whose components are stand-ins (the test binary,
 // copied as exe so its /proc/PID/comm is that name) with private state,
 // run and log directories.
-func standins(t *testing.T, exe string, what map[string]string) paths {
+func standins(t *testing.T, exe string, what map[string]string) *Cluster {
 	t.Helper()
 	t.Setenv(standinEnv, "1")
 	self, err := os.Executable()
@@ -53,12 +53,20 @@ func standins(t *testing.T, exe string, what map[string]string) paths {
 	bin := filepath.Join(t.TempDir(), exe)
 	copyFile(t, self, bin)
 	dir := t.TempDir()
-	o := Options{StateDir: dir + "/state", RunDir: dir + "/run", LogDir: dir + "/log", Log: io.Discard}.Defaults()
-	o.commands = map[string][]string{}
+	o := Options{StateDir: dir + "/state", RunDir: dir + "/run", LogDir: dir + "/log", Log: io.Discard}
+	commands := map[string][]string{}
 	for name, behaviour := range what {
-		o.commands[name] = []string{bin, behaviour, "--config=" + o.StateDir + "/" + name}
+		commands[name] = []string{bin, behaviour, "--config=" + o.StateDir + "/" + name}
 	}
-	return paths{o: o, kids: &children{}}
+	return newWithCommands(o, commands)
+}
+
+// newWithCommands is New with components' command lines replaced
+// (executable first).
+func newWithCommands(o Options, commands map[string][]string) *Cluster {
+	c := New(o)
+	c.commands = commands
+	return c
 }
 
 func copyFile(t *testing.T, from, to string) {
@@ -275,7 +283,7 @@ func waitCmdline(t *testing.T, pid int) {
 }
 
 // waitLog waits until a component's log holds s.
-func waitLog(t *testing.T, p paths, name, s string) {
+func waitLog(t *testing.T, p *Cluster, name, s string) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {

@@ -55,34 +55,34 @@ func run(ctx context.Context, cmd string, args []string) error {
 		return fmt.Errorf("unexpected argument %q (%s)", fs.Arg(0), usage)
 	}
 	o.Imports = imports
+	c := cluster.New(o)
 	switch cmd {
 	case "up":
 		// A failed Up has torn down what it started; its error says why.
-		c, err := cluster.Up(ctx, o)
-		if err != nil {
+		if err := c.Up(ctx); err != nil {
 			return err
 		}
-		fmt.Println(c.Kubeconfig)
+		fmt.Println(c.AdminKubeconfig())
 	case "down":
-		return cluster.Down(ctx, o)
+		return c.Down(ctx)
 	case "restart-kubelet":
-		return cluster.RestartKubelet(ctx, o)
+		return c.RestartKubelet(ctx)
 	case "status":
-		comps, node, ok := cluster.Status(ctx, o)
-		for _, c := range comps {
+		comps, node, ok := c.Status(ctx)
+		for _, s := range comps {
 			state := "not running"
-			if c.Running {
-				state = fmt.Sprintf("running (pid %d)", c.PID)
+			if s.Running {
+				state = fmt.Sprintf("running (pid %d)", s.PID)
 			}
-			fmt.Printf("%-24s %-20s %s\n", c.Name, state, c.Log)
+			fmt.Printf("%-24s %-20s %s\n", s.Name, state, s.Log)
 		}
 		fmt.Println(node)
-		fmt.Println("kubeconfig", o.AdminKubeconfig())
+		fmt.Println("kubeconfig", c.AdminKubeconfig())
 		if !ok {
 			return fmt.Errorf("the cluster is not (fully) up: `localcluster up` brings it up")
 		}
 	case "kubeconfig":
-		fmt.Println(o.AdminKubeconfig())
+		fmt.Println(c.AdminKubeconfig())
 	default:
 		return fmt.Errorf("unknown command %q (%s)", cmd, usage)
 	}
