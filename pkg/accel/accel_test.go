@@ -291,6 +291,10 @@ func TestStatusRules(t *testing.T) {
 	_, err = d.Open(context.Background(), NodeCompute, 1)
 	wantErrno(t, "compute open during reset", err, syscall.EAGAIN)
 	wantErrno(t, "second reset during reset", d.Reset(context.Background()), syscall.EAGAIN)
+	wantErrno(t, "status change during reset", d.SetStatus(StatusMalfunction), syscall.EAGAIN)
+	if st := d.Status(); st != StatusInReset {
+		t.Fatalf("status %v after a refused change during reset, want in_reset", st)
+	}
 	close(drv.resetGo)
 	if err := <-resetDone; err != nil {
 		t.Fatal(err)

@@ -77,7 +77,8 @@ func (d *Device) Info() Info {
 
 // SetStatus changes the device status, as a driver does when it detects a
 // fault or recovers, and emits an EventStatus when it changed. Removed is
-// reached only through Registry.Unregister and is final.
+// reached only through Registry.Unregister and is final. While Reset runs
+// the reset decides the status: SetStatus fails with EAGAIN.
 func (d *Device) SetStatus(s Status) error {
 	if s == StatusRemoved {
 		return fmt.Errorf("set status of %s: use Registry.Unregister to remove a device: %w", d.name, syscall.EINVAL)
@@ -85,12 +86,18 @@ func (d *Device) SetStatus(s Status) error {
 	if s > StatusRemoved {
 		return fmt.Errorf("set status of %s: unknown status %d: %w", d.name, s, syscall.EINVAL)
 	}
-	return d.setStatus(s, nil)
+	return d.setStatus(s, func() error {
+		if d.resetting {
+			return fmt.Errorf("set status of %s: a reset is in progress: %w", d.name, syscall.EAGAIN)
+		}
+		return nil
+	})
 }
 
-// setStatus applies s (after update, if any, under the device lock) and
-// publishes the change in order with every other change.
-func (d *Device) setStatus(s Status, update func()) error {
+// setStatus applies s (after update, if any, under the device lock; an
+// error from update cancels the change) and publishes the change in order
+// with every other change.
+func (d *Device) setStatus(s Status, update func() error) error {
 	r := d.reg
 	r.pubMu.Lock()
 	defer r.pubMu.Unlock()
@@ -100,7 +107,10 @@ func (d *Device) setStatus(s Status, update func()) error {
 		return fmt.Errorf("%s: %w", d.name, syscall.ENODEV)
 	}
 	if update != nil {
-		update()
+		if err := update(); err != nil {
+			d.mu.Unlock()
+			return err
+		}
 	}
 	old := d.status
 	d.status = s
@@ -142,7 +152,7 @@ func (d *Device) Reset(ctx context.Context) error {
 		_ = d.setStatus(StatusMalfunction, nil)
 		return fmt.Errorf("reset %s: %w", d.name, err)
 	}
-	if err := d.setStatus(StatusOperational, func() { d.resetCount++ }); err != nil {
+	if err := d.setStatus(StatusOperational, func() error { d.resetCount++; return nil }); err != nil {
 		return fmt.Errorf("reset: %w", err)
 	}
 	return nil

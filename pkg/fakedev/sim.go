@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -92,17 +93,17 @@ type Sim struct {
 	cfg Config
 	log *slog.Logger
 
-	// mu serialises hot-plug and status decisions, so that a fault or
-	// recover never interleaves with a reset this Sim runs.
-	mu        sync.Mutex
-	nextSlot  int
-	resetting map[*accel.Device]bool
+	// mu serialises hot-plug and status decisions (faults, recover). A
+	// reset is the core's: it refuses a second reset and any status change
+	// while it runs (EAGAIN).
+	mu       sync.Mutex
+	nextSlot int
 }
 
 // New returns a simulator registering into reg, with no devices yet.
 func New(reg *accel.Registry, cfg Config) *Sim {
 	cfg.setDefaults()
-	return &Sim{reg: reg, cfg: cfg, log: cfg.Logger, resetting: make(map[*accel.Device]bool)}
+	return &Sim{reg: reg, cfg: cfg, log: cfg.Logger}
 }
 
 // Add hot-plugs one new device and returns it.
@@ -190,13 +191,17 @@ func (s *Sim) inject(name string, f Fault) (accel.Status, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	resetting := fmt.Errorf("fault %s: a reset is in progress: %w", name, syscall.EAGAIN)
 	switch st := d.Status(); {
-	case s.resetting[d] || st == accel.StatusInReset:
-		return accel.StatusInReset, fmt.Errorf("fault %s: a reset is in progress: %w", name, syscall.EAGAIN)
+	case st == accel.StatusInReset:
+		return st, resetting
 	case st == accel.StatusNeedsReset && want == accel.StatusMalfunction:
 		return st, nil
 	}
-	if err := d.SetStatus(want); err != nil {
+	switch err := d.SetStatus(want); {
+	case errors.Is(err, syscall.EAGAIN): // a reset began after the check
+		return accel.StatusInReset, resetting
+	case err != nil:
 		return 0, fmt.Errorf("fault: %w", err)
 	}
 	return want, nil
@@ -211,17 +216,18 @@ func (s *Sim) Recover(name string) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.resetting[d] {
-		return fmt.Errorf("recover %s: a reset is in progress: %w", name, syscall.EAGAIN)
-	}
+	resetting := fmt.Errorf("recover %s: a reset is in progress: %w", name, syscall.EAGAIN)
 	switch st := d.Status(); st {
 	case accel.StatusMalfunction, accel.StatusOperational:
-		if err := d.SetStatus(accel.StatusOperational); err != nil {
+		switch err := d.SetStatus(accel.StatusOperational); {
+		case errors.Is(err, syscall.EAGAIN): // a reset began after the check
+			return resetting
+		case err != nil:
 			return fmt.Errorf("recover: %w", err)
 		}
 		return nil
 	case accel.StatusInReset:
-		return fmt.Errorf("recover %s: a reset is in progress: %w", name, syscall.EAGAIN)
+		return resetting
 	default:
 		return fmt.Errorf("%s is %s: only a reset recovers it: %w", name, st, syscall.EINVAL)
 	}
@@ -234,19 +240,7 @@ func (s *Sim) Reset(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	s.mu.Lock()
-	if s.resetting[d] {
-		s.mu.Unlock()
-		return fmt.Errorf("reset %s: a reset is already in progress: %w", name, syscall.EAGAIN)
-	}
-	s.resetting[d] = true
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.resetting, d)
-		s.mu.Unlock()
-	}()
-	return d.Reset(ctx)
+	return d.Reset(ctx) // the core refuses a second reset with EAGAIN
 }
 
 // lookup finds the simulated device whose compute node is name: EINVAL for
