@@ -31,6 +31,9 @@ func New(o Options) *Cluster {
 	return &Cluster{o: o.withDefaults(), kids: &children{}}
 }
 
+// Options are the cluster's options, the defaults filled in.
+func (c *Cluster) Options() Options { return c.o }
+
 func (c *Cluster) logf(format string, args ...any) {
 	fmt.Fprintf(c.o.Log, "localcluster: "+format+"\n", args...)
 }

@@ -304,12 +304,17 @@ func (c *Cluster) running(name string) (int, bool) {
 // running the same executable, e.g. the distribution's own containerd, is
 // never taken for ours.
 func (c *Cluster) startedByUs(pid int) bool {
+	cl, ok := cmdline(pid)
+	return ok && (strings.Contains(cl, c.o.StateDir) || strings.Contains(cl, c.o.RunDir))
+}
+
+// cmdline is pid's command line, its arguments separated by spaces.
+func cmdline(pid int) (string, bool) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
 	if err != nil {
-		return false
+		return "", false
 	}
-	cmd := string(b)
-	return strings.Contains(cmd, c.o.StateDir) || strings.Contains(cmd, c.o.RunDir)
+	return strings.TrimSpace(strings.ReplaceAll(string(b), "\x00", " ")), true
 }
 
 // exeIs reports whether pid runs exe.
@@ -439,11 +444,10 @@ func procHas(pid int, exe string, args ...string) bool {
 	if !isProcess(pid, exe) {
 		return false
 	}
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
-	if err != nil {
+	cl, ok := cmdline(pid)
+	if !ok {
 		return false
 	}
-	cl := strings.ReplaceAll(string(b), "\x00", " ")
 	for _, a := range args {
 		if !strings.Contains(cl, a) {
 			return false

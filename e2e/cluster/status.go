@@ -2,7 +2,10 @@ package cluster
 
 import (
 	"context"
+	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -54,6 +57,22 @@ func (c *Cluster) healthy(ctx context.Context, node string) bool {
 		return false
 	}
 	return c.waitNodeReady(ctx, cs, node, time.Time{}, 2*time.Second) == nil
+}
+
+// Leftovers lists what of the cluster is left that Down removes: PID
+// files in RunDir, and processes whose command line names StateDir or
+// RunDir (every component's does). After Down, and after a failed Up, it
+// is empty.
+func (c *Cluster) Leftovers() []string {
+	var left []string
+	if m, _ := filepath.Glob(filepath.Join(c.o.RunDir, "*.pid")); len(m) > 0 {
+		left = append(left, "PID files "+strings.Join(m, " "))
+	}
+	for _, pid := range procsWhere(func(pid int, _ string) bool { return c.startedByUs(pid) }) {
+		cl, _ := cmdline(pid)
+		left = append(left, fmt.Sprintf("pid %d (%s)", pid, cl))
+	}
+	return left
 }
 
 // anyState reports whether anything of a previous cluster is left.

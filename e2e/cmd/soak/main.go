@@ -30,18 +30,14 @@ import (
 	"os/signal"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/accel-device-plugin/accel-device-plugin/e2e/cluster"
 )
 
-const (
-	stateDir = "/var/lib/accel-e2e"
-	runDir   = "/run/accel-e2e"
-	logDir   = "/var/log/accel-e2e"
-	tracing  = "/sys/kernel/tracing"
-)
+const tracing = "/sys/kernel/tracing"
 
 type config struct {
 	repo, localcluster, image, e2eCmd, out string
@@ -53,7 +49,7 @@ func main() {
 	var c config
 	flag.StringVar(&c.repo, "repo", ".", "repository root (where `make e2e` runs)")
 	flag.StringVar(&c.localcluster, "localcluster", "bin/localcluster", "localcluster binary, relative to --repo")
-	flag.StringVar(&c.image, "import", "_output/accel-device-plugin-0.1.0.tar", "image archive `up` imports, relative to --repo")
+	flag.StringVar(&c.image, "import", "", "image archive `up` imports, relative to --repo (default _output/accel-device-plugin-$(cat VERSION).tar, as make builds it)")
 	flag.StringVar(&c.e2eCmd, "e2e-cmd", "make e2e", "shell command running the e2e suite, in --repo")
 	flag.StringVar(&c.out, "out", "/tmp/accel-soak", "directory for the logs of failed steps and e2e runs")
 	flag.IntVar(&c.cycles, "cycles", 30, "down/up cycles")
@@ -69,11 +65,6 @@ func main() {
 	}
 }
 
-type step struct {
-	took time.Duration
-	err  error
-}
-
 func run(ctx context.Context, c config) error {
 	if os.Geteuid() != 0 {
 		return errors.New("run as root (the local cluster needs it)")
@@ -83,6 +74,13 @@ func run(ctx context.Context, c config) error {
 		return err
 	}
 	lc := filepath.Join(repo, c.localcluster)
+	if c.image == "" {
+		chart, err := cluster.ReadChart(repo)
+		if err != nil {
+			return err
+		}
+		c.image = filepath.Join("_output", "accel-device-plugin-"+chart.Version+".tar")
+	}
 	image := filepath.Join(repo, c.image)
 	for _, f := range []string{lc, image} {
 		if _, err := os.Stat(f); err != nil {
@@ -232,29 +230,10 @@ func lastLine(s string) string {
 	return lines[len(lines)-1]
 }
 
-// leftovers: after down, no PID file and no process naming the cluster's
-// directories.
+// leftovers: after down, nothing of the cluster left (Cluster.Leftovers:
+// no PID file, no process naming the cluster's directories).
 func leftovers() error {
-	var left []string
-	if m, _ := filepath.Glob(runDir + "/*.pid"); len(m) > 0 {
-		left = append(left, "PID files "+strings.Join(m, " "))
-	}
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		if err != nil {
-			continue
-		}
-		cl := strings.ReplaceAll(string(b), "\x00", " ")
-		if strings.Contains(cl, stateDir) || strings.Contains(cl, runDir+"/") {
-			left = append(left, fmt.Sprintf("pid %d (%s)", pid, strings.TrimSpace(cl)))
-		}
-	}
-	if len(left) > 0 {
+	if left := cluster.New(cluster.Options{}).Leftovers(); len(left) > 0 {
 		return fmt.Errorf("left after down: %s", strings.Join(left, "; "))
 	}
 	return nil
@@ -264,7 +243,7 @@ func leftovers() error {
 func saveLogs(dir string, out []byte) {
 	_ = os.MkdirAll(dir, 0o755)
 	_ = os.WriteFile(filepath.Join(dir, "output.txt"), out, 0o644)
-	logs, _ := filepath.Glob(logDir + "/*.log*")
+	logs, _ := filepath.Glob(filepath.Join(cluster.New(cluster.Options{}).Options().LogDir, "*.log*"))
 	for _, l := range logs {
 		if b, err := os.ReadFile(l); err == nil {
 			_ = os.WriteFile(filepath.Join(dir, filepath.Base(l)), b, 0o644)
