@@ -1,8 +1,11 @@
 package devfs
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"slices"
+	"syscall"
 	"testing"
 	"time"
 
@@ -62,5 +65,25 @@ func BenchmarkKernelOpenClose(b *testing.B) {
 			return err
 		}
 		return f.Close()
+	})
+}
+
+// BenchmarkComputeIoctl: a driver-range ioctl on the held compute node
+// through FUSE, the path every job's commands take, holder bookkeeping
+// included (a command fakedev does not know: ENOTTY, no driver work).
+func BenchmarkComputeIoctl(b *testing.B) {
+	m := mountSim(b, 1)
+	f, err := os.OpenFile(m.path("ac0"), os.O_RDWR, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	cmd := accel.IOWR(accel.DriverCommandBase+30, 8)
+	buf := make([]byte, 8)
+	timed(b, func() error {
+		if err := accel.Ioctl(f, cmd, buf); !errors.Is(err, syscall.ENOTTY) {
+			return fmt.Errorf("ioctl: %v, want ENOTTY", err)
+		}
+		return nil
 	})
 }

@@ -41,6 +41,7 @@ type holderRec struct {
 	name  string // compute node name, acN
 	ino   uint64 // its inode number in the mount
 	pid   int32  // recorded holder; 0: unknown
+	tid   int32  // a thread of pid seen calling, so its requests skip /proc
 	start uint64 // its start time (/proc/PID/stat field 22), 0 if not read yet
 	stale bool   // a descriptor was closed since the holder was checked
 }
@@ -78,18 +79,26 @@ func (h *holders) flushed(f *accel.File) {
 	h.mu.Unlock()
 }
 
-// used notes a request on f from process pid.
-func (h *holders) used(f *accel.File, pid int32) {
-	if pid == 0 {
+// used notes a request on f from thread tid (as FUSE reports the caller).
+// A request from the recorded holder — its main thread, or the last thread
+// of it seen — costs no /proc read; any other thread is mapped to its
+// process, which becomes the holder if it is another one.
+func (h *holders) used(f *accel.File, tid int32) {
+	if tid == 0 {
 		return
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	r := h.recs[f]
-	if r == nil || r.pid == pid {
+	if r == nil || tid == r.pid || tid == r.tid {
 		return
 	}
-	r.pid, r.start, r.stale = pid, 0, false
+	pid := tgid(tid)
+	if pid == r.pid {
+		r.tid = tid
+		return
+	}
+	r.pid, r.tid, r.start, r.stale = pid, tid, 0, false
 	f.SetPID(pid)
 }
 
@@ -124,7 +133,7 @@ func (h *holders) refresh(d *accel.Device) {
 		return // unknown until the file is used or a descriptor is closed
 	}
 	pid := h.find(r)
-	r.pid, r.start, r.stale = pid, procStart(pid), false
+	r.pid, r.tid, r.start, r.stale = pid, 0, procStart(pid), false
 	f.SetPID(pid)
 }
 

@@ -215,7 +215,9 @@ func (h *devHandle) Release(ctx context.Context) syscall.Errno {
 // Ioctl forwards to the core, keeping holder_pid true first (see holders).
 func (h *devHandle) Ioctl(ctx context.Context, cmd uint32, arg uint64, input, output []byte) (int32, syscall.Errno) {
 	if h.f.Kind() == accel.NodeCompute {
-		h.holders.used(h.f, callerPID(ctx))
+		if c, ok := fuse.FromContext(ctx); ok {
+			h.holders.used(h.f, int32(c.Pid))
+		}
 	}
 	if cmd == accel.IoctlInfo {
 		h.holders.refresh(h.f.Device())
