@@ -5,8 +5,10 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"testing"
+	"time"
 )
 
 // Regression (review of issue 10): a monitor node reads like a regular
@@ -25,6 +27,10 @@ func TestMonitorShortReads(t *testing.T) {
 	}
 
 	for _, size := range []int{1, 80, 511} {
+		// The summary counts open monitor files, and FUSE releases a
+		// closed one after close() returns: wait for the last reader's
+		// release, so this reader's text is the one read above.
+		waitMonitorClients(t, m, 0)
 		f, err := os.Open(path)
 		if err != nil {
 			t.Fatal(err)
@@ -77,5 +83,19 @@ func TestMonitorShortReads(t *testing.T) {
 	}
 	if !strings.HasPrefix(string(whole), "ac0 operational:") {
 		t.Errorf("summary %q", whole)
+	}
+}
+
+// waitMonitorClients waits, up to a deadline, until device 0 has n open
+// monitor files.
+func waitMonitorClients(t *testing.T, m *testMount, n uint32) {
+	t.Helper()
+	d := m.reg.Devices()[0]
+	deadline := time.Now().Add(5 * time.Second)
+	for d.Info().MonitorClients != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %d monitor clients after 5s, want %d", d.Name(), d.Info().MonitorClients, n)
+		}
+		runtime.Gosched()
 	}
 }
