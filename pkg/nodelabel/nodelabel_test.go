@@ -83,7 +83,7 @@ func (c *cluster) await(t *testing.T, what string, cond func(map[string]string) 
 func TestLabelerFollowsDevicesAndCleansUp(t *testing.T) {
 	c := newCluster(t)
 	c.failN = 2 // the first patches fail: retried with backoff
-	store := plugin.NewStore()
+	store := plugin.NewStore(nil)
 	store.Publish("sim", []plugin.Device{device(0, "Simulated Accel SA-1", false), device(1, "Simulated Accel SA-1", false)})
 	l := &Labeler{Client: c.client, Node: "node-1", Prefix: "accel.io", Store: store, Logger: slog.New(slog.DiscardHandler)}
 	if err := l.Check(context.Background()); err != nil {
@@ -126,7 +126,7 @@ func TestLabelerFollowsDevicesAndCleansUp(t *testing.T) {
 
 func TestCheckGivesActionableErrors(t *testing.T) {
 	c := newCluster(t)
-	l := &Labeler{Client: c.client, Node: "missing", Prefix: "accel.io", Store: plugin.NewStore(), Logger: slog.New(slog.DiscardHandler)}
+	l := &Labeler{Client: c.client, Node: "missing", Prefix: "accel.io", Store: plugin.NewStore(nil), Logger: slog.New(slog.DiscardHandler)}
 	if err := l.Check(context.Background()); err == nil || !strings.Contains(err.Error(), "downward API") {
 		t.Errorf("missing node: %v", err)
 	}
@@ -177,7 +177,7 @@ func TestRemoveAllTouchesOnlyOwnedLabels(t *testing.T) {
 // at start.
 func TestLabelerWaitsForDiscovery(t *testing.T) {
 	c := newCluster(t)
-	store := plugin.NewStore()
+	store := plugin.NewStore(nil)
 	l := &Labeler{Client: c.client, Node: "node-1", Prefix: "accel.io", Store: store, Logger: slog.New(slog.DiscardHandler)}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -109,7 +109,7 @@ func (b *logBuffer) logger() *slog.Logger { return slog.New(slog.NewTextHandler(
 
 func startKernelSource(t *testing.T, classDir, devDir string, log *slog.Logger) *Store {
 	t.Helper()
-	store := NewStore()
+	store := NewStore(nil)
 	src := &KernelSource{ClassDir: classDir, DevDir: devDir, Resync: time.Hour, Store: store, Logger: log}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

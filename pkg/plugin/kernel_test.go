@@ -120,7 +120,7 @@ func awaitDevices(t *testing.T, s *Store, d time.Duration, what string, cond fun
 }
 
 func runKernelSource(t *testing.T, classDir, devDir string, resync time.Duration) *Store {
-	store := NewStore()
+	store := NewStore(nil)
 	src := &KernelSource{ClassDir: classDir, DevDir: devDir, Resync: resync, Store: store, Logger: testLogger(t)}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -215,7 +215,7 @@ func TestKernelSourceStatusAtResync(t *testing.T) {
 // DeviceSpecs, and they offer no monitor slots (the merged kernel has no
 // monitor node).
 func TestKernelDeviceAllocation(t *testing.T) {
-	store := NewStore()
+	store := NewStore(nil)
 	d := Device{ID: "AN-1", Name: "accel3", Index: 3, NUMANode: 0, Status: accel.StatusOperational, HostDir: "/dev/accel", Kernel: true}
 	d.health()
 	store.Publish("kernel", []Device{d})

@@ -248,7 +248,7 @@ type memSource struct {
 
 func startMemSource(t *testing.T, d *memDaemon, timeout time.Duration, adjust func(*SimSource)) *memSource {
 	t.Helper()
-	store := NewStore()
+	store := NewStore(nil)
 	src := &SimSource{Dir: d.dir, HostDir: "/host/dev", Resync: time.Hour, Timeout: timeout, Store: store, Logger: testLogger(t), fs: d}
 	if adjust != nil {
 		adjust(src)

@@ -148,7 +148,7 @@ func New(cfg Config) (*Plugin, error) {
 		}
 		return nil, fmt.Errorf("--kubelet-dir %s: %w (is this a Kubernetes node? kubelet creates it)", cfg.KubeletDir, err)
 	}
-	store := NewStore()
+	store := NewStore(log)
 	res := []*Resource{NewComputeResource(cfg.ResourcePrefix, store, log)}
 	if cfg.MonitorSlots > 0 {
 		res = append(res, NewMonitorResource(cfg.ResourcePrefix, cfg.MonitorSlots, store, log))

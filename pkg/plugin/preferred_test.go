@@ -8,7 +8,7 @@ import (
 
 // snapshotOf builds a snapshot with devices d0..dN-1, device i on numa[i].
 func snapshotOf(numa ...int) *Snapshot {
-	s := NewStore()
+	s := NewStore(nil)
 	var devs []Device
 	for i, n := range numa {
 		devs = append(devs, dev(fmt.Sprintf("d%d", i), i, n))

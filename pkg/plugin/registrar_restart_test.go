@@ -290,7 +290,7 @@ func (m *devManager) registrations(res string) int {
 // startRegistrar runs a registrar for both resources on dir.
 func startRegistrar(t testing.TB, dir string, adjust func(*Registrar)) []string {
 	t.Helper()
-	store := NewStore()
+	store := NewStore(nil)
 	log := testLogger(t)
 	res := []*Resource{NewComputeResource("accel.io", store, log), NewMonitorResource("accel.io", 2, store, log)}
 	g := &Registrar{Dir: dir, Resources: res, Logger: log}

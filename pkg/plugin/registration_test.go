@@ -12,7 +12,7 @@ import (
 // and a live socket of another process is not taken over.
 func TestEndpointLeavesOtherSocketsAlone(t *testing.T) {
 	dir := t.TempDir()
-	res := NewComputeResource("accel.io", NewStore(), testLogger(t))
+	res := NewComputeResource("accel.io", NewStore(nil), testLogger(t))
 	path := filepath.Join(dir, res.SocketName())
 	wake := make(chan struct{}, 1)
 	srv, err := serveAt(path, res, testLogger(t), wake)

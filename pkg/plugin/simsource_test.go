@@ -100,7 +100,7 @@ func TestSimSourceNeverOpensComputeNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { events.Close() })
-	store := NewStore()
+	store := NewStore(nil)
 	src := &SimSource{Dir: dir, Resync: time.Hour, Store: store, Logger: testLogger(t)}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"log/slog"
 	"slices"
 	"sync"
 )
@@ -30,19 +31,33 @@ func (s *Snapshot) Device(id string) (Device, bool) {
 // channel, so a slow kubelet stream cannot block discovery, and a watcher
 // that wakes late simply reads the newest snapshot (changes coalesce, none
 // is lost).
+//
+// Device IDs are unique across sources: when two sources report the same
+// ID (two simulators started with the same seed, a device seen both by
+// its daemon and in sysfs), the first source by name keeps it, and the
+// other device is not advertised; each such device is logged once, when it
+// becomes shadowed.
 type Store struct {
-	mu      sync.Mutex
-	snap    *Snapshot
-	sources map[string][]Device
-	changed chan struct{}
+	mu       sync.Mutex
+	log      *slog.Logger
+	snap     *Snapshot
+	sources  map[string][]Device
+	shadowed map[string]bool // source + "\x00" + name of devices not advertised for a taken ID
+	changed  chan struct{}
 }
 
-// NewStore returns a store at version 0 with no devices.
-func NewStore() *Store {
+// NewStore returns a store at version 0 with no devices, logging to log
+// (nil: nowhere).
+func NewStore(log *slog.Logger) *Store {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	return &Store{
-		snap:    &Snapshot{byID: map[string]int{}},
-		sources: map[string][]Device{},
-		changed: make(chan struct{}),
+		log:      log,
+		snap:     &Snapshot{byID: map[string]int{}},
+		sources:  map[string][]Device{},
+		shadowed: map[string]bool{},
+		changed:  make(chan struct{}),
 	}
 }
 
@@ -82,15 +97,25 @@ func (s *Store) Publish(source string, devices []Device) uint64 {
 	}
 	slices.Sort(names)
 	next := &Snapshot{Version: s.snap.Version + 1, byID: map[string]int{}}
+	shadowed := map[string]bool{}
 	for _, name := range names {
 		for _, d := range s.sources[name] {
-			if _, dup := next.byID[d.ID]; dup {
-				continue // one identity, one device: the first source wins
+			if i, dup := next.byID[d.ID]; dup {
+				// One identity, one device: the first source wins.
+				key := d.Source + "\x00" + d.Name
+				shadowed[key] = true
+				if !s.shadowed[key] {
+					kept := next.Devices[i]
+					s.log.Warn("device not advertised: another source reports the same device ID",
+						"id", d.ID, "device", d.Name, "source", d.Source, "advertised_device", kept.Name, "advertised_source", kept.Source)
+				}
+				continue
 			}
 			next.byID[d.ID] = len(next.Devices)
 			next.Devices = append(next.Devices, d)
 		}
 	}
+	s.shadowed = shadowed
 	s.snap = next
 	close(s.changed)
 	s.changed = make(chan struct{})

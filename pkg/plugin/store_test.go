@@ -1,6 +1,8 @@
 package plugin
 
 import (
+	"log/slog"
+	"strings"
 	"testing"
 
 	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel"
@@ -13,7 +15,7 @@ func dev(id string, index, numa int) Device {
 }
 
 func TestStorePublishesOnlyChanges(t *testing.T) {
-	s := NewStore()
+	s := NewStore(nil)
 	snap0, changed0 := s.Load()
 	if snap0.Version != 0 {
 		t.Fatalf("new store at version %d", snap0.Version)
@@ -100,5 +102,37 @@ func TestMonitorSlotIDs(t *testing.T) {
 	}
 	if id := MonitorSlotID("SIM-1", 3); id != "SIM-1-m3" {
 		t.Errorf("MonitorSlotID = %q", id)
+	}
+}
+
+// Two sources reporting one device ID: the first source by name keeps it,
+// the other device is not advertised, and that is logged once while it
+// lasts (again if it comes back). Before, the device vanished silently.
+func TestStoreSharedIDAcrossSources(t *testing.T) {
+	logs := &syncBuffer{}
+	s := NewStore(slog.New(slog.NewTextHandler(logs, nil)))
+	a, b := dev("SIM-1", 0, 0), dev("SIM-1", 3, 0)
+	a.Source, b.Source = "sim:/run/a", "sim:/run/b"
+	other := dev("SIM-2", 4, 0)
+	other.Source = b.Source
+	s.Publish(a.Source, []Device{a})
+	s.Publish(b.Source, []Device{b})
+	s.Publish(b.Source, []Device{b, other}) // still shadowed: no second line
+	snap, _ := s.Load()
+	if len(snap.Devices) != 2 || snap.Devices[0].Name != "ac0" || snap.Devices[0].Source != a.Source || snap.Devices[1].ID != "SIM-2" {
+		t.Fatalf("devices %+v, want ac0 of %s and SIM-2", snap.Devices, a.Source)
+	}
+	if n := strings.Count(logs.String(), "another source reports the same device ID"); n != 1 {
+		t.Fatalf("%d warnings, want 1:\n%s", n, logs.String())
+	}
+	for _, want := range []string{"id=SIM-1", "device=ac3", "source=sim:/run/b", "advertised_device=ac0", "advertised_source=sim:/run/a"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("warning lacks %s:\n%s", want, logs.String())
+		}
+	}
+	s.Publish(b.Source, []Device{other})
+	s.Publish(b.Source, []Device{b, other})
+	if n := strings.Count(logs.String(), "another source reports the same device ID"); n != 2 {
+		t.Fatalf("%d warnings after the device came back, want 2:\n%s", n, logs.String())
 	}
 }

@@ -46,7 +46,7 @@ func (s *fakeStream) RecvMsg(any) error            { return nil }
 // when it moves again it sends the newest list: changes coalesce, and the
 // last one is never lost.
 func TestSlowStreamBlocksNothingAndCoalesces(t *testing.T) {
-	store := NewStore()
+	store := NewStore(nil)
 	store.Publish("sim", []Device{dev("A", 0, 0)})
 	res := NewComputeResource("accel.io", store, testLogger(t))
 	ctx, cancel := context.WithCancel(context.Background())

@@ -18,7 +18,7 @@ import (
 // testResources is a compute and a monitor resource (2 slots per device)
 // over d0..d3 (NUMA 0, 0, 1, 1), with d3 unhealthy.
 func testResources(t testing.TB) (compute, monitor *Resource) {
-	store := NewStore()
+	store := NewStore(nil)
 	devs := []Device{dev("d0", 0, 0), dev("d1", 1, 0), dev("d2", 2, 1), dev("d3", 3, 1)}
 	devs[3].Healthy, devs[3].Reason = false, "status malfunction"
 	store.Publish("test", devs)
