@@ -82,7 +82,7 @@ func BenchmarkComputeIoctl(b *testing.B) {
 	buf := make([]byte, 8)
 	timed(b, func() error {
 		if err := accel.Ioctl(f, cmd, buf); !errors.Is(err, syscall.ENOTTY) {
-			return fmt.Errorf("ioctl: %v, want ENOTTY", err)
+			return fmt.Errorf("ioctl: %w, want ENOTTY", err)
 		}
 		return nil
 	})
