@@ -691,6 +691,26 @@ func TestKernelDevices(t *testing.T) {
 	}
 }
 
+// CDI mode: the plugin gets --cdi=on and the spec directory (read-write,
+// created if missing, at the host's path); off (the default), neither.
+func TestCDI(t *testing.T) {
+	plugin, _ := daemonSets(t, render(t, "cdi.yaml"))
+	args := onlyContainer(t, plugin).Args
+	if !hasArg(args, "--cdi=on") || !hasArg(args, "--cdi-spec-dir=/etc/cdi") {
+		t.Errorf("plugin args %q, want --cdi=on --cdi-spec-dir=/etc/cdi", args)
+	}
+	wantHostPathMount(t, plugin, "/etc/cdi", "/etc/cdi", corev1.HostPathDirectoryOrCreate, false, nil)
+
+	plugin, _ = daemonSets(t, render(t, "defaults.yaml"))
+	args = onlyContainer(t, plugin).Args
+	if slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--cdi") }) {
+		t.Errorf("plugin args %q: CDI flags without cdi.enabled", args)
+	}
+	if m, _ := mountAt(t, plugin, "/var/run/cdi"); m != nil {
+		t.Errorf("CDI spec directory mounted without cdi.enabled: %+v", m)
+	}
+}
+
 // TestSimUnchangedByPluginValues is the upgrade guarantee: changing plugin
 // values leaves the rendered simulator DaemonSet byte-identical, so an
 // upgrade never touches (let alone restarts) the simulator.
@@ -798,6 +818,8 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		want []string // all must appear in helm's error output
 	}{
 		{[]string{"--set", "simulator.devices=999"}, []string{"'/simulator/devices'", "maximum", "256"}},
+		{[]string{"--set", "cdi.specDir=var/run/cdi"}, []string{"'/cdi/specDir'"}},
+		{[]string{"--set", "cdi.enabled=yes"}, []string{"'/cdi/enabled'"}},
 		{[]string{"--set", "simulator.devices=-1"}, []string{"'/simulator/devices'"}},
 		{[]string{"--set", "simulator.numaNodes=0"}, []string{"'/simulator/numaNodes'"}},
 		{[]string{"--set", "simulator.numaNodes=65"}, []string{"'/simulator/numaNodes'"}},

@@ -33,6 +33,8 @@ func runServe(args []string, stderr io.Writer) error {
 	fs.DurationVar(&cfg.DaemonTimeout, "daemon-timeout", plugin.DefaultDaemonTimeout, fmt.Sprintf("bound on every access to the device daemon (readdir, stat, open, info ioctl, events) and on a scrape's reads of it, %s to %s; a daemon that does not answer within it has all its devices unhealthy (\"device daemon not responding\") and /readyz fails", plugin.MinDaemonTimeout, plugin.MaxDaemonTimeout))
 	fs.DurationVar(&cfg.StaleViewGrace, "stale-view-grace", 10*time.Second, "exit 1 when the device daemon's mount has been dead or absent this long and this container's view of --dev-dir has no mount propagation from the host (it would never see the simulator's new mount; kubelet restarts the container); 0: never exit")
 	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", "127.0.0.1:9490", "host:port serving /metrics (Prometheus), /healthz and /readyz; empty disables (the chart uses the pod IP)")
+	cdiMode := fs.String("cdi", "off", "how Allocate hands devices to containers: off (bind mounts and device nodes, any runtime) or on (CDI device names <prefix>/ac=ID and <prefix>/ac-monitor=ID, with their CDI specs kept in --cdi-spec-dir; needs containerd 1.7+ with CDI enabled, or CRI-O)")
+	fs.StringVar(&cfg.CDISpecDir, "cdi-spec-dir", "", "directory of the CDI specs (default with --cdi=on: "+plugin.DefaultCDISpecDir+"); with --cdi=off, specs of ours left there are removed at start")
 	labelNode := fs.Bool("label-node", false, "keep PREFIX/ac.{present,count,model,simulated} labels on this node's Node object (needs get and patch on nodes)")
 	nodeName := fs.String("node-name", os.Getenv("NODE_NAME"), "this node's name, for --label-node (default: $NODE_NAME, from the downward API)")
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig for --label-node when not running in a pod (default: in-cluster config)")
@@ -48,6 +50,16 @@ func runServe(args []string, stderr io.Writer) error {
 		return err
 	}
 	cfg.Logger = log
+	switch *cdiMode {
+	case "on":
+		cfg.CDI = true
+		if cfg.CDISpecDir == "" {
+			cfg.CDISpecDir = plugin.DefaultCDISpecDir
+		}
+	case "off":
+	default:
+		return fmt.Errorf("--cdi must be off or on, got %q", *cdiMode)
+	}
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
@@ -79,7 +91,7 @@ func runServe(args []string, stderr io.Writer) error {
 		names[i] = r.Name
 	}
 	log.Info("device plugin starting", "dev_dir", cfg.DevDir, "kubelet_dir", cfg.KubeletDir, "resources", names, "metrics", cfg.MetricsAddr,
-		"daemon_timeout", cfg.DaemonTimeout)
+		"daemon_timeout", cfg.DaemonTimeout, "cdi", *cdiMode, "cdi_spec_dir", cfg.CDISpecDir)
 
 	var wg sync.WaitGroup
 	var labelErr error

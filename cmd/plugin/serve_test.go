@@ -24,6 +24,8 @@ func TestServeDaemonFlags(t *testing.T) {
 		{[]string{"serve", "--daemon-timeout", "2m"}, 1, "--daemon-timeout must be between"},
 		{[]string{"serve", "--daemon-timeout", "soon"}, 2, "invalid value"},
 		{[]string{"serve", "--stale-view-grace", "-1s"}, 1, "--stale-view-grace must be 0 (never exit) or positive"},
+		{[]string{"serve", "--cdi", "yes"}, 1, `--cdi must be off or on, got "yes"`},
+		{[]string{"serve", "--cdi", "on", "--cdi-spec-dir", "var/run/cdi"}, 1, "--cdi-spec-dir must be an absolute path"},
 	} {
 		var stdout, stderr bytes.Buffer
 		code := run(tc.args, &stdout, &stderr)
@@ -35,7 +37,7 @@ func TestServeDaemonFlags(t *testing.T) {
 	if code := run([]string{"serve", "--help"}, &stdout, &stderr); code != 0 {
 		t.Fatalf("serve --help: exit %d", code)
 	}
-	for _, want := range []string{"-daemon-timeout", "(default 3s)", "device daemon not responding", "-stale-view-grace", "(default 10s)"} {
+	for _, want := range []string{"-daemon-timeout", "(default 3s)", "device daemon not responding", "-stale-view-grace", "(default 10s)", "-cdi string", "(default \"off\")", "-cdi-spec-dir"} {
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("serve --help does not mention %q:\n%s", want, stderr.String())
 		}

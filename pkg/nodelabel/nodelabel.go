@@ -153,7 +153,7 @@ func Labels(prefix string, devices []plugin.Device) map[string]string {
 	simulated := false
 	for _, d := range devices {
 		models[d.Model]++
-		simulated = simulated || !d.Kernel
+		simulated = simulated || d.Simulated
 	}
 	model, best := "", 0
 	for m, n := range models {

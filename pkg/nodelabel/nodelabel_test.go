@@ -24,7 +24,7 @@ import (
 
 func device(i int, model string, kernel bool) plugin.Device {
 	return plugin.Device{ID: fmt.Sprintf("SIM-%d", i), Name: accel.ComputeName(i), Index: i, Model: model,
-		Status: accel.StatusOperational, Healthy: true, Kernel: kernel}
+		Status: accel.StatusOperational, Healthy: true, Simulated: !kernel}
 }
 
 // cluster is a fake API server holding one Node, that tells the test about

@@ -43,21 +43,45 @@ func (r *Resource) allocate(snap *Snapshot, ids []string) (*pluginapi.ContainerA
 	}
 	slices.SortFunc(devs, func(a, b Device) int { return a.Index - b.Index })
 
-	resp := &pluginapi.ContainerAllocateResponse{Envs: map[string]string{}}
-	names := make([]string, len(devs))
-	for i, d := range devs {
-		names[i] = d.Name
-		if r.kind == computeNode {
-			containerNode(d, computeNode, resp)
+	if r.cdi != nil {
+		// The spec must name every device handed out before kubelet
+		// passes the names on to the runtime.
+		if err := r.cdi.sync(snap); err != nil {
+			return nil, status.Errorf(codes.Unavailable, "%s: %v", r.Name, err)
 		}
-		containerNode(d, monitorNode, resp)
 	}
-	env := EnvVisibleDevices
-	if r.kind == monitorNode {
-		env = EnvMonitorDevices
+	return r.render(devs), nil
+}
+
+// render is the answer for devs (in index order): each device's edits for
+// this resource's use, as kubelet takes them — device nodes as
+// DeviceSpecs, files as Mounts, or, in CDI mode, the devices' CDI names —
+// and the env variables listing the devices.
+func (r *Resource) render(devs []Device) *pluginapi.ContainerAllocateResponse {
+	resp := &pluginapi.ContainerAllocateResponse{Envs: map[string]string{}}
+	names := map[string][]string{}
+	var envs []string
+	for _, d := range devs {
+		e := d.edits(r.kind)
+		if _, ok := names[e.Env]; !ok {
+			envs = append(envs, e.Env)
+		}
+		names[e.Env] = append(names[e.Env], d.Name)
+		if r.cdi != nil {
+			resp.CdiDevices = append(resp.CdiDevices, &pluginapi.CDIDevice{Name: cdiName(r.Name, d.ID)})
+			continue
+		}
+		for _, n := range e.Nodes() {
+			resp.Devices = append(resp.Devices, &pluginapi.DeviceSpec{HostPath: n.HostPath, ContainerPath: n.ContainerPath, Permissions: n.Permissions})
+		}
+		for _, m := range e.Mounts() {
+			resp.Mounts = append(resp.Mounts, &pluginapi.Mount{HostPath: m.HostPath, ContainerPath: m.ContainerPath, ReadOnly: m.ReadOnly})
+		}
 	}
-	resp.Envs[env] = strings.Join(names, ",")
-	return resp, nil
+	for _, env := range envs {
+		resp.Envs[env] = strings.Join(names[env], ",")
+	}
+	return resp
 }
 
 // validSlot reports whether a monitor slot ID's number is below the slot count.

@@ -27,14 +27,15 @@ type Device struct {
 	Reason string
 	// Source names the discovery source that found the device.
 	Source string
-	// HostDir is the host directory holding the device's nodes (as
-	// kubelet and the container runtime see it, which may differ from
-	// where this process sees them).
-	HostDir string
-	// Kernel marks a device of the kernel's accel subsystem: its node is a
-	// character device (handed to containers as a DeviceSpec) and it has
-	// no monitor node.
-	Kernel bool
+	// Simulated marks a device served by the simulator rather than a
+	// kernel driver (the ac.simulated node label).
+	Simulated bool
+	// Compute is what a container given the device exclusively gets, and
+	// Monitor what a container sharing it for monitoring gets (empty: the
+	// device has no monitor node). Discovery decides both, with paths as
+	// kubelet and the container runtime see them; every front-end renders
+	// them as they are.
+	Compute, Monitor Edits
 
 	// baseID is the identity read from the device before uniqueIDs told
 	// devices sharing it apart (ID is then baseID-address).
@@ -45,7 +46,15 @@ type Device struct {
 
 // HasMonitor reports whether the device has a monitor node (and so offers
 // monitor slots).
-func (d Device) HasMonitor() bool { return !d.Kernel }
+func (d Device) HasMonitor() bool { return !d.Monitor.Empty() }
+
+// edits returns the device's edits for one use.
+func (d Device) edits(kind nodeKind) Edits {
+	if kind == monitorNode {
+		return d.Monitor
+	}
+	return d.Compute
+}
 
 // health derives Healthy and Reason from the device's status: only an
 // operational device can be handed out. Health follows status both ways, so

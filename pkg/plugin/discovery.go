@@ -604,17 +604,18 @@ func (s *SimSource) device(log *slog.Logger, index int, info accel.Info) (Device
 		numa = -1
 	}
 	d := Device{
-		ID:       id,
-		Name:     name,
-		Index:    index, // the node's own index, whatever the info says
-		Driver:   cleanText(info.Driver),
-		Model:    cleanText(info.Model),
-		NUMANode: numa,
-		Status:   info.Status,
-		Source:   simSourceName(s.Dir),
-		HostDir:  s.HostDir,
-		baseID:   id,
+		ID:        id,
+		Name:      name,
+		Index:     index, // the node's own index, whatever the info says
+		Driver:    cleanText(info.Driver),
+		Model:     cleanText(info.Model),
+		NUMANode:  numa,
+		Status:    info.Status,
+		Source:    simSourceName(s.Dir),
+		Simulated: true,
+		baseID:    id,
 	}
+	d.Compute, d.Monitor = simEdits(s.HostDir, index)
 	d.health()
 	return d, nil
 }

@@ -138,10 +138,9 @@ func (s *KernelSource) read(log *slog.Logger, name string, index int) Device {
 		Driver:   cleanText(driver),
 		NUMANode: -1,
 		Source:   s.sourceName(),
-		HostDir:  s.DevDir,
-		Kernel:   true,
 		addr:     addr,
 	}
+	d.Compute, d.Monitor = kernelEdits(s.DevDir, name)
 	if v, ok := attr(dir, "device/vendor"); ok {
 		dev, _ := attr(dir, "device/device")
 		d.Model = cleanText("pci " + strings.TrimPrefix(v, "0x") + ":" + strings.TrimPrefix(dev, "0x"))

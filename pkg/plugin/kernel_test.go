@@ -142,7 +142,8 @@ func TestKernelSourceIdentityAndHealth(t *testing.T) {
 	for name, w := range want {
 		got := devs[name]
 		if got.ID != w.ID || got.Index != w.Index || got.Driver != w.Driver || got.Model != w.Model ||
-			got.NUMANode != w.NUMANode || got.Healthy != w.Healthy || !got.Kernel || got.HostDir != devDir {
+			got.NUMANode != w.NUMANode || got.Healthy != w.Healthy || got.Simulated || !got.Monitor.Empty() ||
+			len(got.Compute.Nodes()) != 1 || got.Compute.Nodes()[0].HostPath != filepath.Join(devDir, name) || len(got.Compute.Mounts()) != 0 {
 			t.Errorf("%s = %+v\nwant %+v", name, got, w)
 		}
 	}
@@ -216,7 +217,8 @@ func TestKernelSourceStatusAtResync(t *testing.T) {
 // monitor node).
 func TestKernelDeviceAllocation(t *testing.T) {
 	store := NewStore(nil)
-	d := Device{ID: "AN-1", Name: "accel3", Index: 3, NUMANode: 0, Status: accel.StatusOperational, HostDir: "/dev/accel", Kernel: true}
+	d := Device{ID: "AN-1", Name: "accel3", Index: 3, NUMANode: 0, Status: accel.StatusOperational}
+	d.Compute, d.Monitor = kernelEdits("/dev/accel", "accel3")
 	d.health()
 	store.Publish("kernel", []Device{d})
 	compute := NewComputeResource("accel.io", store, testLogger(t))

@@ -144,8 +144,8 @@ func (c *deviceCollector) Collect(ch chan<- prometheus.Metric) {
 			gauge(ch, statusDesc, v, d.ID, d.Name, st.String())
 		}
 		src, ok := c.sources[d.Source]
-		if d.Kernel || !ok {
-			continue // the merged kernel has no info query
+		if !ok {
+			continue // a source without an info query (the kernel's)
 		}
 		info, err := src.scrapeInfo(ctx, d)
 		if err != nil {

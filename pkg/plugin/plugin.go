@@ -53,7 +53,15 @@ type Config struct {
 	// MetricsAddr is host:port for /metrics, /healthz and /readyz; empty
 	// disables the HTTP server.
 	MetricsAddr string
-	Logger      *slog.Logger
+	// CDI makes Allocate name CDI devices (<prefix>/ac=ID,
+	// <prefix>/ac-monitor=ID) instead of handing over mounts and device
+	// nodes, and keeps their CDI specs in CDISpecDir. Off, the plugin
+	// removes specs of its own left there by an earlier run.
+	CDI bool
+	// CDISpecDir is where the CDI specs go (DefaultCDISpecDir); empty with
+	// CDI off: none are looked for.
+	CDISpecDir string
+	Logger     *slog.Logger
 }
 
 // MaxMonitorSlots bounds MonitorSlots: kubelet keeps every unit in memory
@@ -113,6 +121,9 @@ func (c Config) Validate() error {
 	if err := ValidateResourcePrefix(c.ResourcePrefix); err != nil {
 		return err
 	}
+	if (c.CDI || c.CDISpecDir != "") && !filepath.IsAbs(c.CDISpecDir) {
+		return fmt.Errorf("--cdi-spec-dir must be an absolute path, got %q", c.CDISpecDir)
+	}
 	if c.MetricsAddr != "" {
 		if _, port, err := net.SplitHostPort(c.MetricsAddr); err != nil || port == "" {
 			return fmt.Errorf("--metrics-addr must be host:port (e.g. 127.0.0.1:9490 or :9490), got %q", c.MetricsAddr)
@@ -128,6 +139,8 @@ type Plugin struct {
 	Resources []*Resource
 	Metrics   *Metrics
 	metricsL  net.Listener // nil: no HTTP server
+	cdi       *cdiSpecs    // nil: no CDI spec directory
+	cdiOn     bool         // CDI mode: Allocate names CDI devices
 	sources   []source
 	registrar *Registrar
 	log       *slog.Logger
@@ -157,6 +170,18 @@ func New(cfg Config) (*Plugin, error) {
 	for _, r := range res {
 		r.metrics = metrics
 	}
+	var specs *cdiSpecs
+	if cfg.CDISpecDir != "" {
+		var err error
+		if specs, err = newCDISpecs(cfg.CDISpecDir, res, log); err != nil {
+			return nil, fmt.Errorf("--cdi-spec-dir: %w", err)
+		}
+		if cfg.CDI {
+			for _, r := range res {
+				r.cdi = specs
+			}
+		}
+	}
 	var l net.Listener
 	if cfg.MetricsAddr != "" {
 		var err error
@@ -169,6 +194,8 @@ func New(cfg Config) (*Plugin, error) {
 		Resources: res,
 		Metrics:   metrics,
 		metricsL:  l,
+		cdi:       specs,
+		cdiOn:     cfg.CDI,
 		registrar: &Registrar{Dir: cfg.KubeletDir, Resources: res, Logger: log},
 		log:       log,
 	}
@@ -203,6 +230,12 @@ func (p *Plugin) Run(ctx context.Context) error {
 	}
 	for _, s := range p.sources {
 		wg.Go(func() { errs <- s.Run(ctx) })
+	}
+	switch {
+	case p.cdi != nil && p.cdiOn:
+		wg.Go(func() { p.cdi.run(ctx, p.Store) })
+	case p.cdi != nil:
+		p.cdi.remove() // CDI off: no spec of ours may outlive an earlier CDI run
 	}
 	wg.Go(func() {
 		for {

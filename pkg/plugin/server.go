@@ -27,6 +27,7 @@ type Resource struct {
 	log   *slog.Logger
 
 	metrics    *Metrics    // nil: none
+	cdi        *cdiSpecs   // CDI mode: Allocate names CDI devices of these specs; nil: off
 	registered atomic.Bool // registered with the current kubelet
 }
 

@@ -9,7 +9,8 @@ import (
 )
 
 func dev(id string, index, numa int) Device {
-	d := Device{ID: id, Name: accel.ComputeName(index), Index: index, NUMANode: numa, Status: accel.StatusOperational}
+	d := Device{ID: id, Name: accel.ComputeName(index), Index: index, NUMANode: numa, Status: accel.StatusOperational, Simulated: true}
+	d.Compute, d.Monitor = simEdits("", index) // a simulated device, nodes at relative paths
 	d.health()
 	return d
 }

@@ -1,0 +1,224 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+
+	"tags.cncf.io/container-device-interface/pkg/cdi"
+	"tags.cncf.io/container-device-interface/pkg/parser"
+	cdispec "tags.cncf.io/container-device-interface/specs-go"
+)
+
+// DefaultCDISpecDir is where container runtimes look for CDI specs
+// generated at run time (containerd's and CRI-O's default includes it).
+const DefaultCDISpecDir = "/var/run/cdi"
+
+// cdiName is the fully qualified CDI name of device id of kind, e.g.
+// "accel.io/ac=SIM-0A1B".
+func cdiName(kind, id string) string {
+	vendor, class, _ := strings.Cut(kind, "/")
+	return parser.QualifiedName(vendor, class, id)
+}
+
+// cdiSpecs keeps one CDI spec file per resource kind in a directory, each
+// with one CDI device per accel device offering that use (named by the
+// device ID), holding exactly the device's edits for it. The specs are
+// derived state: written from the current snapshot whenever it changes
+// (and always before a CDI name is handed to kubelet), written anew at
+// start, and removed when the plugin stops, so that neither a reboot
+// (/var/run is tmpfs) nor an uninstall leaves a spec behind that names
+// devices nobody serves.
+type cdiSpecs struct {
+	dir   string
+	kinds []cdiKind
+	log   *slog.Logger
+
+	mu      sync.Mutex
+	cache   *cdi.Cache
+	written uint64 // snapshot version the files show; 0: none yet
+}
+
+// cdiKind is one spec file: a resource's kind and the use it hands out.
+type cdiKind struct {
+	kind string // "<prefix>/ac" or "<prefix>/ac-monitor"
+	use  nodeKind
+}
+
+// specName is the kind's spec file name, e.g. "accel.io-ac.json".
+func (k cdiKind) specName() string { return strings.ReplaceAll(k.kind, "/", "-") + ".json" }
+
+// newCDISpecs returns the writer of the resources' specs in dir.
+func newCDISpecs(dir string, res []*Resource, log *slog.Logger) (*cdiSpecs, error) {
+	if !filepath.IsAbs(dir) {
+		return nil, fmt.Errorf("CDI spec directory %q: want an absolute path", dir)
+	}
+	s := &cdiSpecs{dir: dir, log: log}
+	for _, r := range res {
+		vendor, class, ok := strings.Cut(r.Name, "/")
+		if !ok {
+			return nil, fmt.Errorf("resource %q: want vendor/class for a CDI kind", r.Name)
+		}
+		if err := parser.ValidateVendorName(vendor); err != nil {
+			return nil, fmt.Errorf("resource %q as a CDI kind: %w", r.Name, err)
+		}
+		if err := parser.ValidateClassName(class); err != nil {
+			return nil, fmt.Errorf("resource %q as a CDI kind: %w", r.Name, err)
+		}
+		s.kinds = append(s.kinds, cdiKind{kind: r.Name, use: r.kind})
+	}
+	return s, nil
+}
+
+// open makes the spec directory and the library's cache over it (no
+// watching: this process is the only writer of its files).
+func (s *cdiSpecs) open() error {
+	if s.cache != nil {
+		return nil
+	}
+	if err := os.MkdirAll(s.dir, 0o755); err != nil {
+		return fmt.Errorf("CDI spec directory: %w", err)
+	}
+	c, err := cdi.NewCache(cdi.WithSpecDirs(s.dir), cdi.WithAutoRefresh(false))
+	if err != nil {
+		return fmt.Errorf("CDI spec directory %s: %w", s.dir, err)
+	}
+	s.cache = c
+	return nil
+}
+
+// spec is kind's spec for snap, nil when no device offers its use.
+func (k cdiKind) spec(snap *Snapshot) (*cdispec.Spec, error) {
+	spec := &cdispec.Spec{Kind: k.kind}
+	for _, d := range snap.Devices {
+		e := d.edits(k.use)
+		if e.Empty() {
+			continue
+		}
+		var edits cdispec.ContainerEdits
+		for _, n := range e.Nodes() {
+			edits.DeviceNodes = append(edits.DeviceNodes, &cdispec.DeviceNode{
+				Path: n.ContainerPath, HostPath: n.HostPath, Type: "c", Permissions: n.Permissions,
+			})
+		}
+		for _, m := range e.Mounts() {
+			mode := "rw"
+			if m.ReadOnly {
+				mode = "ro"
+			}
+			edits.Mounts = append(edits.Mounts, &cdispec.Mount{
+				HostPath: m.HostPath, ContainerPath: m.ContainerPath, Type: "bind", Options: []string{"bind", mode},
+			})
+		}
+		spec.Devices = append(spec.Devices, cdispec.Device{Name: d.ID, ContainerEdits: edits})
+	}
+	if len(spec.Devices) == 0 {
+		return nil, nil
+	}
+	v, err := minimumVersion(spec)
+	if err != nil {
+		return nil, fmt.Errorf("CDI version for %s: %w", k.kind, err)
+	}
+	spec.Version = v
+	return spec, nil
+}
+
+// minimumVersion is the lowest cdiVersion that has every feature spec
+// uses, so that the oldest runtimes take it. The library's
+// MinimumRequiredVersion (specs-go v1.1.1) looks at the last device only:
+// specs-go is a go 1.19 module, so its loops share one variable. Asking it
+// per device and taking the highest answer is correct either way.
+func minimumVersion(spec *cdispec.Spec) (string, error) {
+	best, bestParts := "", [3]int{-1}
+	for _, d := range spec.Devices {
+		one := *spec
+		one.Devices = []cdispec.Device{d}
+		v, err := cdispec.MinimumRequiredVersion(&one)
+		if err != nil {
+			return "", err
+		}
+		var p [3]int
+		if _, err := fmt.Sscanf(v, "%d.%d.%d", &p[0], &p[1], &p[2]); err != nil {
+			return "", fmt.Errorf("CDI version %q: %w", v, err)
+		}
+		if slices.Compare(p[:], bestParts[:]) > 0 {
+			best, bestParts = v, p
+		}
+	}
+	return best, nil
+}
+
+// sync writes the specs of snap unless the files already show it (or a
+// newer snapshot): the one call Allocate makes before naming CDI devices.
+func (s *cdiSpecs) sync(snap *Snapshot) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if snap.Version == 0 || snap.Version <= s.written {
+		return nil
+	}
+	if err := s.open(); err != nil {
+		return err
+	}
+	for _, k := range s.kinds {
+		spec, err := k.spec(snap)
+		if err != nil {
+			return err
+		}
+		if spec == nil {
+			if err := s.cache.RemoveSpec(k.specName()); err != nil {
+				return fmt.Errorf("remove CDI spec %s: %w", filepath.Join(s.dir, k.specName()), err)
+			}
+			continue
+		}
+		if err := s.cache.WriteSpec(spec, k.specName()); err != nil {
+			return fmt.Errorf("write CDI spec %s: %w", filepath.Join(s.dir, k.specName()), err)
+		}
+	}
+	if s.written == 0 {
+		s.log.Info("CDI specs written", "dir", s.dir, "version", snap.Version, "devices", len(snap.Devices))
+	}
+	s.written = snap.Version
+	return nil
+}
+
+// run keeps the specs current until ctx ends, then removes them.
+func (s *cdiSpecs) run(ctx context.Context, store *Store) {
+	defer s.remove()
+	for {
+		snap, changed := store.Load()
+		if err := s.sync(snap); err != nil {
+			s.log.Error("CDI specs not updated; the next change or allocation retries", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		}
+	}
+}
+
+// remove deletes this plugin's spec files (only those: other files in the
+// directory belong to other vendors).
+func (s *cdiSpecs) remove() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var errs []error
+	for _, k := range s.kinds {
+		err := os.Remove(filepath.Join(s.dir, k.specName()))
+		if err == nil {
+			s.log.Info("CDI spec removed", "path", filepath.Join(s.dir, k.specName()))
+		} else if !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		s.log.Warn("CDI specs not removed", "err", err)
+	}
+	s.written = 0
+}
