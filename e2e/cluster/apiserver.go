@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"time"
 
@@ -45,11 +46,14 @@ func (c *Cluster) apiServerArgs() []string {
 
 // waitAPIServer waits for /readyz.
 func (c *Cluster) waitAPIServer(ctx context.Context, cs *kubernetes.Clientset) error {
-	return c.waitFor(ctx, "kube-apiserver /readyz", []string{compEtcd, compAPIServer}, 120*time.Second, 200*time.Millisecond, func(ctx context.Context) (bool, string, error) {
+	return c.waitFor(ctx, "kube-apiserver /readyz", []string{compEtcd, compAPIServer}, 120*time.Second, 200*time.Millisecond, func(ctx context.Context) error {
 		b, err := cs.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
 		if err != nil {
-			return false, err.Error(), nil
+			return err
 		}
-		return string(b) == "ok", string(b), nil
+		if string(b) != "ok" {
+			return errors.New(string(b))
+		}
+		return nil
 	})
 }

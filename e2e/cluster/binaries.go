@@ -94,7 +94,7 @@ func (c *Cluster) ensureBinaries(ctx context.Context) (bool, error) {
 	cmd.Dir = mod
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Run(); err != nil {
-		return false, fmt.Errorf("building the Kubernetes binaries failed (%v): see %s", err, c.logFile("k8s-build"))
+		return false, fmt.Errorf("building the Kubernetes binaries failed (%w): see %s", err, c.logFile("k8s-build"))
 	}
 	if !haveAll(tmp) {
 		return false, fmt.Errorf("the Kubernetes build in %s is incomplete: see %s", tmp, c.logFile("k8s-build"))

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"time"
@@ -58,14 +59,13 @@ func (c *Cluster) containerdArgs() []string {
 
 // waitContainerd waits until ctr can talk to containerd.
 func (c *Cluster) waitContainerd(ctx context.Context) error {
-	return c.waitFor(ctx, "containerd", []string{compContainerd}, 60*time.Second, 100*time.Millisecond, func(ctx context.Context) (bool, string, error) {
+	return c.waitFor(ctx, "containerd", []string{compContainerd}, 60*time.Second, 100*time.Millisecond, func(ctx context.Context) error {
 		if _, err := os.Stat(c.containerdSock()); err != nil {
-			return false, "no socket yet", nil
+			return errors.New("no socket yet")
 		}
-		out, err := c.ctr(ctx, "version")
-		if err != nil {
-			return false, out, nil
+		if out, err := c.ctr(ctx, "version"); err != nil {
+			return errors.New(out)
 		}
-		return true, "", nil
+		return nil
 	})
 }

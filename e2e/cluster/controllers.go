@@ -54,16 +54,16 @@ func (c *Cluster) schedulerArgs() []string {
 // kube-root-ca.crt ConfigMap in default and kube-system: pods are rejected
 // or cannot start before them.
 func (c *Cluster) waitNamespacesReady(ctx context.Context, cs *kubernetes.Clientset) error {
-	return c.waitFor(ctx, "the default ServiceAccounts and kube-root-ca.crt", []string{compAPIServer, compCtrlMgr}, 120*time.Second, 200*time.Millisecond, func(ctx context.Context) (bool, string, error) {
+	return c.waitFor(ctx, "the default ServiceAccounts and kube-root-ca.crt", []string{compAPIServer, compCtrlMgr}, 120*time.Second, 200*time.Millisecond, func(ctx context.Context) error {
 		for _, ns := range []string{"default", "kube-system"} {
 			if _, err := cs.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{}); err != nil {
-				return false, fmt.Sprintf("serviceaccount %s/default: %v", ns, shortErr(err)), nil
+				return fmt.Errorf("serviceaccount %s/default: %s", ns, shortErr(err))
 			}
 			if _, err := cs.CoreV1().ConfigMaps(ns).Get(ctx, "kube-root-ca.crt", metav1.GetOptions{}); err != nil {
-				return false, fmt.Sprintf("configmap %s/kube-root-ca.crt: %v", ns, shortErr(err)), nil
+				return fmt.Errorf("configmap %s/kube-root-ca.crt: %s", ns, shortErr(err))
 			}
 		}
-		return true, "", nil
+		return nil
 	})
 }
 

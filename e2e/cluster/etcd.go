@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"strconv"
 	"time"
@@ -30,12 +31,15 @@ func (c *Cluster) etcdArgs() []string {
 // waitEtcd waits for etcd's /health.
 func (c *Cluster) waitEtcd(ctx context.Context) error {
 	cl := &http.Client{Timeout: 2 * time.Second}
-	return c.waitFor(ctx, "etcd", []string{compEtcd}, 60*time.Second, 100*time.Millisecond, func(ctx context.Context) (bool, string, error) {
+	return c.waitFor(ctx, "etcd", []string{compEtcd}, 60*time.Second, 100*time.Millisecond, func(ctx context.Context) error {
 		resp, err := cl.Get(etcdURL(etcdClientPort) + "/health")
 		if err != nil {
-			return false, err.Error(), nil
+			return err
 		}
 		resp.Body.Close()
-		return resp.StatusCode == 200, resp.Status, nil
+		if resp.StatusCode != http.StatusOK {
+			return errors.New(resp.Status)
+		}
+		return nil
 	})
 }

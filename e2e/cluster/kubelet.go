@@ -145,34 +145,34 @@ func (c *Cluster) RestartKubelet(ctx context.Context) error {
 // waitNodeReady waits until the node is Ready (and, when after is not zero,
 // has reported Ready since after).
 func (c *Cluster) waitNodeReady(ctx context.Context, cs *kubernetes.Clientset, node string, after time.Time, timeout time.Duration) error {
-	return c.waitFor(ctx, "node "+node+" Ready", []string{compAPIServer, compContainerd, compKubelet}, timeout, 200*time.Millisecond, func(ctx context.Context) (bool, string, error) {
+	return c.waitFor(ctx, "node "+node+" Ready", []string{compAPIServer, compContainerd, compKubelet}, timeout, 200*time.Millisecond, func(ctx context.Context) error {
 		n, err := cs.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
 		if err != nil {
-			return false, err.Error(), nil
+			return err
 		}
 		for _, cond := range n.Status.Conditions {
 			if cond.Type == corev1.NodeReady {
 				if cond.Status != corev1.ConditionTrue {
-					return false, cond.Reason + ": " + cond.Message, nil
+					return errors.New(cond.Reason + ": " + cond.Message)
 				}
 				if !after.IsZero() {
 					if !heartbeatAfter(n, after) {
-						return false, "no node status from the new kubelet yet", nil
+						return errors.New("no node status from the new kubelet yet")
 					}
 					// The lease's renewTime has microseconds: proof that
 					// the new kubelet, not the old one, reported.
 					l, err := cs.CoordinationV1().Leases(corev1.NamespaceNodeLease).Get(ctx, node, metav1.GetOptions{})
 					if err != nil {
-						return false, err.Error(), nil
+						return err
 					}
-					if l.Spec.RenewTime == nil || !l.Spec.RenewTime.Time.After(after) {
-						return false, "node lease not renewed by the new kubelet yet", nil
+					if l.Spec.RenewTime == nil || !l.Spec.RenewTime.After(after) {
+						return errors.New("node lease not renewed by the new kubelet yet")
 					}
 				}
-				return true, "", nil
+				return nil
 			}
 		}
-		return false, "no Ready condition", nil
+		return errors.New("no Ready condition")
 	})
 }
 

@@ -58,7 +58,7 @@ func (c *Cluster) makeSharedMounts() error {
 func (c *Cluster) unmountAll(ctx context.Context, netns []string) error {
 	var errs []error
 	for _, n := range append(netns, orphanPodNetns(ctx)...) {
-		unmountTree(n)
+		_ = unmountTree(n) // a pod's netns: gone with the pod or not, nothing to report
 		os.Remove(n)
 	}
 	errs = append(errs, unmountTree(KubeletDir))
@@ -131,7 +131,7 @@ func unmountTree(dir string) error {
 		}
 	}
 	if left := mountPoints(dir); len(left) > 0 {
-		return fmt.Errorf("still mounted after unmounting: %s (%v)", strings.Join(left, " "), errors.Join(errs...))
+		return fmt.Errorf("still mounted after unmounting: %s (%w)", strings.Join(left, " "), errors.Join(errs...))
 	}
 	return nil
 }

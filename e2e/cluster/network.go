@@ -80,7 +80,7 @@ func addRules(ctx context.Context, hostIP string) error {
 			continue
 		}
 		if out, err := iptables(ctx, "iptables", concat([]string{"-t", r.table, "-I", r.chain, "1"}, r.spec)...); err != nil {
-			return fmt.Errorf("iptables -t %s -I %s: %v: %s", r.table, r.chain, err, strings.TrimSpace(out))
+			return fmt.Errorf("iptables -t %s -I %s: %w: %s", r.table, r.chain, err, strings.TrimSpace(out))
 		}
 	}
 	return nil
@@ -119,15 +119,15 @@ func removeRules(ctx context.Context) []error {
 				case "-A":
 					if ruleIsOurs(w) {
 						if o, err := iptables(ctx, bin, append([]string{"-t", table, "-D"}, w[1:]...)...); err != nil {
-							errs = append(errs, fmt.Errorf("%s -t %s -D %s: %v: %s", bin, table, strings.Join(w[1:], " "), err, strings.TrimSpace(o)))
+							errs = append(errs, fmt.Errorf("%s -t %s -D %s: %w: %s", bin, table, strings.Join(w[1:], " "), err, strings.TrimSpace(o)))
 						}
 					}
 				}
 			}
 			for _, c := range chains {
-				iptables(ctx, bin, "-t", table, "-F", c)
+				_, _ = iptables(ctx, bin, "-t", table, "-F", c) // -X says if it did not work
 				if o, err := iptables(ctx, bin, "-t", table, "-X", c); err != nil {
-					errs = append(errs, fmt.Errorf("%s -t %s -X %s: %v: %s", bin, table, c, err, strings.TrimSpace(o)))
+					errs = append(errs, fmt.Errorf("%s -t %s -X %s: %w: %s", bin, table, c, err, strings.TrimSpace(o)))
 				}
 			}
 		}
@@ -238,10 +238,10 @@ func restoreSysctls(file string) []error {
 // deleteBridge removes the CNI bridge if it exists.
 func deleteBridge(ctx context.Context) error {
 	if _, err := net.InterfaceByName(BridgeName); err != nil {
-		return nil
+		return nil //nolint:nilerr // no bridge: nothing to delete
 	}
 	if out, err := exec.CommandContext(ctx, "ip", "link", "del", BridgeName).CombinedOutput(); err != nil {
-		return fmt.Errorf("ip link del %s: %v: %s", BridgeName, err, strings.TrimSpace(string(out)))
+		return fmt.Errorf("ip link del %s: %w: %s", BridgeName, err, strings.TrimSpace(string(out)))
 	}
 	return nil
 }

@@ -45,17 +45,17 @@ func (c *Cluster) installPackages(ctx context.Context) error {
 		b, err := cmd.CombinedOutput()
 		if err != nil {
 			lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-			return fmt.Errorf("apt-get %s: %v: %s", strings.Join(args, " "), err, lines[len(lines)-1])
+			return fmt.Errorf("apt-get %s: %w: %s", strings.Join(args, " "), err, lines[len(lines)-1])
 		}
 		return nil
 	}
 	install := append([]string{"install", "-y", "-qq", "--no-install-recommends"}, missing...)
 	if err := run(install...); err != nil {
 		if uerr := run("update", "-qq"); uerr != nil {
-			return fmt.Errorf("%v (and %v)", err, uerr)
+			return fmt.Errorf("%w (and %w)", err, uerr)
 		}
 		if err := run(install...); err != nil {
-			return fmt.Errorf("%v: install them as root: apt-get install %s", err, strings.Join(missing, " "))
+			return fmt.Errorf("%w: install them as root: apt-get install %s", err, strings.Join(missing, " "))
 		}
 	}
 	if m := missingPackages(ctx, debPackages); len(m) > 0 {

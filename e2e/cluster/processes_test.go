@@ -93,7 +93,7 @@ func busy() (stop func()) {
 				select {
 				case <-done:
 					return
-				default:
+				default: //nolint:staticcheck // SA5004: spinning is the point, it keeps the CPU busy
 				}
 			}
 		}()

@@ -38,14 +38,14 @@ func (c *Cluster) removePods(ctx context.Context) (netns, containers []string) {
 	}
 	if out, err := c.ctr(ctx, "tasks", "ls", "-q"); err == nil {
 		for _, id := range strings.Fields(out) {
-			c.ctr(ctx, "tasks", "kill", "-a", "-s", "SIGKILL", id)
+			_, _ = c.ctr(ctx, "tasks", "kill", "-a", "-s", "SIGKILL", id) // best effort, as every step here
 		}
 		for _, id := range strings.Fields(out) {
-			c.ctr(ctx, "tasks", "delete", "-f", id)
+			_, _ = c.ctr(ctx, "tasks", "delete", "-f", id)
 		}
 	}
 	for _, id := range containers {
-		c.ctr(ctx, "containers", "delete", id)
+		_, _ = c.ctr(ctx, "containers", "delete", id)
 	}
 	return netns, containers
 }
@@ -120,7 +120,7 @@ func removeKubepodsCgroups() error {
 	var errs []error
 	for _, root := range roots {
 		var dirs []string
-		filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		_ = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
 			if err == nil && d.IsDir() {
 				dirs = append(dirs, path)
 			}
@@ -148,7 +148,7 @@ func removeKubepodsCgroups() error {
 func cleanDevicePluginDir() error {
 	ents, err := os.ReadDir(DevicePluginDir)
 	if err != nil {
-		return nil
+		return nil //nolint:nilerr // no directory: nothing to clean
 	}
 	var errs []error
 	for _, e := range ents {
@@ -166,7 +166,7 @@ func cleanDevicePluginDir() error {
 func removeKubeletState() error {
 	ents, err := os.ReadDir(KubeletDir)
 	if err != nil {
-		return nil
+		return nil //nolint:nilerr // no kubelet directory: nothing to remove
 	}
 	var errs []error
 	for _, e := range ents {

@@ -7,11 +7,11 @@ import (
 	"time"
 )
 
-// waitFor calls f every interval until it returns true or an error, or
-// until timeout; the last "why not yet" it returned is in the timeout
-// error. Before each call it checks that the components named in alive
-// still run, and fails at once when one of them died (checkAlive).
-func (c *Cluster) waitFor(ctx context.Context, what string, alive []string, timeout, interval time.Duration, f func(context.Context) (bool, string, error)) error {
+// waitFor calls f every interval until it returns nil, or until timeout;
+// f's error says why not yet, and the last one is in the timeout error.
+// Before each call it checks that the components named in alive still
+// run, and fails at once when one of them died (checkAlive).
+func (c *Cluster) waitFor(ctx context.Context, what string, alive []string, timeout, interval time.Duration, f func(context.Context) error) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	last := ""
@@ -19,14 +19,11 @@ func (c *Cluster) waitFor(ctx context.Context, what string, alive []string, time
 		if err := c.checkAlive(alive...); err != nil {
 			return err
 		}
-		ok, why, err := f(ctx)
-		if err != nil {
-			return err
-		}
-		if ok {
+		notYet := f(ctx)
+		if notYet == nil {
 			return nil
 		}
-		if why != "" {
+		if why := notYet.Error(); why != "" {
 			last = why
 		}
 		select {

@@ -49,7 +49,7 @@ func run(ctx context.Context, cmd string, args []string) error {
 		fs.BoolVar(&o.SkipPackages, "skip-packages", false, "do not check/install the Debian packages")
 	}
 	if err := fs.Parse(args); err != nil {
-		return fmt.Errorf("%v (%s)", err, usage)
+		return fmt.Errorf("%w (%s)", err, usage)
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q (%s)", fs.Arg(0), usage)

@@ -78,7 +78,7 @@ func run(args []string, out io.Writer) error {
 	if err := node.Start(); err != nil {
 		return err
 	}
-	defer node.Stop()
+	defer func() { _ = node.Stop() }() // the view is over: nothing left to report to
 
 	plugin := exec.Command(fs.Arg(0), fs.Args()[1:]...)
 	plugin.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
