@@ -70,7 +70,7 @@ func pauseImage(ctx context.Context, out string) error {
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=-mod=mod", "GOWORK=off")
 	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("build the pause program: %v: %s", err, strings.TrimSpace(string(b)))
+		return fmt.Errorf("build the pause program: %w: %s", err, strings.TrimSpace(string(b)))
 	}
 	data, err := os.ReadFile(bin)
 	if err != nil {
@@ -156,7 +156,7 @@ func (c *Cluster) importImages(ctx context.Context, archives []string) error {
 		}
 		out, err := c.ctr(ctx, "images", "import", a)
 		if err != nil {
-			return fmt.Errorf("import %s into containerd: %v: %s", a, err, strings.TrimSpace(out))
+			return fmt.Errorf("import %s into containerd: %w: %s", a, err, strings.TrimSpace(out))
 		}
 	}
 	return nil
