@@ -540,3 +540,25 @@ func TestCLI(t *testing.T) {
 		t.Errorf("created = %v", cf.Created)
 	}
 }
+
+// TestCommandAsBuilt runs the tool as `make image` does, as its own binary:
+// the test binary links what the tests import (crypto/sha256 among them),
+// which hid that the tool itself did not register SHA-256 and panicked in
+// go-digest at its first digest.
+func TestCommandAsBuilt(t *testing.T) {
+	bin := hello(t, runtime.GOARCH)
+	tool := filepath.Join(t.TempDir(), "image")
+	build := exec.Command("go", "build", "-o", tool, ".")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, b)
+	}
+	out := filepath.Join(t.TempDir(), "img.tar")
+	b, err := exec.Command(tool, "--binary", bin, "--image", testImage, "--out", out).CombinedOutput()
+	if err != nil || !strings.HasPrefix(string(b), "wrote "+out) {
+		t.Fatalf("%s: %v\n%s", tool, err, b)
+	}
+	if _, err := tarball.ImageFromPath(out, nil); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -20,6 +20,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
+	_ "crypto/sha256" // go-digest's digest.FromBytes needs SHA-256 registered, or it panics
 	"encoding/json"
 	"errors"
 	"fmt"
