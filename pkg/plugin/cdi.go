@@ -43,6 +43,7 @@ type cdiSpecs struct {
 	mu      sync.Mutex
 	cache   *cdi.Cache
 	written uint64 // snapshot version the files show; 0: none yet
+	closed  bool   // run ended and removed the files: no more writes
 }
 
 // cdiKind is one spec file: a resource's kind and the use it hands out.
@@ -159,6 +160,10 @@ func minimumVersion(spec *cdispec.Spec) (string, error) {
 func (s *cdiSpecs) sync(snap *Snapshot) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.closed {
+		// An Allocate racing the shutdown must not bring the files back.
+		return errors.New("the plugin is stopping: its CDI specs are removed")
+	}
 	if snap.Version == 0 || snap.Version <= s.written {
 		return nil
 	}
@@ -187,9 +192,14 @@ func (s *cdiSpecs) sync(snap *Snapshot) error {
 	return nil
 }
 
-// run keeps the specs current until ctx ends, then removes them.
+// run keeps the specs current until ctx ends, then removes them for good.
 func (s *cdiSpecs) run(ctx context.Context, store *Store) {
-	defer s.remove()
+	defer func() {
+		s.mu.Lock()
+		s.closed = true
+		s.mu.Unlock()
+		s.remove()
+	}()
 	for {
 		snap, changed := store.Load()
 		if err := s.sync(snap); err != nil {

@@ -165,6 +165,12 @@ func TestCDISpecsFollowDevices(t *testing.T) {
 
 	cancel()
 	<-done
+	// An Allocate racing the shutdown is refused and writes nothing.
+	if _, err := f.compute.Allocate(context.Background(), &pluginapi.AllocateRequest{
+		ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: []string{"KRN-1"}}},
+	}); err == nil || !strings.Contains(err.Error(), "stopping") {
+		t.Errorf("Allocate after run ended: %v, want a refusal", err)
+	}
 	for _, p := range []string{acSpec, monSpec} {
 		if _, err := os.Stat(p); !os.IsNotExist(err) {
 			t.Errorf("%s after run ended: %v, want it removed", p, err)
