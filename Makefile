@@ -118,7 +118,7 @@ localcluster:
 	cd $(E2E) && $(GO) build -o $(CURDIR)/$(LOCALCLUSTER) ./cmd/localcluster
 
 ## cluster-up: a real single-node cluster on this machine (root; installs Debian packages, builds
-## Kubernetes v1.37.2 once into ~/.cache/accel-device-plugin), with our image imported
+## Kubernetes v1.37.2 and containerd v2.4.2 once into ~/.cache/accel-device-plugin), with our image imported
 cluster-up: image localcluster
 	$(LOCALCLUSTER) up --import $(E2E_IMAGE_TAR)
 
@@ -126,10 +126,11 @@ cluster-up: image localcluster
 cluster-down: localcluster
 	$(LOCALCLUSTER) down
 
-## e2e: the end-to-end suite on the local cluster (brought up if needed)
+## e2e: the end-to-end suite on the local cluster (brought up if needed): the device story with
+## bind mounts, then with CDI (containerd 2), then restarts and uninstall
 e2e: cluster-up $(HELM)
 	cd $(E2E) && ACCEL_E2E_KUBECONFIG=$$($(CURDIR)/$(LOCALCLUSTER) kubeconfig) ACCEL_E2E_HELM=$(HELM) ACCEL_E2E_IMAGE=$(IMAGE) \
-	  ACCEL_E2E_RESTART_KUBELET="$(CURDIR)/$(LOCALCLUSTER) restart-kubelet" \
+	  ACCEL_E2E_RESTART_KUBELET="$(CURDIR)/$(LOCALCLUSTER) restart-kubelet" ACCEL_E2E_CTR="$(CURDIR)/$(LOCALCLUSTER) ctr" \
 	  $(GO) test -count=1 -v -timeout 20m ./suite/
 
 ## e2e-kind: the same suite on a kind cluster (needs Docker and kind; not possible on machines
@@ -143,6 +144,7 @@ e2e-kind: $(HELM)
 	kind get kubeconfig --name $(KIND_CLUSTER) > $(CURDIR)/$(OUT)/kind.kubeconfig
 	cd $(E2E) && ACCEL_E2E_KUBECONFIG=$(CURDIR)/$(OUT)/kind.kubeconfig ACCEL_E2E_HELM=$(HELM) ACCEL_E2E_IMAGE=$(IMAGE) \
 	  ACCEL_E2E_RESTART_KUBELET="docker exec $(KIND_CLUSTER)-control-plane systemctl restart kubelet" \
+	  ACCEL_E2E_CTR="docker exec $(KIND_CLUSTER)-control-plane ctr -n k8s.io" \
 	  $(GO) test -count=1 -v -timeout 20m ./suite/
 
 ## demo: the main job. Without KUBECONFIG: bring up the local cluster; then install the chart,

@@ -32,37 +32,42 @@ func kubeLDFlags(version string) string {
 	}, " ")
 }
 
-func haveAll(dir string) bool {
-	for _, b := range kubeBinaries {
+// haveAll reports whether dir holds every one of names as a non-empty
+// executable file.
+func haveAll(dir string, names []string) bool {
+	for _, b := range names {
 		st, err := os.Stat(filepath.Join(dir, b))
-		if err != nil || st.Mode()&0o111 == 0 || st.Size() == 0 {
+		if err != nil || !st.Mode().IsRegular() || st.Mode()&0o111 == 0 || st.Size() == 0 {
 			return false
 		}
 	}
 	return true
 }
 
-// ensureBinaries builds the four Kubernetes binaries into the cache unless
-// they are there. The build goes to <dir>.tmp and is renamed when complete,
-// so a partial build is never used. It reports whether it built.
-func (c *Cluster) ensureBinaries(ctx context.Context) (bool, error) {
-	dir := c.binDir()
-	if haveAll(dir) {
+// cachedBuild is a set of binaries built once into the cache, keyed by
+// version in its directory name.
+type cachedBuild struct {
+	what  string   // for messages: "the Kubernetes v1.37.2 binaries"
+	dir   string   // where they are kept
+	names []string // the binaries dir must hold
+	log   string   // name of the build log (in LogDir)
+	took  string   // how long it takes cold, for the progress line
+	// cmd is the build writing into tmp (a fresh, empty directory).
+	cmd func(ctx context.Context, tmp string) (*exec.Cmd, error)
+}
+
+// ensure builds b into the cache unless it is there. The build goes to
+// <dir>.tmp and is renamed when complete, so a partial build is never used;
+// one build runs at a time per cache (<dir>.lock). It reports whether it
+// built.
+func (c *Cluster) ensure(ctx context.Context, b cachedBuild) (bool, error) {
+	if haveAll(b.dir, b.names) {
 		return false, nil
 	}
-	mod := c.o.ModuleDir
-	if mod == "" {
-		wd, _ := os.Getwd()
-		var err error
-		if mod, err = findModuleDir(wd); err != nil {
-			return false, fmt.Errorf("the Kubernetes binaries are not in %s and cannot be built: %w", dir, err)
-		}
-	}
-	// One build at a time per cache (another `up` may be building).
 	if err := os.MkdirAll(c.o.CacheDir, 0o755); err != nil {
 		return false, err
 	}
-	lock, err := os.OpenFile(dir+".lock", os.O_CREATE|os.O_RDWR, 0o644)
+	lock, err := os.OpenFile(b.dir+".lock", os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
 		return false, err
 	}
@@ -70,40 +75,101 @@ func (c *Cluster) ensureBinaries(ctx context.Context) (bool, error) {
 	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
 		return false, fmt.Errorf("lock %s: %w", lock.Name(), err)
 	}
-	if haveAll(dir) {
+	if haveAll(b.dir, b.names) {
 		return false, nil // built by whoever held the lock
 	}
-	tmp := dir + ".tmp"
+	tmp := b.dir + ".tmp"
+	if err := os.RemoveAll(tmp); err != nil { // an interrupted build's remains
+		return false, err
+	}
 	if err := os.MkdirAll(tmp, 0o755); err != nil {
 		return false, err
 	}
-	c.logf("building the Kubernetes %s binaries into %s (10-15 min the first time; log %s)", KubeVersion, dir, c.logFile("k8s-build"))
+	cmd, err := b.cmd(ctx, tmp)
+	if err != nil {
+		return false, fmt.Errorf("%s are not in %s and cannot be built: %w", b.what, b.dir, err)
+	}
+	c.logf("building %s into %s (%s the first time; log %s)", b.what, b.dir, b.took, c.logFile(b.log))
 	if err := os.MkdirAll(c.o.LogDir, 0o755); err != nil {
 		return false, err
 	}
-	logf, err := os.Create(c.logFile("k8s-build"))
+	logf, err := os.Create(c.logFile(b.log))
 	if err != nil {
 		return false, err
 	}
 	defer logf.Close()
-	args := []string{"build", "-ldflags", kubeLDFlags(KubeVersion), "-o", tmp + "/"}
-	for _, b := range kubeBinaries {
-		args = append(args, "k8s.io/kubernetes/cmd/"+b)
-	}
-	cmd := exec.CommandContext(ctx, goTool(), args...)
-	cmd.Dir = mod
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Run(); err != nil {
-		return false, fmt.Errorf("building the Kubernetes binaries failed (%w): see %s", err, c.logFile("k8s-build"))
+		return false, fmt.Errorf("building %s failed (%w): see %s", b.what, err, c.logFile(b.log))
 	}
-	if !haveAll(tmp) {
-		return false, fmt.Errorf("the Kubernetes build in %s is incomplete: see %s", tmp, c.logFile("k8s-build"))
+	if !haveAll(tmp, b.names) {
+		return false, fmt.Errorf("the build of %s in %s is incomplete: see %s", b.what, tmp, c.logFile(b.log))
 	}
-	os.RemoveAll(dir)
-	if err := os.Rename(tmp, dir); err != nil {
+	if err := os.RemoveAll(b.dir); err != nil {
+		return false, err
+	}
+	if err := os.Rename(tmp, b.dir); err != nil {
 		return false, err
 	}
 	return true, nil
+}
+
+// ensureBinaries builds the four Kubernetes binaries into the cache (from
+// the e2e module, which requires k8s.io/kubernetes) unless they are there.
+func (c *Cluster) ensureBinaries(ctx context.Context) (bool, error) {
+	return c.ensure(ctx, cachedBuild{
+		what: "the Kubernetes " + KubeVersion + " binaries", dir: c.binDir(), names: kubeBinaries,
+		log: "k8s-build", took: "10-15 min",
+		cmd: func(ctx context.Context, tmp string) (*exec.Cmd, error) {
+			mod := c.o.ModuleDir
+			if mod == "" {
+				wd, _ := os.Getwd()
+				var err error
+				if mod, err = findModuleDir(wd); err != nil {
+					return nil, err
+				}
+			}
+			args := []string{"build", "-ldflags", kubeLDFlags(KubeVersion), "-o", tmp + "/"}
+			for _, b := range kubeBinaries {
+				args = append(args, "k8s.io/kubernetes/cmd/"+b)
+			}
+			cmd := exec.CommandContext(ctx, goTool(), args...)
+			cmd.Dir = mod
+			return cmd, nil
+		},
+	})
+}
+
+// ensureContainerd builds containerd, its runc shim and ctr (version
+// ContainerdVersion) from containerd's Go module into the cache unless they
+// are there. CGO_ENABLED=0 leaves out the btrfs snapshotter (cgo), which
+// the cluster disables anyway.
+func (c *Cluster) ensureContainerd(ctx context.Context) (bool, error) {
+	return c.ensure(ctx, cachedBuild{
+		what: "containerd " + ContainerdVersion, dir: c.containerdDir(), names: containerdBinaries,
+		log: "containerd-build", took: "1-3 min",
+		cmd: func(ctx context.Context, tmp string) (*exec.Cmd, error) {
+			return containerdBuild(ctx, tmp), nil
+		},
+	})
+}
+
+// containerdBuild is the go install of containerdBinaries into gobin.
+func containerdBuild(ctx context.Context, gobin string) *exec.Cmd {
+	args := []string{"install", "-trimpath", "-ldflags", containerdLDFlags(ContainerdVersion)}
+	for _, b := range containerdBinaries {
+		args = append(args, containerdModule+"/cmd/"+b+"@"+ContainerdVersion)
+	}
+	cmd := exec.CommandContext(ctx, goTool(), args...)
+	cmd.Dir = gobin // outside any module: pkg@version ignores the current one, and there is none
+	cmd.Env = append(os.Environ(), "GOBIN="+gobin, "CGO_ENABLED=0", "GOFLAGS=", "GOWORK=off")
+	return cmd
+}
+
+// containerdLDFlags stamps the version into containerd (it reports
+// "2.x.y+unknown" otherwise).
+func containerdLDFlags(version string) string {
+	return "-s -w -X " + containerdModule + "/version.Version=" + version
 }
 
 // findModuleDir walks up from dir to the e2e module's root.

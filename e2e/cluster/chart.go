@@ -17,6 +17,7 @@ type Chart struct {
 	ChartVer   string // Chart.yaml version
 	AppVersion string // Chart.yaml appVersion: the image tag the chart deploys by default
 	DevDir     string // values.yaml devDir: where the simulator mounts its devices
+	CDISpecDir string // values.yaml cdi.specDir: where the plugin keeps its CDI specs (cdi.enabled)
 }
 
 // ReadChart reads Chart from the repository at repoDir (the directory
@@ -40,11 +41,14 @@ func ReadChart(repoDir string) (Chart, error) {
 	}
 	var values struct {
 		DevDir string `json:"devDir"`
+		CDI    struct {
+			SpecDir string `json:"specDir"`
+		} `json:"cdi"`
 	}
 	if err := readYAML(filepath.Join(dir, "values.yaml"), &values); err != nil {
 		return c, err
 	}
-	c.ChartVer, c.AppVersion, c.DevDir = meta.Version, meta.AppVersion, values.DevDir
+	c.ChartVer, c.AppVersion, c.DevDir, c.CDISpecDir = meta.Version, meta.AppVersion, values.DevDir, values.CDI.SpecDir
 	if !filepath.IsAbs(c.DevDir) || filepath.Clean(c.DevDir) != c.DevDir || filepath.Dir(c.DevDir) == "/" {
 		return c, fmt.Errorf("%s: devDir %q: want a clean absolute path of at least two components", filepath.Join(dir, "values.yaml"), c.DevDir)
 	}

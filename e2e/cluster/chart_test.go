@@ -3,12 +3,14 @@ package cluster
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 )
 
 // TestChartDefaults fails when the versions drift apart (VERSION, the
 // chart's version and appVersion) or when the device directory Down cleans
-// up and the shared mount Up makes no longer match the chart's devDir.
+// up and the shared mount Up makes no longer match the chart's devDir, or
+// the CDI spec directory Up makes (and containerd reads) its cdi.specDir.
 func TestChartDefaults(t *testing.T) {
 	c, err := ReadChart("../..")
 	if err != nil {
@@ -19,6 +21,9 @@ func TestChartDefaults(t *testing.T) {
 	}
 	if c.DevDir != fuseDevDir {
 		t.Errorf("chart devDir %q, Down unmounts a dead FUSE mount at %q: want them equal", c.DevDir, fuseDevDir)
+	}
+	if c.CDISpecDir != ChartCDISpecDir || !slices.Contains(CDISpecDirs, c.CDISpecDir) {
+		t.Errorf("chart cdi.specDir %q: Up makes %q, containerd reads %q", c.CDISpecDir, ChartCDISpecDir, CDISpecDirs)
 	}
 	if len(SharedMounts) != 1 || SharedMounts[0] != filepath.Dir(c.DevDir) {
 		t.Errorf("SharedMounts %q, want the chart devDir's parent %q", SharedMounts, filepath.Dir(c.DevDir))

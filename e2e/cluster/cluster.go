@@ -133,6 +133,10 @@ func (c *Cluster) Up(ctx context.Context) error {
 		return fail(err)
 	}
 	phase("kubernetes binaries")
+	if _, err := c.ensureContainerd(ctx); err != nil {
+		return fail(err)
+	}
+	phase("containerd binaries")
 	baseImages, err := c.baseImages(ctx)
 	if err != nil {
 		return fail(err)

@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pelletier/go-toml/v2"
 	"k8s.io/client-go/tools/clientcmd"
 	kubeletconfig "k8s.io/kubernetes/pkg/kubelet/apis/config"
 	"k8s.io/kubernetes/pkg/kubelet/kubeletconfig/configfiles"
@@ -123,19 +125,106 @@ func TestKubeletConfig(t *testing.T) {
 	}
 }
 
+// TestContainerdConfig decodes the containerd config as TOML and checks the
+// values containerd 2 reads (config version 3 plugin IDs): every path is the
+// cluster's own, the shim and runc are named by path, CDI reads both spec
+// directories.
 func TestContainerdConfig(t *testing.T) {
-	c := testCluster().containerdConfig()
-	for _, want := range []string{
-		`root = "/s/containerd"`, `state = "/r/containerd"`, `address = "/r/containerd.sock"`,
-		`sandbox_image = "localhost/pause:3.10"`, `restrict_oom_score_adj = true`, `SystemdCgroup = false`,
-		`bin_dir = "/usr/lib/cni"`, `conf_dir = "/s/cni/net.d"`, `version = 2`,
+	c := testCluster()
+	var cfg map[string]any
+	if err := toml.Unmarshal([]byte(c.containerdConfig()), &cfg); err != nil {
+		t.Fatalf("containerd config is not TOML: %v\n%s", err, c.containerdConfig())
+	}
+	get := func(path ...string) any {
+		var v any = cfg
+		for _, k := range path {
+			m, ok := v.(map[string]any)
+			if !ok {
+				return nil
+			}
+			v = m[k]
+		}
+		return v
+	}
+	const (
+		runtime = "io.containerd.cri.v1.runtime"
+		images  = "io.containerd.cri.v1.images"
+	)
+	runc := []string{"plugins", runtime, "containerd", "runtimes", "runc"}
+	for _, k := range []struct {
+		path []string
+		want any
+	}{
+		{[]string{"version"}, int64(3)},
+		{[]string{"root"}, "/s/containerd"},
+		{[]string{"state"}, "/r/containerd"},
+		{[]string{"grpc", "address"}, "/r/containerd.sock"},
+		{[]string{"ttrpc", "address"}, "/r/containerd.sock.ttrpc"},
+		{[]string{"plugins", "io.containerd.shim.v1.manager", "socket_dir"}, "/r/s"},
+		{[]string{"plugins", "io.containerd.grpc.v1.cri", "stream_server_address"}, "127.0.0.1"},
+		{[]string{"plugins", images, "snapshotter"}, "overlayfs"},
+		{[]string{"plugins", images, "pinned_images", "sandbox"}, PauseImage},
+		{[]string{"plugins", runtime, "restrict_oom_score_adj"}, true},
+		{[]string{"plugins", runtime, "enable_selinux"}, false},
+		{[]string{"plugins", runtime, "containerd", "default_runtime_name"}, "runc"},
+		{append(runc, "runtime_type"), "io.containerd.runc.v2"},
+		{append(runc, "runtime_path"), "/c/containerd-" + ContainerdVersion + "/containerd-shim-runc-v2"},
+		{append(runc, "options", "BinaryName"), "/usr/bin/runc"},
+		{append(runc, "options", "Root"), "/r/runc"},
+		{append(runc, "options", "SystemdCgroup"), false},
+		{[]string{"plugins", runtime, "cni", "conf_dir"}, "/s/cni/net.d"},
+		{[]string{"plugins", runtime, "cni", "max_conf_num"}, int64(1)},
 	} {
-		if !strings.Contains(c, want) {
-			t.Errorf("containerd config lacks %s", want)
+		if got := get(k.path...); got != k.want {
+			t.Errorf("%s = %#v, want %#v", strings.Join(k.path, "."), got, k.want)
 		}
 	}
-	if strings.Contains(c, "/run/containerd/containerd.sock") || strings.Contains(c, "/var/lib/containerd") {
+	for _, k := range []struct {
+		path []string
+		want []string
+	}{
+		{[]string{"plugins", runtime, "cdi_spec_dirs"}, []string{"/etc/cdi", "/var/run/cdi"}},
+		{[]string{"plugins", runtime, "cni", "bin_dirs"}, []string{"/usr/lib/cni"}},
+	} {
+		if got := fmt.Sprint(get(k.path...)); got != fmt.Sprint(k.want) {
+			t.Errorf("%s = %s, want %v", strings.Join(k.path, "."), got, k.want)
+		}
+	}
+	// The 1.x CRI plugin keys would be ignored (or refused) by containerd 2.
+	for _, old := range []string{"sandbox_image", "snapshotter", "cni", "containerd"} {
+		if get("plugins", "io.containerd.grpc.v1.cri", old) != nil {
+			t.Errorf("io.containerd.grpc.v1.cri.%s is set: containerd 2 reads it from the cri.v1 plugins", old)
+		}
+	}
+	if len(c.shimSocketDir()) > 42 {
+		t.Errorf("shim socket dir %s is longer than containerd's limit (42)", c.shimSocketDir())
+	}
+	if d := New(Options{}).shimSocketDir(); len(d) > 42 {
+		t.Errorf("default shim socket dir %s is longer than containerd's limit (42)", d)
+	}
+	if s := c.containerdConfig(); strings.Contains(s, "/run/containerd") || strings.Contains(s, "/var/lib/containerd") {
 		t.Errorf("containerd config uses the distribution's paths")
+	}
+}
+
+// TestContainerdBuild: containerd is installed at ContainerdVersion from its
+// module, without cgo, into the directory given, with its version stamped.
+func TestContainerdBuild(t *testing.T) {
+	cmd := containerdBuild(context.Background(), "/c/tmp")
+	args := strings.Join(cmd.Args[1:], " ")
+	for _, b := range containerdBinaries {
+		if !strings.Contains(args, "github.com/containerd/containerd/v2/cmd/"+b+"@"+ContainerdVersion) {
+			t.Errorf("go %s: does not install %s@%s", args, b, ContainerdVersion)
+		}
+	}
+	if !strings.HasPrefix(args, "install -trimpath ") || !strings.Contains(args, "version.Version="+ContainerdVersion) {
+		t.Errorf("go %s", args)
+	}
+	env := strings.Join(cmd.Env, "\n")
+	for _, want := range []string{"GOBIN=/c/tmp", "CGO_ENABLED=0"} {
+		if !strings.Contains(env, "\n"+want+"\n") && !strings.HasSuffix(env, "\n"+want) {
+			t.Errorf("build environment lacks %s", want)
+		}
 	}
 }
 

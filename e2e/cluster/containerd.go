@@ -5,14 +5,37 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 )
 
-// containerdConfig is containerd's config (version 2, containerd 1.6):
-// its own root, state and socket, so it never meets a containerd the
-// distribution may run.
+// ContainerdVersion is the containerd release the cluster runs, built from
+// its Go module (containerdModule) into the cache.
+const ContainerdVersion = "v2.4.2"
+
+const containerdModule = "github.com/containerd/containerd/v2"
+
+// containerdBinaries are what the cluster uses of containerd: the daemon,
+// the runc shim it starts per pod, and ctr (images, teardown).
+var containerdBinaries = []string{"containerd", "containerd-shim-runc-v2", "ctr"}
+
+// runcBinary is the OCI runtime: Debian's runc.
+const runcBinary = "/usr/bin/runc"
+
+// CDISpecDirs are the directories containerd reads CDI specs from (its
+// defaults, set explicitly): the chart's cdi.specDir must be one of them.
+var CDISpecDirs = []string{"/etc/cdi", "/var/run/cdi"}
+
+// containerdConfig is containerd's config (version 3, containerd 2.x, where
+// the CRI plugin is split into io.containerd.cri.v1.runtime and
+// io.containerd.cri.v1.images, streaming staying in io.containerd.grpc.v1.cri):
+// its own root, state and socket, and the shims' sockets and runc's state
+// under RunDir too (both default to /run/containerd), so it never meets a
+// containerd the distribution may run. The shim is named by its path
+// (runtime_path), runc by its path (BinaryName); CDI is always on in 2.x.
 func (c *Cluster) containerdConfig() string {
-	return fmt.Sprintf(`version = 2
+	return fmt.Sprintf(`version = 3
 root = %q
 state = %q
 oom_score = 0
@@ -31,25 +54,47 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   address = ""
 
 [plugins]
-  [plugins."io.containerd.grpc.v1.cri"]
-    sandbox_image = %q
-    restrict_oom_score_adj = true
+  [plugins.'io.containerd.shim.v1.manager']
+    socket_dir = %q
+
+  [plugins.'io.containerd.grpc.v1.cri']
     stream_server_address = "127.0.0.1"
     stream_server_port = "0"
+
+  [plugins.'io.containerd.cri.v1.images']
+    snapshotter = "overlayfs"
+    [plugins.'io.containerd.cri.v1.images'.pinned_images]
+      sandbox = %q
+
+  [plugins.'io.containerd.cri.v1.runtime']
+    restrict_oom_score_adj = true
     enable_selinux = false
-    [plugins."io.containerd.grpc.v1.cri".containerd]
-      snapshotter = "overlayfs"
+    cdi_spec_dirs = [%s]
+    [plugins.'io.containerd.cri.v1.runtime'.containerd]
       default_runtime_name = "runc"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
         runtime_type = "io.containerd.runc.v2"
-        [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        runtime_path = %q
+        [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+          BinaryName = %q
+          Root = %q
           SystemdCgroup = false
-    [plugins."io.containerd.grpc.v1.cri".cni]
-      bin_dir = "/usr/lib/cni"
+    [plugins.'io.containerd.cri.v1.runtime'.cni]
+      bin_dirs = ["/usr/lib/cni"]
       conf_dir = %q
       max_conf_num = 1
 `, c.containerdRoot(), c.containerdState(), c.containerdSock(), c.containerdSock()+".ttrpc",
-		PauseImage, c.cniConfDir())
+		c.shimSocketDir(), PauseImage, quoteList(CDISpecDirs), c.containerdBin("containerd-shim-runc-v2"),
+		runcBinary, c.runcRoot(), c.cniConfDir())
+}
+
+// quoteList renders strings as the items of a TOML array.
+func quoteList(items []string) string {
+	q := make([]string, len(items))
+	for i, s := range items {
+		q[i] = strconv.Quote(s)
+	}
+	return strings.Join(q, ", ")
 }
 
 // containerdArgs is containerd's command line.

@@ -162,10 +162,24 @@ func (c *Cluster) importImages(ctx context.Context, archives []string) error {
 	return nil
 }
 
-// ctr runs ctr against this cluster's containerd in the k8s.io namespace.
+// Ctr runs ctr against the cluster's containerd in the k8s.io namespace
+// (Kubernetes' containers) and returns its standard output; its standard
+// error (containerd 2 warns there on cgroup v1 hosts) goes to Options.Log.
+func (c *Cluster) Ctr(ctx context.Context, args ...string) (string, error) {
+	full := append([]string{"--address", c.containerdSock(), "--namespace", criNamespace}, args...)
+	cmd := exec.CommandContext(ctx, c.containerdBin("ctr"), full...)
+	cmd.Stderr = c.o.Log
+	out, err := cmd.Output()
+	if err != nil {
+		return string(out), fmt.Errorf("ctr %s: %w", strings.Join(args, " "), err)
+	}
+	return string(out), nil
+}
+
+// ctr runs ctr (the cached one, containerd's version) against this cluster's containerd in the k8s.io namespace.
 func (c *Cluster) ctr(ctx context.Context, args ...string) (string, error) {
 	full := append([]string{"--address", c.containerdSock(), "--namespace", criNamespace}, args...)
-	cmd := exec.CommandContext(ctx, "ctr", full...)
+	cmd := exec.CommandContext(ctx, c.containerdBin("ctr"), full...)
 	b, err := cmd.CombinedOutput()
 	return string(b), err
 }

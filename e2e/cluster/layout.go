@@ -26,6 +26,17 @@ func (c *Cluster) sysctlFile() string         { return filepath.Join(c.o.StateDi
 func (c *Cluster) binDir() string             { return filepath.Join(c.o.CacheDir, "k8s-"+KubeVersion) }
 func (c *Cluster) bin(name string) string     { return filepath.Join(c.binDir(), name) }
 func (c *Cluster) imageCache() string         { return filepath.Join(c.o.CacheDir, "images") }
+func (c *Cluster) containerdDir() string {
+	return filepath.Join(c.o.CacheDir, "containerd-"+ContainerdVersion)
+}
+func (c *Cluster) containerdBin(name string) string { return filepath.Join(c.containerdDir(), name) }
+
+// shimSocketDir holds the runc shims' sockets; containerd limits its length
+// (42 bytes on Linux), so it sits directly in RunDir.
+func (c *Cluster) shimSocketDir() string { return filepath.Join(c.o.RunDir, "s") }
+
+// runcRoot is runc's state directory (runc adds the namespace).
+func (c *Cluster) runcRoot() string { return filepath.Join(c.o.RunDir, "runc") }
 
 // makeDirs makes the directories the components write to.
 func (c *Cluster) makeDirs() error {

@@ -46,15 +46,27 @@ func (c *Cluster) makeSharedMounts() error {
 			return fmt.Errorf("make %s shared: %w", m, err)
 		}
 	}
+	// The CDI spec directory the chart writes to (cdi.specDir, hostPath
+	// DirectoryOrCreate): made here when missing, so that Down knows it
+	// is the cluster's and removes it with any spec a killed plugin left.
+	if _, err := os.Stat(ChartCDISpecDir); os.IsNotExist(err) {
+		if err := os.MkdirAll(ChartCDISpecDir, 0o755); err != nil {
+			return err
+		}
+		made = append(made, "cdidir "+ChartCDISpecDir)
+	}
 	return os.WriteFile(filepath.Join(c.o.RunDir, sharedMarker), []byte(strings.Join(made, "\n")+"\n"), 0o644)
 }
+
+// ChartCDISpecDir is the chart's default cdi.specDir, one of CDISpecDirs.
+const ChartCDISpecDir = "/var/run/cdi"
 
 // unmountAll unmounts what the cluster mounted: the pods' network
 // namespaces (those the sandboxes had, and any of our pod CIDR left
 // behind), kubelet's pod volumes and its bind mount of its root,
 // containerd's rootfs/shm, the FUSE mount of a dead simulator, and the
 // shared bind mounts Up made (and removes the directories it made for
-// them, when empty).
+// them, when empty, and the CDI spec directory if Up made it).
 func (c *Cluster) unmountAll(ctx context.Context, netns []string) error {
 	var errs []error
 	for _, n := range append(netns, orphanPodNetns(ctx)...) {
@@ -81,6 +93,8 @@ func (c *Cluster) unmountAll(ctx context.Context, netns []string) error {
 				errs = append(errs, unmountTree(m))
 			case "mkdir":
 				madeDirs = append(madeDirs, m)
+			case "cdidir":
+				errs = append(errs, removeAllNoMounts(m))
 			}
 		}
 	}

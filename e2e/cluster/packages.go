@@ -8,8 +8,9 @@ import (
 	"strings"
 )
 
-// debPackages are the Debian packages the cluster runs on.
-var debPackages = []string{"etcd-server", "containerd", "runc", "containernetworking-plugins", "busybox-static", "iptables", "iproute2", "util-linux"}
+// debPackages are the Debian packages the cluster runs on (containerd is
+// built from its module: ensureContainerd).
+var debPackages = []string{"etcd-server", "runc", "containernetworking-plugins", "busybox-static", "iptables", "iproute2", "util-linux"}
 
 // missingPackages returns the packages dpkg does not report installed.
 func missingPackages(ctx context.Context, pkgs []string) []string {
@@ -24,7 +25,7 @@ func missingPackages(ctx context.Context, pkgs []string) []string {
 }
 
 // installPackages installs missing packages with apt-get. Services the
-// packages ship (etcd, containerd) are kept from starting with a temporary
+// packages ship (etcd) are kept from starting with a temporary
 // policy-rc.d when none exists.
 func (c *Cluster) installPackages(ctx context.Context) error {
 	missing := missingPackages(ctx, debPackages)

@@ -36,7 +36,7 @@ func (c *Cluster) command(name string) (string, []string) {
 	case compEtcd:
 		return "/usr/bin/etcd", c.etcdArgs()
 	case compContainerd:
-		return "/usr/bin/containerd", c.containerdArgs()
+		return c.containerdBin("containerd"), c.containerdArgs()
 	case compAPIServer:
 		return c.bin(name), c.apiServerArgs()
 	case compCtrlMgr:

@@ -15,10 +15,15 @@ import (
 	"time"
 )
 
+// A cluster of an earlier version of this provider ran Debian's containerd
+// 1.6, whose shims keep their sockets in /run/containerd/s and runc its
+// state in /run/containerd/runc whatever containerd's state setting says:
+// Down still cleans those up after such a cluster. containerd 2 is told to
+// keep both in RunDir (shimSocketDir, runcRoot), which Down removes.
 const (
-	shimExe       = "/usr/bin/containerd-shim-runc-v2"
-	shimSocketDir = "/run/containerd/s" // containerd 1.6 puts shim sockets here whatever its state dir
-	runcRoot      = "/run/containerd/runc/" + criNamespace
+	legacyShimExe       = "/usr/bin/containerd-shim-runc-v2"
+	legacyShimSocketDir = "/run/containerd/s"
+	legacyRuncRoot      = "/run/containerd/runc/" + criNamespace
 )
 
 // removePods removes the pods: their sandboxes through the CRI (CNI DEL,
@@ -67,8 +72,10 @@ func (c *Cluster) stopComponents() error {
 func (c *Cluster) stopPodProcesses() error {
 	var errs []error
 	sock := c.containerdSock()
-	for _, pid := range procsWith(shimExe, sock) {
-		errs = append(errs, terminate(pid, 2*time.Second, func() bool { return procHas(pid, shimExe, sock) }))
+	for _, shim := range []string{c.containerdBin("containerd-shim-runc-v2"), legacyShimExe} {
+		for _, pid := range procsWith(shim, sock) {
+			errs = append(errs, terminate(pid, 2*time.Second, func() bool { return procHas(pid, shim, sock) }))
+		}
 	}
 	for _, pid := range podProcesses() {
 		killIf(pid, syscall.SIGKILL, func() bool { return inPodCgroup(pid) })
@@ -77,17 +84,17 @@ func (c *Cluster) stopPodProcesses() error {
 }
 
 // removeFiles removes the files: device-plugin sockets (kubelet's and every
-// plugin's), kubelet's state, the shim sockets and runc state of our
-// containers, the CNI cache, and StateDir and RunDir. It never removes
-// through a mount.
+// plugin's), kubelet's state, the CNI cache, and StateDir and RunDir (with
+// the shim sockets and runc's state), and what a containerd 1.6 cluster left
+// in /run/containerd. It never removes through a mount.
 func (c *Cluster) removeFiles(containers []string) error {
 	var errs []error
 	errs = append(errs, cleanDevicePluginDir())
 	errs = append(errs, removeKubeletState())
 	for _, id := range containers {
-		os.RemoveAll(filepath.Join(runcRoot, id))
+		os.RemoveAll(filepath.Join(legacyRuncRoot, id))
 	}
-	removeStaleSockets(shimSocketDir)
+	removeStaleSockets(legacyShimSocketDir)
 	if m, _ := filepath.Glob("/var/lib/cni/results/" + CNINetworkName + "-*"); len(m) > 0 {
 		for _, f := range m {
 			os.Remove(f)

@@ -6,6 +6,7 @@
 //	localcluster status                      what is running
 //	localcluster restart-kubelet             restart kubelet, wait for Node Ready
 //	localcluster kubeconfig                  print the admin kubeconfig path
+//	localcluster ctr ARGS...                 run ctr (the cluster's containerd, namespace k8s.io)
 package main
 
 import (
@@ -25,7 +26,7 @@ type multi []string
 func (m *multi) String() string     { return strings.Join(*m, ",") }
 func (m *multi) Set(v string) error { *m = append(*m, v); return nil }
 
-const usage = `usage: localcluster up [--import FILE.tar]... [--skip-packages] | down | status | restart-kubelet | kubeconfig`
+const usage = `usage: localcluster up [--import FILE.tar]... [--skip-packages] | down | status | restart-kubelet | kubeconfig | ctr ARGS...`
 
 func main() {
 	if len(os.Args) < 2 {
@@ -42,6 +43,11 @@ func main() {
 
 func run(ctx context.Context, cmd string, args []string) error {
 	var o cluster.Options
+	if cmd == "ctr" { // its arguments are ctr's
+		out, err := cluster.New(o).Ctr(ctx, args...)
+		fmt.Print(out)
+		return err
+	}
 	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
 	var imports multi
 	if cmd == "up" {
