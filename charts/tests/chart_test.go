@@ -819,6 +819,9 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 	}{
 		{[]string{"--set", "simulator.devices=999"}, []string{"'/simulator/devices'", "maximum", "256"}},
 		{[]string{"--set", "cdi.specDir=var/run/cdi"}, []string{"'/cdi/specDir'"}},
+		{[]string{"--set", "cdi.specDir=/etc"}, []string{"'/cdi/specDir'"}},
+		{[]string{"--set", "cdi.enabled=true", "--set", "cdi.specDir=/run/accel"}, []string{"cdi.specDir /run/accel overlaps devDir's parent"}},
+		{[]string{"--set", "cdi.enabled=true", "--set", "cdi.specDir=/var/lib/kubelet"}, []string{"cdi.specDir /var/lib/kubelet overlaps kubeletDir"}},
 		{[]string{"--set", "cdi.enabled=yes"}, []string{"'/cdi/enabled'"}},
 		{[]string{"--set", "simulator.devices=-1"}, []string{"'/simulator/devices'"}},
 		{[]string{"--set", "simulator.numaNodes=0"}, []string{"'/simulator/numaNodes'"}},

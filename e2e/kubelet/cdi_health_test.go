@@ -53,6 +53,7 @@ func readCDISpec(t *testing.T, path string) cdiSpec {
 // hands over. And KEP-4680: a fault on a device a pod holds makes the
 // manager signal that pod and report the device Unhealthy in the
 // container's allocatedResourcesStatus; a reset makes it Healthy again.
+// The specs outlive the plugin process.
 func TestRealDeviceManagerCDIAndHealth(t *testing.T) {
 	logger, _ := ktesting.NewTestContext(t)
 	n := newNode(t, logger)
@@ -145,16 +146,17 @@ func TestRealDeviceManagerCDIAndHealth(t *testing.T) {
 	}
 	t.Logf("reset of %s → pod signalled, allocatedResourcesStatus Healthy after %s (sim ctl and the 20ms reset included)", name, took)
 
-	// The container options still name the CDI device, and stopping the
-	// plugin removes its specs.
+	// The container options still name the CDI device, and the specs stay
+	// when the plugin stops: kubelet restarts a container of a running pod
+	// with the names it saved, without asking the plugin.
 	if again, err := n.Manager().GetDeviceRunContainerOptions(klog.NewContext(context.Background(), logger), pod, &pod.Spec.Containers[0]); err != nil ||
 		len(again.CDIDevices) != 1 || again.CDIDevices[0].Name != opts.CDIDevices[0].Name {
 		t.Errorf("container options after the reset: %+v, %v", again, err)
 	}
 	serve.stop()
 	for _, f := range []string{"accel.io-ac.json", "accel.io-ac-monitor.json"} {
-		if _, err := os.Stat(filepath.Join(specDir, f)); !os.IsNotExist(err) {
-			t.Errorf("%s after the plugin stopped: %v, want removed", f, err)
+		if _, err := os.Stat(filepath.Join(specDir, f)); err != nil {
+			t.Errorf("%s after the plugin stopped: %v, want it kept", f, err)
 		}
 	}
 }

@@ -1,7 +1,9 @@
 package plugin
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -30,11 +32,15 @@ func cdiName(kind, id string) string {
 // cdiSpecs keeps one CDI spec file per resource kind in a directory, each
 // with one CDI device per accel device offering that use (named by the
 // device ID), holding exactly the device's edits for it. The specs are
-// derived state: written from the current snapshot whenever it changes
-// (and always before a CDI name is handed to kubelet), written anew at
-// start, and removed when the plugin stops, so that neither a reboot
-// (/var/run is tmpfs) nor an uninstall leaves a spec behind that names
-// devices nobody serves.
+// derived state: rendered from the current snapshot whenever it changes and
+// before a CDI name is handed to kubelet, and written when the file does
+// not hold that rendering (so a file deleted or overwritten behind our back
+// is put right by the next Allocate). They are written anew at start, once
+// every discovery source has reported, and they stay when the plugin
+// stops: kubelet restarts a container of a running pod with the CDI names
+// it saved, without asking the plugin again, so a plugin restart or upgrade
+// must not take the specs away (/var/run/cdi is tmpfs: a reboot clears
+// them, and the next start writes them again).
 type cdiSpecs struct {
 	dir   string
 	kinds []cdiKind
@@ -42,8 +48,7 @@ type cdiSpecs struct {
 
 	mu      sync.Mutex
 	cache   *cdi.Cache
-	written uint64 // snapshot version the files show; 0: none yet
-	closed  bool   // run ended and removed the files: no more writes
+	written bool // the first write was logged
 }
 
 // cdiKind is one spec file: a resource's kind and the use it hands out.
@@ -155,51 +160,56 @@ func minimumVersion(spec *cdispec.Spec) (string, error) {
 	return best, nil
 }
 
-// sync writes the specs of snap unless the files already show it (or a
-// newer snapshot): the one call Allocate makes before naming CDI devices.
+// sync makes the spec files hold snap's specs, writing only those that
+// differ: the one call Allocate makes before naming CDI devices.
 func (s *cdiSpecs) sync(snap *Snapshot) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
-		// An Allocate racing the shutdown must not bring the files back.
-		return errors.New("the plugin is stopping: its CDI specs are removed")
-	}
-	if snap.Version == 0 || snap.Version <= s.written {
+	if snap.Version == 0 {
 		return nil
 	}
 	if err := s.open(); err != nil {
 		return err
 	}
+	changed := false
 	for _, k := range s.kinds {
+		path := filepath.Join(s.dir, k.specName())
 		spec, err := k.spec(snap)
 		if err != nil {
 			return err
 		}
 		if spec == nil {
-			if err := s.cache.RemoveSpec(k.specName()); err != nil {
-				return fmt.Errorf("remove CDI spec %s: %w", filepath.Join(s.dir, k.specName()), err)
+			if err := os.Remove(path); err == nil {
+				changed = true
+			} else if !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("remove CDI spec %s: %w", path, err)
 			}
 			continue
 		}
-		if err := s.cache.WriteSpec(spec, k.specName()); err != nil {
-			return fmt.Errorf("write CDI spec %s: %w", filepath.Join(s.dir, k.specName()), err)
+		// The library writes json.Marshal of the spec; the same bytes on
+		// disk mean nothing to do.
+		want, err := json.Marshal(spec)
+		if err != nil {
+			return err
 		}
+		if have, err := os.ReadFile(path); err == nil && bytes.Equal(have, want) {
+			continue
+		}
+		if err := s.cache.WriteSpec(spec, k.specName()); err != nil {
+			return fmt.Errorf("write CDI spec %s: %w", path, err)
+		}
+		changed = true
 	}
-	if s.written == 0 {
+	if changed || !s.written {
 		s.log.Info("CDI specs written", "dir", s.dir, "version", snap.Version, "devices", len(snap.Devices))
+		s.written = true
 	}
-	s.written = snap.Version
 	return nil
 }
 
-// run keeps the specs current until ctx ends, then removes them for good.
+// run keeps the specs current until ctx ends (and leaves them: see
+// cdiSpecs).
 func (s *cdiSpecs) run(ctx context.Context, store *Store) {
-	defer func() {
-		s.mu.Lock()
-		s.closed = true
-		s.mu.Unlock()
-		s.remove()
-	}()
 	for {
 		snap, changed := store.Load()
 		if err := s.sync(snap); err != nil {
@@ -214,7 +224,8 @@ func (s *cdiSpecs) run(ctx context.Context, store *Store) {
 }
 
 // remove deletes this plugin's spec files (only those: other files in the
-// directory belong to other vendors).
+// directory belong to other vendors): with CDI off, none may outlive an
+// earlier CDI run.
 func (s *cdiSpecs) remove() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -230,5 +241,4 @@ func (s *cdiSpecs) remove() {
 	if err := errors.Join(errs...); err != nil {
 		s.log.Warn("CDI specs not removed", "err", err)
 	}
-	s.written = 0
 }

@@ -147,8 +147,9 @@ func TestCDIAllocateMatchesMounts(t *testing.T) {
 }
 
 // The specs follow the devices: a device that goes is gone from the spec
-// at the next change, a kind nobody offers has no file, and run removes
-// the files when it ends.
+// at the next change, a kind nobody offers has no file, and the files stay
+// when run ends (kubelet restarts containers of running pods with the CDI
+// names it saved, without asking the plugin).
 func TestCDISpecsFollowDevices(t *testing.T) {
 	f := newCDIFixture(t)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -165,16 +166,34 @@ func TestCDISpecsFollowDevices(t *testing.T) {
 
 	cancel()
 	<-done
-	// An Allocate racing the shutdown is refused and writes nothing.
-	if _, err := f.compute.Allocate(context.Background(), &pluginapi.AllocateRequest{
-		ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: []string{"KRN-1"}}},
-	}); err == nil || !strings.Contains(err.Error(), "stopping") {
-		t.Errorf("Allocate after run ended: %v, want a refusal", err)
+	if _, err := os.Stat(acSpec); err != nil {
+		t.Errorf("%s after run ended: %v, want it kept", acSpec, err)
 	}
-	for _, p := range []string{acSpec, monSpec} {
-		if _, err := os.Stat(p); !os.IsNotExist(err) {
-			t.Errorf("%s after run ended: %v, want it removed", p, err)
+}
+
+// A spec file deleted or changed behind the plugin's back is put right by
+// the next Allocate; an unchanged one is not rewritten.
+func TestCDISpecRepaired(t *testing.T) {
+	f := newCDIFixture(t)
+	path := filepath.Join(f.dir, "accel.io-ac.json")
+	f.allocate(t, f.compute, "SIM-A")
+	before, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.allocate(t, f.compute, "SIM-B")
+	if after, err := os.Stat(path); err != nil || !os.SameFile(before, after) {
+		t.Errorf("an unchanged spec was rewritten (%v)", err)
+	}
+	for _, damage := range []func() error{
+		func() error { return os.Remove(path) },
+		func() error { return os.WriteFile(path, []byte(`{"cdiVersion":"0.3.0","kind":"accel.io/ac","devices":[]}`), 0o600) },
+	} {
+		if err := damage(); err != nil {
+			t.Fatal(err)
 		}
+		c := f.allocate(t, f.compute, "SIM-A")
+		inject(t, f.dir, []string{c.CdiDevices[0].Name})
 	}
 }
 

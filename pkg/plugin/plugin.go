@@ -231,10 +231,7 @@ func (p *Plugin) Run(ctx context.Context) error {
 	for _, s := range p.sources {
 		wg.Go(func() { errs <- s.Run(ctx) })
 	}
-	switch {
-	case p.cdi != nil && p.cdiOn:
-		wg.Go(func() { p.cdi.run(ctx, p.Store) })
-	case p.cdi != nil:
+	if p.cdi != nil && !p.cdiOn {
 		p.cdi.remove() // CDI off: no spec of ours may outlive an earlier CDI run
 	}
 	wg.Go(func() {
@@ -249,6 +246,11 @@ func (p *Plugin) Run(ctx context.Context) error {
 				return
 			case <-changed:
 			}
+		}
+		if p.cdi != nil && p.cdiOn {
+			// Written from the first complete discovery, not from the
+			// first source's devices alone.
+			wg.Go(func() { p.cdi.run(ctx, p.Store) })
 		}
 		errs <- p.registrar.Run(ctx)
 	})

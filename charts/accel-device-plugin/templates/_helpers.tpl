@@ -201,6 +201,14 @@ DaemonSet (always rendered).
 {{- if and (not .Values.simulator.enabled) (eq .Values.plugin.recursiveReadOnly "Enabled") }}
 {{- fail "plugin.recursiveReadOnly=Enabled needs the chart's simulator (simulator.enabled): without it the plugin's view of devDir must receive mounts made after it started (a simulator outside the chart, which the chart cannot wait for), and a recursively read-only mount receives none. Use IfPossible or Disabled (both: HostToContainer, non-recursive, when simulator.enabled=false)" }}
 {{- end }}
+{{- if .Values.cdi.enabled }}
+{{- $spec := clean .Values.cdi.specDir }}
+{{- range $what, $dir := dict "devDir's parent" (include "accel-device-plugin.devParent" .) "kubeletDir" (clean .Values.kubeletDir) "/dev/accel" "/dev/accel" }}
+{{- if or (eq $spec $dir) (hasPrefix (printf "%s/" $spec) $dir) (hasPrefix (printf "%s/" $dir) $spec) }}
+{{- fail (printf "cdi.specDir %s overlaps %s (%s): the plugin mounts the spec directory read-write, so it must be a directory of its own, e.g. /var/run/cdi" $spec $what $dir) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- if regexMatch "kubernetes\\.io$" .Values.plugin.resourcePrefix }}
 {{- fail (printf "plugin.resourcePrefix %q: prefixes ending in kubernetes.io are reserved for Kubernetes' own resources (%s/ac would not be an extended resource); use a domain of your own, e.g. accel.io" .Values.plugin.resourcePrefix .Values.plugin.resourcePrefix) }}
 {{- end }}
