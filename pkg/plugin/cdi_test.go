@@ -187,7 +187,9 @@ func TestCDISpecRepaired(t *testing.T) {
 	}
 	for _, damage := range []func() error{
 		func() error { return os.Remove(path) },
-		func() error { return os.WriteFile(path, []byte(`{"cdiVersion":"0.3.0","kind":"accel.io/ac","devices":[]}`), 0o600) },
+		func() error {
+			return os.WriteFile(path, []byte(`{"cdiVersion":"0.3.0","kind":"accel.io/ac","devices":[]}`), 0o600)
+		},
 	} {
 		if err := damage(); err != nil {
 			t.Fatal(err)
