@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel/devfsclient"
 	"io"
 	"log/slog"
 	"os"
@@ -12,6 +11,8 @@ import (
 	"path/filepath"
 	"syscall"
 	"time"
+
+	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel/devfsclient"
 )
 
 // waitPollInterval is how often `wait` looks for the simulator.

@@ -139,7 +139,10 @@ func (d *Device) Reset(ctx context.Context) error {
 	}
 	d.resetting = true
 	d.mu.Unlock()
-	defer func() {
+	// The reset ends in the same step as its final status, so a status
+	// change is refused exactly while the reset decides the status.
+	done := func() error { d.resetting = false; return nil }
+	defer func() { // the early returns
 		d.mu.Lock()
 		d.resetting = false
 		d.mu.Unlock()
@@ -149,10 +152,10 @@ func (d *Device) Reset(ctx context.Context) error {
 		return fmt.Errorf("reset: %w", err)
 	}
 	if err := d.drv.Reset(ctx); err != nil {
-		_ = d.setStatus(StatusMalfunction, nil)
+		_ = d.setStatus(StatusMalfunction, done)
 		return fmt.Errorf("reset %s: %w", d.name, err)
 	}
-	if err := d.setStatus(StatusOperational, func() error { d.resetCount++; return nil }); err != nil {
+	if err := d.setStatus(StatusOperational, func() error { d.resetCount++; return done() }); err != nil {
 		return fmt.Errorf("reset: %w", err)
 	}
 	return nil

@@ -79,7 +79,9 @@ func (r *Resource) render(devs []Device) *pluginapi.ContainerAllocateResponse {
 		}
 	}
 	for _, env := range envs {
-		resp.Envs[env] = strings.Join(names[env], ",")
+		if env != "" { // a use without a listing variable lists nothing
+			resp.Envs[env] = strings.Join(names[env], ",")
+		}
 	}
 	return resp
 }

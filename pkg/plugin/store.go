@@ -3,6 +3,7 @@ package plugin
 import (
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 )
 
@@ -42,7 +43,7 @@ type Store struct {
 	log      *slog.Logger
 	snap     *Snapshot
 	sources  map[string][]Device
-	shadowed map[string]bool // source + "\x00" + name of devices not advertised for a taken ID
+	shadowed map[string]bool // source, name and ID of each device not advertised for a taken ID
 	changed  chan struct{}
 }
 
@@ -102,7 +103,7 @@ func (s *Store) Publish(source string, devices []Device) uint64 {
 		for _, d := range s.sources[name] {
 			if i, dup := next.byID[d.ID]; dup {
 				// One identity, one device: the first source wins.
-				key := d.Source + "\x00" + d.Name
+				key := d.Source + "\x00" + d.Name + "\x00" + d.ID
 				shadowed[key] = true
 				if !s.shadowed[key] {
 					kept := next.Devices[i]
@@ -113,6 +114,15 @@ func (s *Store) Publish(source string, devices []Device) uint64 {
 			}
 			next.byID[d.ID] = len(next.Devices)
 			next.Devices = append(next.Devices, d)
+		}
+	}
+	for key := range s.shadowed {
+		if shadowed[key] {
+			continue
+		}
+		parts := strings.SplitN(key, "\x00", 3)
+		if i, ok := next.byID[parts[2]]; ok && next.Devices[i].Source == parts[0] && next.Devices[i].Name == parts[1] {
+			s.log.Info("device advertised: the other source's device with its ID is gone", "id", parts[2], "device", parts[1], "source", parts[0])
 		}
 	}
 	s.shadowed = shadowed

@@ -136,4 +136,12 @@ func TestStoreSharedIDAcrossSources(t *testing.T) {
 	if n := strings.Count(logs.String(), "another source reports the same device ID"); n != 2 {
 		t.Fatalf("%d warnings after the device came back, want 2:\n%s", n, logs.String())
 	}
+	// The advertised one goes: the shadowed one takes its ID, and says so.
+	s.Publish(a.Source, nil)
+	if snap, _ := s.Load(); len(snap.Devices) != 2 || snap.Devices[0].Source != b.Source || snap.Devices[0].Name != "ac3" {
+		t.Fatalf("devices %+v, want %s's ac3 advertised", snap.Devices, b.Source)
+	}
+	if !strings.Contains(logs.String(), "device advertised: the other source's device with its ID is gone") {
+		t.Errorf("no line saying ac3 is advertised now:\n%s", logs.String())
+	}
 }

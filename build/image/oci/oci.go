@@ -223,7 +223,7 @@ func Write(out string, img Image) (Result, error) {
 
 // layerTar checks the layer's entries and writes them as a tar.
 func layerTar(files []File, mtime time.Time) ([]byte, error) {
-	seen := map[string]bool{}
+	seen, dirs := map[string]bool{}, map[string]bool{}
 	rel := make([]File, 0, len(files))
 	for _, f := range files {
 		if !path.IsAbs(f.Path) || path.Clean(f.Path) != f.Path || f.Path == "/" {
@@ -233,6 +233,17 @@ func layerTar(files []File, mtime time.Time) ([]byte, error) {
 			return nil, fmt.Errorf("%s: twice in the layer", f.Path)
 		}
 		seen[f.Path] = true
+		for dir := path.Dir(f.Path); dir != "/"; dir = path.Dir(dir) {
+			if seen[dir] && !dirs[dir] {
+				return nil, fmt.Errorf("%s: below %s, which is not a directory in the layer", f.Path, dir)
+			}
+		}
+		if f.Dir {
+			dirs[f.Path] = true
+		}
+		if f.Mode&^0o7777 != 0 {
+			return nil, fmt.Errorf("%s: mode %#o: want permission bits only (at most 07777)", f.Path, f.Mode)
+		}
 		if f.Dir && (f.Link != "" || f.Data != nil) {
 			return nil, fmt.Errorf("%s: a directory has no link target or data", f.Path)
 		}

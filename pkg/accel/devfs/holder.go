@@ -117,6 +117,11 @@ func (h *holders) refresh(d *accel.Device) {
 	var now uint64
 	if r.pid != 0 {
 		now = procStart(r.pid) // 0 if it is gone
+		if now != 0 && tgid(r.pid) != r.pid {
+			// The holder is gone and its number now names a thread of
+			// another process: not a holder to report.
+			now = 0
+		}
 		if r.start == 0 {
 			r.start = now // first check
 		}
