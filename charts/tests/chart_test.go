@@ -308,6 +308,10 @@ func checkSound(t *testing.T, r *rendered) {
 			err = yaml.UnmarshalStrict([]byte(d.Raw), new(rbacv1.ClusterRole))
 		case "ClusterRoleBinding":
 			err = yaml.UnmarshalStrict([]byte(d.Raw), new(rbacv1.ClusterRoleBinding))
+		case "Role":
+			err = yaml.UnmarshalStrict([]byte(d.Raw), new(rbacv1.Role))
+		case "RoleBinding":
+			err = yaml.UnmarshalStrict([]byte(d.Raw), new(rbacv1.RoleBinding))
 		default:
 			t.Errorf("%v: unexpected kind %s/%s", r.args, d.Kind, d.Name)
 		}
@@ -364,8 +368,15 @@ func checkSound(t *testing.T, r *rendered) {
 		r.decode(t, "ClusterRole", name, &cr)
 		checkRules(t, cr.Rules)
 	}
-	if got := r.ofKind("Role"); len(got) != 0 {
-		t.Errorf("%v: unexpected Roles %v", r.args, got)
+	for _, name := range r.ofKind("Role") {
+		// The one Role: get on the plugin's own DaemonSet (cdi.enabled).
+		var role rbacv1.Role
+		r.decode(t, "Role", name, &role)
+		if len(role.Rules) != 1 || !slices.Equal(role.Rules[0].APIGroups, []string{"apps"}) ||
+			!slices.Equal(role.Rules[0].Resources, []string{"daemonsets"}) || !slices.Equal(role.Rules[0].Verbs, []string{"get"}) ||
+			!slices.Equal(role.Rules[0].ResourceNames, []string{plugin.Name}) || role.Namespace != plugin.Namespace {
+			t.Errorf("%v: Role %s rules %+v, want get on DaemonSet %s/%s only", r.args, name, role.Rules, plugin.Namespace, plugin.Name)
+		}
 	}
 }
 
@@ -700,6 +711,20 @@ func TestCDI(t *testing.T) {
 		t.Errorf("plugin args %q, want --cdi=on --cdi-spec-dir=/etc/cdi", args)
 	}
 	wantHostPathMount(t, plugin, "/etc/cdi", "/etc/cdi", corev1.HostPathDirectoryOrCreate, false, nil)
+	// It may tell an uninstall from a restart: get on its own DaemonSet.
+	if !hasArg(args, "--uninstall-daemonset="+namespace+"/"+pluginDS) || plugin.Spec.Template.Spec.AutomountServiceAccountToken == nil ||
+		!*plugin.Spec.Template.Spec.AutomountServiceAccountToken {
+		t.Errorf("plugin args %q / automount %v: want --uninstall-daemonset=%s/%s with a token", args,
+			plugin.Spec.Template.Spec.AutomountServiceAccountToken, namespace, pluginDS)
+	}
+	r := render(t, "cdi.yaml", "--set", "plugin.labelNode=false")
+	if r.find("Role", pluginDS) == nil || r.find("RoleBinding", pluginDS) == nil {
+		t.Errorf("cdi.enabled without labelNode: no Role/RoleBinding for the uninstall check")
+	}
+	plugin, _ = daemonSets(t, render(t, "cdi.yaml", "--set", "rbac.create=false"))
+	if args := onlyContainer(t, plugin).Args; slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--uninstall-daemonset") }) {
+		t.Errorf("rbac.create=false: %q still asks for the DaemonSet", args)
+	}
 
 	plugin, _ = daemonSets(t, render(t, "defaults.yaml"))
 	args = onlyContainer(t, plugin).Args

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"sync"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/accel-device-plugin/accel-device-plugin/pkg/nodelabel"
 	"github.com/accel-device-plugin/accel-device-plugin/pkg/plugin"
+	"github.com/accel-device-plugin/accel-device-plugin/pkg/uninstall"
 )
 
 func runServe(args []string, stderr io.Writer) error {
@@ -35,6 +37,7 @@ func runServe(args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", "127.0.0.1:9490", "host:port serving /metrics (Prometheus), /healthz and /readyz; empty disables (the chart uses the pod IP)")
 	cdiMode := fs.String("cdi", "off", "how Allocate hands devices to containers: off (bind mounts and device nodes, any runtime) or on (CDI device names <prefix>/ac=ID and <prefix>/ac-monitor=ID, with their CDI specs kept in --cdi-spec-dir; needs containerd 1.7+ with CDI enabled, or CRI-O)")
 	fs.StringVar(&cfg.CDISpecDir, "cdi-spec-dir", "", "directory of the CDI specs (default with --cdi=on: "+plugin.DefaultCDISpecDir+"); with --cdi=off, specs of ours left there are removed at start")
+	uninstallDS := fs.String("uninstall-daemonset", "", "NAMESPACE/NAME of this plugin's DaemonSet: when the plugin stops and that DaemonSet is gone or being deleted (helm uninstall), it removes its CDI specs, which otherwise stay (kubelet restarts containers of running pods with the CDI names it saved); needs get on it")
 	labelNode := fs.Bool("label-node", false, "keep PREFIX/ac.{present,count,model,simulated} labels on this node's Node object (needs get and patch on nodes)")
 	nodeName := fs.String("node-name", os.Getenv("NODE_NAME"), "this node's name, for --label-node (default: $NODE_NAME, from the downward API)")
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig for --label-node when not running in a pod (default: in-cluster config)")
@@ -66,15 +69,30 @@ func runServe(args []string, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
-	var labeler *nodelabel.Labeler
-	if *labelNode {
-		if *nodeName == "" {
-			return nodelabel.ErrNoNodeName
+	var ds uninstall.Ref
+	if *uninstallDS != "" {
+		if ds, err = uninstall.ParseRef(*uninstallDS); err != nil {
+			return fmt.Errorf("--uninstall-daemonset: %w", err)
 		}
-		client, err := kubeClient(*kubeconfig)
-		if err != nil {
+	}
+	if *labelNode && *nodeName == "" {
+		return nodelabel.ErrNoNodeName
+	}
+	var client kubernetes.Interface
+	if *labelNode || *uninstallDS != "" {
+		if client, err = kubeClient(*kubeconfig); err != nil {
 			return err
 		}
+	}
+	var check *uninstall.Check
+	if *uninstallDS != "" {
+		check = uninstall.NewCheck(client, ds)
+		if err := check.Start(ctx); err != nil {
+			log.Warn("CDI specs will be kept when the plugin stops, uninstall or not", "err", err)
+		}
+	}
+	var labeler *nodelabel.Labeler
+	if *labelNode {
 		labeler = &nodelabel.Labeler{Client: client, Node: *nodeName, Prefix: cfg.ResourcePrefix, Logger: log}
 		if err := labeler.Check(ctx); errors.Is(err, nodelabel.ErrMisconfigured) {
 			return err
@@ -102,8 +120,27 @@ func runServe(args []string, stderr io.Writer) error {
 	err = p.Run(ctx)
 	stop() // the plugin ended (signal or failure): end the labeler too
 	wg.Wait()
+	if check != nil {
+		removeSpecsOnUninstall(check, ds, p, log)
+	}
 	log.Info("device plugin stopped; sockets removed")
 	return errors.Join(err, labelErr)
+}
+
+// removeSpecsOnUninstall removes the CDI specs if the plugin's DaemonSet
+// is gone or being deleted; when that cannot be known it keeps them.
+func removeSpecsOnUninstall(check *uninstall.Check, ds uninstall.Ref, p *plugin.Plugin, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	switch gone, err := check.Uninstalling(ctx); {
+	case err != nil:
+		log.Warn("cannot tell an uninstall from a restart; CDI specs kept", "daemonset", ds.String(), "err", err)
+	case gone:
+		log.Info("DaemonSet gone or being deleted: uninstall, removing the CDI specs", "daemonset", ds.String())
+		p.RemoveCDISpecs()
+	default:
+		log.Info("DaemonSet still there (restart or update): CDI specs kept", "daemonset", ds.String())
+	}
 }
 
 // kubeClient builds a Kubernetes client from a kubeconfig file, or from the

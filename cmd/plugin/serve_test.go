@@ -25,6 +25,7 @@ func TestServeDaemonFlags(t *testing.T) {
 		{[]string{"serve", "--daemon-timeout", "soon"}, 2, "invalid value"},
 		{[]string{"serve", "--stale-view-grace", "-1s"}, 1, "--stale-view-grace must be 0 (never exit) or positive"},
 		{[]string{"serve", "--cdi", "yes"}, 1, `--cdi must be off or on, got "yes"`},
+		{[]string{"serve", "--uninstall-daemonset", "accel-device-plugin"}, 1, `--uninstall-daemonset: DaemonSet "accel-device-plugin": want NAMESPACE/NAME`},
 		{[]string{"serve", "--cdi", "on", "--cdi-spec-dir", "var/run/cdi"}, 1, "--cdi-spec-dir must be an absolute path"},
 	} {
 		var stdout, stderr bytes.Buffer

@@ -211,6 +211,15 @@ func New(cfg Config) (*Plugin, error) {
 	return p, nil
 }
 
+// RemoveCDISpecs deletes the plugin's CDI specs, for a stop that is an
+// uninstall (see package uninstall); a plain stop keeps them. It does
+// nothing without a CDI spec directory.
+func (p *Plugin) RemoveCDISpecs() {
+	if p.cdi != nil {
+		p.cdi.remove()
+	}
+}
+
 // source is a discovery source: it publishes its devices into the store
 // until ctx ends.
 type source interface {

@@ -150,6 +150,12 @@ calls the API server only to label its node.
 {{- if and .Values.rbac.create .Values.plugin.labelNode }}true{{ end }}
 {{- end }}
 
+{{/* The plugin may GET its own DaemonSet, to tell an uninstall from a
+restart when it stops and remove its CDI specs only then. */}}
+{{- define "accel-device-plugin.uninstallCheck" -}}
+{{- if and .Values.rbac.create .Values.cdi.enabled }}true{{ end }}
+{{- end }}
+
 {{/* Scheduling and pod-level settings shared by both DaemonSets. */}}
 {{- define "accel-device-plugin.podScheduling" -}}
 {{- with .Values.priorityClassName }}
@@ -187,7 +193,7 @@ Checks the schema cannot express with a clear message; included by the plugin
 DaemonSet (always rendered).
 */}}
 {{- define "accel-device-plugin.validate" -}}
-{{- if and (include "accel-device-plugin.rbacEnabled" .) (not .Values.serviceAccount.create) (not .Values.serviceAccount.name) }}
+{{- if and (or (include "accel-device-plugin.rbacEnabled" .) (include "accel-device-plugin.uninstallCheck" .)) (not .Values.serviceAccount.create) (not .Values.serviceAccount.name) }}
 {{- fail "rbac.create with serviceAccount.create=false needs serviceAccount.name: otherwise the node permissions would go to the namespace's default ServiceAccount" }}
 {{- end }}
 {{- $dirMode := include "accel-device-plugin.octalMode" .Values.simulator.dirMode }}

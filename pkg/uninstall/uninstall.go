@@ -1,0 +1,82 @@
+// Package uninstall tells a stopping plugin whether its release is being
+// uninstalled — its DaemonSet is gone or being deleted — rather than
+// restarted, updated or evicted, so that it can remove host state that must
+// otherwise outlive the process (the CDI specs: kubelet restarts containers
+// of running pods with the CDI names it saved, so a plugin restart must
+// leave them, but an uninstall should not).
+//
+// `helm uninstall` deletes the DaemonSet with background propagation: the
+// object is gone before the garbage collector deletes its pods, so by the
+// time a pod's container gets SIGTERM a GET answers NotFound. With
+// foreground propagation the DaemonSet still exists, with a deletion
+// timestamp, until its pods are gone. A rolling update, an eviction or a
+// drain leaves the DaemonSet as it is.
+package uninstall
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+// Ref names a DaemonSet, parsed from "NAMESPACE/NAME".
+type Ref struct{ Namespace, Name string }
+
+// ParseRef parses "NAMESPACE/NAME".
+func ParseRef(s string) (Ref, error) {
+	ns, name, ok := strings.Cut(s, "/")
+	if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
+		return Ref{}, fmt.Errorf("DaemonSet %q: want NAMESPACE/NAME", s)
+	}
+	return Ref{ns, name}, nil
+}
+
+func (r Ref) String() string { return r.Namespace + "/" + r.Name }
+
+// Check tells, when the plugin stops, whether its DaemonSet is gone or
+// being deleted. Helm deletes the release's RBAC (and ServiceAccount) at
+// the same moment as the DaemonSet, so by then the GET is often refused:
+// a refusal counts as "gone" if the same GET was allowed at start (what
+// took the permission away is the uninstall), and as "do not know"
+// otherwise.
+type Check struct {
+	client   kubernetes.Interface
+	ds       Ref
+	readable bool // the GET worked at Start
+}
+
+// NewCheck returns a check of ds through client.
+func NewCheck(client kubernetes.Interface, ds Ref) *Check { return &Check{client: client, ds: ds} }
+
+// Start reads the DaemonSet once, to learn whether this process may; an
+// error says why not (the check will then keep the state at the end).
+func (k *Check) Start(ctx context.Context) error {
+	_, err := k.client.AppsV1().DaemonSets(k.ds.Namespace).Get(ctx, k.ds.Name, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("get DaemonSet %s: %w (needed to tell an uninstall from a restart)", k.ds, err)
+	}
+	k.readable = true
+	return nil
+}
+
+// Uninstalling reports whether the DaemonSet is gone or being deleted. An
+// error (the API server unreachable, a permission never granted) means "do
+// not know": the caller keeps its state.
+func (k *Check) Uninstalling(ctx context.Context) (bool, error) {
+	got, err := k.client.AppsV1().DaemonSets(k.ds.Namespace).Get(ctx, k.ds.Name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		return true, nil
+	case (apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err)) && k.readable:
+		return true, nil // the release's RBAC or ServiceAccount went with it
+	case apierrors.IsForbidden(err):
+		return false, fmt.Errorf("get DaemonSet %s: %w (the service account needs get on it)", k.ds, err)
+	case err != nil:
+		return false, fmt.Errorf("get DaemonSet %s: %w", k.ds, err)
+	}
+	return got.DeletionTimestamp != nil, nil
+}
