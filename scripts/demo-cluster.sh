@@ -80,6 +80,21 @@ for _ in $(seq 60); do
 done
 echo "greedy: $(k -n "$NS" get pod greedy -o jsonpath='{.status.phase}'): $msg"
 
+step "Device health reaches the pod: a fault on $DEV, then a reset (allocatedResourcesStatus)"
+SIM=$(k -n "$NS" get pods -l app.kubernetes.io/component=sim -o jsonpath='{.items[0].metadata.name}')
+health() { k -n "$NS" get pod train -o jsonpath='{.status.containerStatuses[0].allocatedResourcesStatus}'; }
+await_health() {
+  for _ in $(seq 120); do
+    case "$(health)" in *"\"$1\""*) break ;; esac
+    sleep 0.25
+  done
+  echo "train: $(health)"
+}
+k -n "$NS" exec "$SIM" -c sim -- /accel-plugin sim ctl --dir /run/accel/dev fault "$DEV" malfunction
+await_health Unhealthy
+k -n "$NS" exec "$SIM" -c sim -- /accel-plugin sim ctl --dir /run/accel/dev reset "$DEV"
+await_health Healthy
+
 step "Report"
 echo "node: $(k get nodes -o jsonpath='{.items[0].metadata.name}')"
 echo "pods:"; k -n "$NS" get pods

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -23,14 +24,17 @@ type info struct {
 }
 
 // TestEndToEnd is the user's story, in order; each step depends on the last.
+// The device story runs once per mode (mounts, then CDI: a helm upgrade of
+// the same release); the restart steps run once, in the CDI mode, on the
+// last story's compute pod.
 func TestEndToEnd(t *testing.T) {
 	e := newEnv(t)
 	start := time.Now()
 	step := func(name string) {
 		t.Logf("%6.1fs  %s", time.Since(start).Seconds(), name)
 	}
-	step("helm install: simulator with 4 devices, plugin with 8 monitor slots per device")
-	e.helmInstall()
+	step("helm install: simulator with 4 devices, plugin with 8 monitor slots per device (mounts mode)")
+	e.helmInstall(modes[0])
 	t.Cleanup(func() { // on failure: leave nothing behind (runs after the log dump below)
 		for _, name := range []string{"compute", "nonroot", "host-nonroot", "host-root", "ctl-denied", "too-many", "monitor-a", "monitor-b",
 			"debug-open", "after-restart", "crashloop", "accel-tool", "host-tool"} {
@@ -46,14 +50,10 @@ func TestEndToEnd(t *testing.T) {
 			t.Logf("--- accel-tool:\n%s", e.logs("accel-tool"))
 		}
 	})
-	// helm --wait may return while DaemonSet pods still start: wait for them.
-	e.eventually(2*time.Minute, "simulator and plugin pods ready", func() (bool, string) {
-		sim, plug := e.podsByComponent("sim"), e.podsByComponent("plugin")
-		if len(sim) != 1 || len(plug) != 1 {
-			return false, fmt.Sprintf("%d sim, %d plugin pods", len(sim), len(plug))
-		}
-		return podReady(&plug[0]) && sim[0].Status.Phase == corev1.PodRunning, string(sim[0].Status.Phase) + " " + string(plug[0].Status.Phase)
-	})
+	e.awaitChartPods(modes[0])
+	if n, err := e.cs.CoreV1().Nodes().Get(context.Background(), e.node, metav1.GetOptions{}); err == nil {
+		t.Logf("node %s: %s, kubelet %s", e.node, n.Status.NodeInfo.ContainerRuntimeVersion, n.Status.NodeInfo.KubeletVersion)
+	}
 
 	step("node allocatable accel.io/ac = 4, accel.io/ac-monitor = 32")
 	e.awaitAllocatable(time.Minute, devices, devices, devices*slots, devices*slots)
@@ -69,90 +69,44 @@ func TestEndToEnd(t *testing.T) {
 	// the simulator's directory, to query and drive devices from the node.
 	// Privileged: sys/control refuses writers without CAP_SYS_ADMIN.
 	e.createPod("accel-tool", "", withImage(e.image, "/accel-plugin", "events", "--dir", e.devDir), e.hostAccess(true))
-	e.createPod("host-tool", "sleep 3600", e.hostAccess(true))
+	e.createPod("host-tool", "sleep 3600", e.hostAccess(true), e.cdiAccess)
 	e.awaitPhase("accel-tool", corev1.PodRunning, 2*time.Minute)
 	e.awaitPhase("host-tool", corev1.PodRunning, 2*time.Minute)
 
-	step("a pod requesting 1 device runs and holds /dev/accel/acK")
-	e.createPod("compute", `set -e
-d=/dev/accel/$ACCEL_VISIBLE_DEVICES
-exec 3<>"$d"
-echo "opened $d"
-cat "${d}_monitor"
-exec sleep 3600`, requests(acRes, 1))
-	e.awaitRunning("compute", "opened")
-	var dev string
-	fmt.Sscanf(e.logs("compute"), "opened /dev/accel/%s", &dev)
-	if dev == "" {
-		t.Fatalf("compute pod log: %s", e.logs("compute"))
-	}
-	holder := e.holderIn(dev, "compute")
-	t.Logf("%s is held by pid %d of pod compute", dev, holder)
-
-	step("a non-root pod (uid 1000, no capabilities) opens its device read-write and holds it")
-	e.nonRootWorkload()
-
-	step("through the host path, a non-root pod cannot open a compute node (the mount's root is 0700); root can")
-	e.hostPathNeedsRoot(dev)
-
-	step("a pod asking for more than is free stays Pending: Insufficient accel.io/ac")
-	e.createPod("too-many", "sleep 3600", requests(acRes, devices))
-	e.eventually(time.Minute, "FailedScheduling event for too-many", func() (bool, string) {
-		evs, err := e.cs.CoreV1().Events(namespace).List(context.Background(), metav1.ListOptions{
-			FieldSelector: "involvedObject.name=too-many"})
-		if err != nil {
-			return false, err.Error()
+	var last story
+	var views []string
+	for i, m := range modes {
+		if i > 0 {
+			e.deletePod("compute")
+			step(fmt.Sprintf("helm upgrade: %s mode (cdi.enabled=%t); the simulator keeps running", m.name, m.cdi))
+			e.helmInstall(m)
+			e.awaitChartPods(m)
+			e.awaitAllocatable(time.Minute, devices, devices, devices*slots, devices*slots)
 		}
-		for _, ev := range evs.Items {
-			if strings.Contains(ev.Message, "Insufficient accel.io/ac") {
-				return true, ""
-			}
+		ok := t.Run(m.name, func(t *testing.T) {
+			last = e.with(t).deviceStory(m, func(name string) { step(m.name + ": " + name) })
+		})
+		if !ok {
+			t.FailNow()
 		}
-		return false, fmt.Sprint(len(evs.Items), " events")
-	})
-	if p, _ := e.cs.CoreV1().Pods(namespace).Get(context.Background(), "too-many", metav1.GetOptions{}); p.Status.Phase != corev1.PodPending {
-		t.Errorf("too-many is %s, want Pending", p.Status.Phase)
-	}
-	e.deletePod("too-many")
-
-	step("monitor pods share the device; a debug pod opening its compute node gets EBUSY")
-	for _, name := range []string{"monitor-a", "monitor-b"} {
-		e.createPod(name, `set -e
-n=3; IFS=,
-for d in $ACCEL_MONITOR_DEVICES; do eval "exec $n<\"/dev/accel/${d}_monitor\""; n=$((n+1)); done
-echo "watching $ACCEL_MONITOR_DEVICES"
-exec sleep 3600`, requests(monRes, devices))
-	}
-	for _, name := range []string{"monitor-a", "monitor-b"} {
-		e.awaitRunning(name, "watching")
-		if l := e.logs(name); !strings.Contains(l, dev) {
-			t.Errorf("%s (4 slots, spread) did not get %s: %s", name, dev, l)
+		views = append(views, last.view)
+		if i > 0 && last.view != views[0] {
+			t.Errorf("the compute pod saw, in %s mode:\n%s\nin %s mode:\n%s\nwant the same", modes[0].name, views[0], m.name, last.view)
 		}
 	}
-	// A failed redirection ends a shell: try in a subshell.
-	e.createPod("debug-open", fmt.Sprintf(`(exec 3<>%s/%s) 2>&1 && echo OPENED || echo FAILED`, e.devDir, dev), e.hostAccess(true), runOnce)
-	e.awaitPhase("debug-open", corev1.PodSucceeded, 2*time.Minute)
-	if l := e.logs("debug-open"); !strings.Contains(l, "Device or resource busy") || !strings.Contains(l, "FAILED") {
-		t.Errorf("a second client opening %s through the host path: %q, want EBUSY", dev, l)
-	}
-	if i := e.devInfo(dev); i.MonitorClients < 3 || !i.ComputeInUse { // two pods + the query itself
-		t.Errorf("%s while held with two monitor pods: %+v", dev, i)
-	}
+	dev, holder := last.dev, last.holder
 
 	other := "ac0"
 	if dev == other {
 		other = "ac1"
 	}
-	step("sys/control refuses a root pod without CAP_SYS_ADMIN and the plugin container (EPERM)")
+	step("through the host path, a non-root pod cannot open a compute node (the mount's root is 0700); root can")
+	e.hostPathNeedsRoot(dev)
+
+	step("sys/control refuses a root pod without CAP_SYS_ADMIN (EPERM)")
 	e.controlNeedsSysAdmin(other)
 
-	step("fault: allocatable drops; reset: it recovers")
-	e.mustExec("accel-tool", "/accel-plugin", "sim", "ctl", "--dir", e.devDir, "fault", other, "malfunction")
-	e.awaitAllocatable(30*time.Second, devices, devices-1, devices*slots, (devices-1)*slots)
-	e.mustExec("accel-tool", "/accel-plugin", "sim", "ctl", "--dir", e.devDir, "reset", other)
-	e.awaitAllocatable(30*time.Second, devices, devices, devices*slots, devices*slots)
-
-	step("plugin restarted: running pods keep their devices, allocatable comes back")
+	step("plugin restarted: running pods keep their devices, allocatable comes back, the CDI specs are still there (kept across restarts)")
 	pluginPods := e.podsByComponent("plugin")
 	for _, p := range pluginPods {
 		e.deletePodIn(p.Namespace, p.Name)
@@ -166,6 +120,7 @@ exec sleep 3600`, requests(monRes, devices))
 		return false, "waiting"
 	})
 	e.awaitAllocatable(time.Minute, devices, devices, devices*slots, devices*slots)
+	e.specFiles(modes[len(modes)-1].cdi, last.id)
 	if out, err := e.exec("compute", "cat", "/dev/accel/"+dev+"_monitor"); err != nil || !strings.Contains(out, dev) {
 		t.Errorf("compute pod after plugin restart: %v %s", err, out)
 	}
@@ -192,8 +147,8 @@ exec sleep 3600`, requests(monRes, devices))
 		e.crashLoopSurvivesKubeletRestarts(rounds)
 	}
 
-	step("helm uninstall: no mounts, sockets or node labels left")
-	for _, name := range []string{"compute", "monitor-a", "monitor-b", "debug-open", "after-restart", "accel-tool"} {
+	step("helm uninstall: no mounts, sockets, CDI specs or node labels left")
+	for _, name := range []string{"compute", "after-restart", "accel-tool"} {
 		e.deletePod(name)
 	}
 	e.run(e.helm, "uninstall", release, "--namespace", namespace, "--wait", "--timeout", "2m")
@@ -206,10 +161,10 @@ exec sleep 3600`, requests(monRes, devices))
 		}
 		return true, ""
 	})
-	e.eventually(time.Minute, "no sockets and no simulator mount on the node", func() (bool, string) {
+	e.eventually(time.Minute, "no sockets, CDI specs and no simulator mount on the node", func() (bool, string) {
 		// host-tool mounts /run/accel with HostToContainer propagation: a
 		// simulator mount left on the host would show in its mount table.
-		out, err := e.exec("host-tool", "sh", "-c", "ls /var/lib/kubelet/device-plugins; cat /proc/self/mounts")
+		out, err := e.exec("host-tool", "sh", "-c", "ls /var/lib/kubelet/device-plugins "+e.cdiSpecDir+"; cat /proc/self/mounts")
 		if err != nil {
 			return false, err.Error()
 		}
@@ -217,6 +172,21 @@ exec sleep 3600`, requests(monRes, devices))
 	})
 	e.deletePod("host-tool")
 	step("done")
+}
+
+// awaitChartPods waits for one ready plugin pod of the mode (helm --wait may
+// return while DaemonSet pods still start or roll) and a running simulator.
+func (e *env) awaitChartPods(m mode) {
+	e.t.Helper()
+	e.eventually(2*time.Minute, "simulator and plugin pods ready ("+m.name+" mode)", func() (bool, string) {
+		sim, plug := e.podsByComponent("sim"), e.podsByComponent("plugin")
+		if len(sim) != 1 || len(plug) != 1 {
+			return false, fmt.Sprintf("%d sim, %d plugin pods", len(sim), len(plug))
+		}
+		cdi := slices.Contains(plug[0].Spec.Containers[0].Args, "--cdi=on")
+		return podReady(&plug[0]) && cdi == m.cdi && sim[0].Status.Phase == corev1.PodRunning,
+			fmt.Sprintf("sim %s, plugin %s (--cdi=on: %t)", sim[0].Status.Phase, plug[0].Status.Phase, cdi)
+	})
 }
 
 func podReady(p *corev1.Pod) bool {

@@ -41,8 +41,10 @@ type env struct {
 	helm       string
 	image      string
 	devDir     string // the chart's default devDir: the chart is installed without setting it
+	cdiSpecDir string // the chart's default cdi.specDir
 	busybox    string
 	restartCmd string
+	ctr        []string // ctr against the node's containerd, namespace k8s.io (empty: not available)
 	cfg        *rest.Config
 	cs         kubernetes.Interface
 	node       string
@@ -61,8 +63,10 @@ func newEnv(t *testing.T) *env {
 		helm:       getenv("ACCEL_E2E_HELM", "helm"),
 		image:      getenv("ACCEL_E2E_IMAGE", "localhost/accel-device-plugin:"+chart.Version),
 		devDir:     chart.DevDir,
+		cdiSpecDir: chart.CDISpecDir,
 		busybox:    getenv("ACCEL_E2E_BUSYBOX", "localhost/busybox:1.36"),
 		restartCmd: os.Getenv("ACCEL_E2E_RESTART_KUBELET"),
+		ctr:        strings.Fields(os.Getenv("ACCEL_E2E_CTR")),
 	}
 	if e.cfg, err = clientcmd.BuildConfigFromFlags("", kc); err != nil {
 		t.Fatalf("kubeconfig %s: %v", kc, err)
@@ -117,8 +121,11 @@ func (e *env) runErr(name string, args ...string) (string, error) {
 	return b.String(), err
 }
 
-// helmInstall installs the chart with simulated devices and waits for it.
-func (e *env) helmInstall() {
+// helmInstall installs the chart with simulated devices, or upgrades the
+// release, in the given mode, and waits for it. The plugin's view of the
+// simulator's directory is recursively read-only or the plugin does not
+// start (plugin.recursiveReadOnly=Enabled: containerd 2, runc, Linux 5.12+).
+func (e *env) helmInstall(m mode) {
 	e.t.Helper()
 	// The tag follows the last ':' after the last '/' (a registry may have a port).
 	repo, tag := e.image, "latest"
@@ -130,6 +137,7 @@ func (e *env) helmInstall() {
 		"--set", "image.repository="+repo, "--set", "image.tag="+tag,
 		"--set", fmt.Sprintf("simulator.devices=%d", devices), "--set", fmt.Sprintf("plugin.monitorSlots=%d", slots),
 		"--set", "simulator.numaNodes=2", "--set", "logLevel=debug",
+		"--set", "plugin.recursiveReadOnly=Enabled", "--set", fmt.Sprintf("cdi.enabled=%t", m.cdi),
 		"--wait", "--timeout", "3m")
 }
 
@@ -203,6 +211,16 @@ func (e *env) hostAccess(privileged bool) podOpt {
 		}
 		p.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{Privileged: &privileged}
 	}
+}
+
+// cdiAccess gives the pod the chart's CDI spec directory of the node, at
+// the same path (made if missing, as the chart's plugin would).
+func (e *env) cdiAccess(p *corev1.Pod) {
+	t := corev1.HostPathDirectoryOrCreate
+	p.Spec.Volumes = append(p.Spec.Volumes, corev1.Volume{Name: "cdi-specs", VolumeSource: corev1.VolumeSource{
+		HostPath: &corev1.HostPathVolumeSource{Path: e.cdiSpecDir, Type: &t}}})
+	p.Spec.Containers[0].VolumeMounts = append(p.Spec.Containers[0].VolumeMounts,
+		corev1.VolumeMount{Name: "cdi-specs", MountPath: e.cdiSpecDir})
 }
 
 func withImage(image string, command ...string) podOpt {
