@@ -4,7 +4,9 @@
 //
 // Everything it starts, writes and changes is recorded under StateDir and
 // RunDir so that Down can undo it. The Kubernetes binaries are built from the
-// Kubernetes Go module of the e2e module and cached by version.
+// Kubernetes Go module of the e2e module, containerd (ContainerdVersion:
+// daemon, runc shim, ctr) from its own module with go install; both are
+// cached by version and built atomically. runc is Debian's.
 //
 // Host pitfalls it handles (found on 2-core Debian 12 VMs without Docker):
 //   - kubelet ≥ 1.35 refuses cgroup v1 unless failCgroupV1 is false.
@@ -42,4 +44,11 @@
 //     watchers. (Judging by the command line once made Up report a healthy
 //     kubelet as exited, and a retry tear down a just-started etcd.)
 //   - A failed Up stops what it started and undoes the rest, as Down does.
+//   - containerd keeps shim sockets in /run/containerd/s and runc state in
+//     /run/containerd/runc whatever its state setting says (1.6 always; 2.x
+//     unless told): the config puts both in RunDir (shim manager socket_dir,
+//     runc Root); containerd refuses a socket_dir longer than 42 bytes.
+//   - kubelet 1.37 is the last to accept containerd 1.x: the cluster runs
+//     containerd 2 (config version 3; 2.4 migrates it to 4 in memory and
+//     warns), which also gives recursively read-only mounts and CDI.
 package cluster
