@@ -6,8 +6,10 @@
 # a containerd already on the machine is touched), lists it, runs it with
 # runc, then stops that containerd and removes its directory.
 #
-# Needs root, and containerd, ctr and runc (Debian: apt-get install -y
-# containerd runc). Example:
+# Needs root, containerd, ctr and runc: the local cluster's containerd 2
+# from ~/.cache/accel-device-plugin/containerd-v2.4.2 when built (make
+# cluster-up), else the ones on PATH; runc from Debian (apt-get install -y
+# runc). Example:
 #
 #   bash build/verify-containerd.sh "$PWD/_output/accel-device-plugin-0.1.0.tar" \
 #       localhost/accel-device-plugin:0.1.0
@@ -16,8 +18,11 @@ set -euo pipefail
 archive=${1:?usage: verify-containerd.sh ARCHIVE [IMAGE]}
 image=${2:-localhost/accel-device-plugin:0.1.0}
 [ -f "$archive" ] || { echo "verify-containerd: no archive at $archive" >&2; exit 1; }
+# The local cluster's containerd 2 (built by `make cluster-up` into the cache) comes first.
+cached=${ACCEL_CONTAINERD_DIR:-$HOME/.cache/accel-device-plugin/containerd-v2.4.2}
+[ -x "$cached/containerd" ] && PATH=$cached:$PATH
 for c in containerd ctr runc; do
-  command -v "$c" >/dev/null || { echo "verify-containerd: $c missing (apt-get install -y containerd runc)" >&2; exit 1; }
+  command -v "$c" >/dev/null || { echo "verify-containerd: $c missing (make cluster-up builds containerd and ctr into $cached; runc: apt-get install -y runc)" >&2; exit 1; }
 done
 
 dir=$(mktemp -d /tmp/ctrd.XXXXXX)
