@@ -166,8 +166,7 @@ func (c *Cluster) importImages(ctx context.Context, archives []string) error {
 // (Kubernetes' containers) and returns its standard output; its standard
 // error (containerd 2 warns there on cgroup v1 hosts) goes to Options.Log.
 func (c *Cluster) Ctr(ctx context.Context, args ...string) (string, error) {
-	full := append([]string{"--address", c.containerdSock(), "--namespace", criNamespace}, args...)
-	cmd := exec.CommandContext(ctx, c.containerdBin("ctr"), full...)
+	cmd := c.ctrCmd(ctx, args)
 	cmd.Stderr = c.o.Log
 	out, err := cmd.Output()
 	if err != nil {
@@ -176,12 +175,17 @@ func (c *Cluster) Ctr(ctx context.Context, args ...string) (string, error) {
 	return string(out), nil
 }
 
-// ctr runs ctr (the cached one, containerd's version) against this cluster's containerd in the k8s.io namespace.
+// ctr is Ctr returning standard output and error together (for messages).
 func (c *Cluster) ctr(ctx context.Context, args ...string) (string, error) {
-	full := append([]string{"--address", c.containerdSock(), "--namespace", criNamespace}, args...)
-	cmd := exec.CommandContext(ctx, c.containerdBin("ctr"), full...)
-	b, err := cmd.CombinedOutput()
+	b, err := c.ctrCmd(ctx, args).CombinedOutput()
 	return string(b), err
+}
+
+// ctrCmd is the cached ctr (containerd's version) against this cluster's
+// containerd, in the k8s.io namespace.
+func (c *Cluster) ctrCmd(ctx context.Context, args []string) *exec.Cmd {
+	full := append([]string{"--address", c.containerdSock(), "--namespace", criNamespace}, args...)
+	return exec.CommandContext(ctx, c.containerdBin("ctr"), full...)
 }
 
 // goTool is the go command: $GOROOT/bin/go if set, else go on PATH, else

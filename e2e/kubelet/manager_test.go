@@ -47,22 +47,34 @@ func (n *node) stopManager() {
 }
 
 // awaitCapacity waits until the manager reports the given capacity and
-// allocatable for both resources. The manager has no change notification
-// for capacity (kubelet polls it for the node status), so this polls.
+// allocatable for both resources (see pollCapacity) and fails the test if
+// it does not within d.
 func (n *node) awaitCapacity(d time.Duration, acCap, acAlloc, monCap, monAlloc int64) time.Duration {
 	n.t.Helper()
+	took, got, ok := n.pollCapacity(d, 5*time.Millisecond, acCap, acAlloc, monCap, monAlloc)
+	if !ok {
+		n.t.Fatalf("capacity/allocatable = %s, want ac %d/%d, ac-monitor %d/%d within %s", got, acCap, acAlloc, monCap, monAlloc, d)
+	}
+	return took
+}
+
+// pollCapacity polls the manager every tick, up to d, until both resources
+// have the given capacity and allocatable. The manager has no change
+// notification for capacity (kubelet polls it for the node status). It
+// returns how long that took, the last figures seen, and whether they
+// matched.
+func (n *node) pollCapacity(d, every time.Duration, acCap, acAlloc, monCap, monAlloc int64) (time.Duration, string, bool) {
 	start := time.Now()
-	tick := time.NewTicker(5 * time.Millisecond)
+	tick := time.NewTicker(every)
 	defer tick.Stop()
-	want := fmt.Sprintf("ac %d/%d, ac-monitor %d/%d", acCap, acAlloc, monCap, monAlloc)
 	for {
 		c := n.Capacity()
-		got := fmt.Sprintf("ac %d/%d, ac-monitor %d/%d", c[acRes].Capacity, c[acRes].Allocatable, c[monitorRes].Capacity, c[monitorRes].Allocatable)
-		if got == want {
-			return time.Since(start)
+		if c[acRes] == (Resources{acCap, acAlloc}) && c[monitorRes] == (Resources{monCap, monAlloc}) {
+			return time.Since(start), "", true
 		}
 		if time.Since(start) > d {
-			n.t.Fatalf("capacity/allocatable = %s, want %s within %s", got, want, d)
+			return time.Since(start), fmt.Sprintf("ac %d/%d, ac-monitor %d/%d",
+				c[acRes].Capacity, c[acRes].Allocatable, c[monitorRes].Capacity, c[monitorRes].Allocatable), false
 		}
 		<-tick.C
 	}
