@@ -92,12 +92,12 @@ lint-go:
 	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	@for m in $(MODULES); do echo "go vet ($$m)"; (cd $$m && $(GO) vet ./...) || exit 1; done
 
-## lint-golangci: golangci-lint run of every module (config: .golangci.yml), after lint-go
-lint-golangci: lint-go $(GOLANGCI_LINT)
+## lint-golangci: golangci-lint run of every module (config: .golangci.yml)
+lint-golangci: $(GOLANGCI_LINT)
 	@for m in $(MODULES); do echo "golangci-lint ($$m)"; (cd $$m && $(GOLANGCI_LINT) run ./...) || exit 1; done
 
-## lint-helm: helm lint --strict of the chart, after lint-golangci
-lint-helm: lint-golangci $(HELM)
+## lint-helm: helm lint --strict of the chart
+lint-helm: $(HELM)
 	$(HELM) lint --strict $(CHART)
 
 ## fuzz: every native Go fuzz target of the main module, FUZZTIME each (default 30s);

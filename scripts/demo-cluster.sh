@@ -5,7 +5,8 @@
 set -euo pipefail
 export KUBECONFIG=${1:?kubeconfig}
 HELM=${2:?helm binary}
-IMAGE=${3:-localhost/accel-device-plugin:0.1.0}
+IMAGE=${3:-localhost/accel-device-plugin:$(cat "$(dirname "$0")/../VERSION")}
+DEVDIR=/run/accel/dev # the chart's devDir (values.yaml), where the simulator's nodes are
 BUSYBOX=${4:-localhost/busybox:1.36}
 KUBECTL=${KUBECTL:-kubectl}
 NS=accel-demo
@@ -84,15 +85,13 @@ step "Device health reaches the pod: a fault on $DEV, then a reset (allocatedRes
 SIM=$(k -n "$NS" get pods -l app.kubernetes.io/component=sim -o jsonpath='{.items[0].metadata.name}')
 health() { k -n "$NS" get pod train -o jsonpath='{.status.containerStatuses[0].allocatedResourcesStatus}'; }
 await_health() {
-  for _ in $(seq 120); do
-    case "$(health)" in *"\"$1\""*) break ;; esac
-    sleep 0.25
-  done
+  k -n "$NS" wait pod/train --timeout=30s \
+    --for=jsonpath='{.status.containerStatuses[0].allocatedResourcesStatus[0].resources[0].health}'="$1" >/dev/null
   echo "train: $(health)"
 }
-k -n "$NS" exec "$SIM" -c sim -- /accel-plugin sim ctl --dir /run/accel/dev fault "$DEV" malfunction
+k -n "$NS" exec "$SIM" -c sim -- /accel-plugin sim ctl --dir "$DEVDIR" fault "$DEV" malfunction
 await_health Unhealthy
-k -n "$NS" exec "$SIM" -c sim -- /accel-plugin sim ctl --dir /run/accel/dev reset "$DEV"
+k -n "$NS" exec "$SIM" -c sim -- /accel-plugin sim ctl --dir "$DEVDIR" reset "$DEV"
 await_health Healthy
 
 step "Report"
