@@ -46,7 +46,7 @@ func (r *Resource) allocate(snap *Snapshot, ids []string) (*pluginapi.ContainerA
 	if r.cdi != nil {
 		// The spec must name every device handed out before kubelet
 		// passes the names on to the runtime.
-		if err := r.cdi.sync(snap); err != nil {
+		if err := r.cdi.sync(snap, r.Name); err != nil {
 			return nil, status.Errorf(codes.Unavailable, "%s: %v", r.Name, err)
 		}
 	}

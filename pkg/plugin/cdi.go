@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 
@@ -46,9 +45,18 @@ type cdiSpecs struct {
 	kinds []cdiKind
 	log   *slog.Logger
 
-	mu      sync.Mutex
-	cache   *cdi.Cache
-	written bool // the first write was logged
+	mu       sync.Mutex
+	cache    *cdi.Cache
+	rendered map[string]rendering // by kind: the last snapshot's specs
+	written  bool                 // the first write was logged
+}
+
+// rendering is one kind's spec for one snapshot version, and its bytes as
+// the library writes them (json.Marshal); spec nil: no device offers the use.
+type rendering struct {
+	version uint64
+	spec    *cdispec.Spec
+	bytes   []byte
 }
 
 // cdiKind is one spec file: a resource's kind and the use it hands out.
@@ -62,10 +70,7 @@ func (k cdiKind) specName() string { return strings.ReplaceAll(k.kind, "/", "-")
 
 // newCDISpecs returns the writer of the resources' specs in dir.
 func newCDISpecs(dir string, res []*Resource, log *slog.Logger) (*cdiSpecs, error) {
-	if !filepath.IsAbs(dir) {
-		return nil, fmt.Errorf("CDI spec directory %q: want an absolute path", dir)
-	}
-	s := &cdiSpecs{dir: dir, log: log}
+	s := &cdiSpecs{dir: dir, log: log} // dir: absolute (Config.Validate)
 	for _, r := range res {
 		vendor, class, ok := strings.Cut(r.Name, "/")
 		if !ok {
@@ -137,32 +142,24 @@ func (k cdiKind) spec(snap *Snapshot) (*cdispec.Spec, error) {
 
 // minimumVersion is the lowest cdiVersion that has every feature spec
 // uses, so that the oldest runtimes take it. The library's
-// MinimumRequiredVersion (specs-go v1.1.1) looks at the last device only:
-// specs-go is a go 1.19 module, so its loops share one variable. Asking it
-// per device and taking the highest answer is correct either way.
+// MinimumRequiredVersion (specs-go v1.1.1) looks at the last device's edits
+// only: specs-go is a go 1.19 module, so its loops share one variable. Its
+// check of the spec-wide edits is right, so every device's edits are put
+// there for the question.
 func minimumVersion(spec *cdispec.Spec) (string, error) {
-	best, bestParts := "", [3]int{-1}
+	all := *spec
+	all.ContainerEdits = cdispec.ContainerEdits{}
 	for _, d := range spec.Devices {
-		one := *spec
-		one.Devices = []cdispec.Device{d}
-		v, err := cdispec.MinimumRequiredVersion(&one)
-		if err != nil {
-			return "", err
-		}
-		var p [3]int
-		if _, err := fmt.Sscanf(v, "%d.%d.%d", &p[0], &p[1], &p[2]); err != nil {
-			return "", fmt.Errorf("CDI version %q: %w", v, err)
-		}
-		if slices.Compare(p[:], bestParts[:]) > 0 {
-			best, bestParts = v, p
-		}
+		all.ContainerEdits.DeviceNodes = append(all.ContainerEdits.DeviceNodes, d.ContainerEdits.DeviceNodes...)
+		all.ContainerEdits.Mounts = append(all.ContainerEdits.Mounts, d.ContainerEdits.Mounts...)
 	}
-	return best, nil
+	return cdispec.MinimumRequiredVersion(&all)
 }
 
 // sync makes the spec files hold snap's specs, writing only those that
-// differ: the one call Allocate makes before naming CDI devices.
-func (s *cdiSpecs) sync(snap *Snapshot) error {
+// differ. Allocate calls it for its own kind before naming CDI devices
+// (only: "" means every kind); the rendering is done once per snapshot.
+func (s *cdiSpecs) sync(snap *Snapshot, only string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if snap.Version == 0 {
@@ -173,12 +170,15 @@ func (s *cdiSpecs) sync(snap *Snapshot) error {
 	}
 	changed := false
 	for _, k := range s.kinds {
-		path := filepath.Join(s.dir, k.specName())
-		spec, err := k.spec(snap)
+		if only != "" && k.kind != only {
+			continue
+		}
+		r, err := s.render(k, snap)
 		if err != nil {
 			return err
 		}
-		if spec == nil {
+		path := filepath.Join(s.dir, k.specName())
+		if r.spec == nil {
 			if err := os.Remove(path); err == nil {
 				changed = true
 			} else if !errors.Is(err, os.ErrNotExist) {
@@ -186,16 +186,10 @@ func (s *cdiSpecs) sync(snap *Snapshot) error {
 			}
 			continue
 		}
-		// The library writes json.Marshal of the spec; the same bytes on
-		// disk mean nothing to do.
-		want, err := json.Marshal(spec)
-		if err != nil {
-			return err
+		if have, err := os.ReadFile(path); err == nil && bytes.Equal(have, r.bytes) {
+			continue // the file holds it (checked every time: it may have been changed behind our back)
 		}
-		if have, err := os.ReadFile(path); err == nil && bytes.Equal(have, want) {
-			continue
-		}
-		if err := s.cache.WriteSpec(spec, k.specName()); err != nil {
+		if err := s.cache.WriteSpec(r.spec, k.specName()); err != nil {
 			return fmt.Errorf("write CDI spec %s: %w", path, err)
 		}
 		changed = true
@@ -207,12 +201,34 @@ func (s *cdiSpecs) sync(snap *Snapshot) error {
 	return nil
 }
 
+// render returns kind k's spec for snap, rendered once per snapshot.
+func (s *cdiSpecs) render(k cdiKind, snap *Snapshot) (rendering, error) {
+	if r, ok := s.rendered[k.kind]; ok && r.version == snap.Version {
+		return r, nil
+	}
+	spec, err := k.spec(snap)
+	if err != nil {
+		return rendering{}, err
+	}
+	r := rendering{version: snap.Version, spec: spec}
+	if spec != nil {
+		if r.bytes, err = json.Marshal(spec); err != nil {
+			return rendering{}, err
+		}
+	}
+	if s.rendered == nil {
+		s.rendered = map[string]rendering{}
+	}
+	s.rendered[k.kind] = r
+	return r, nil
+}
+
 // run keeps the specs current until ctx ends (and leaves them: see
 // cdiSpecs).
 func (s *cdiSpecs) run(ctx context.Context, store *Store) {
 	for {
 		snap, changed := store.Load()
-		if err := s.sync(snap); err != nil {
+		if err := s.sync(snap, ""); err != nil {
 			s.log.Error("CDI specs not updated; the next change or allocation retries", "err", err)
 		}
 		select {

@@ -3,7 +3,6 @@ package plugin
 import (
 	"log/slog"
 	"slices"
-	"strings"
 	"sync"
 )
 
@@ -43,9 +42,12 @@ type Store struct {
 	log      *slog.Logger
 	snap     *Snapshot
 	sources  map[string][]Device
-	shadowed map[string]bool // source, name and ID of each device not advertised for a taken ID
+	shadowed map[shadowKey]bool // each device not advertised for a taken ID
 	changed  chan struct{}
 }
+
+// shadowKey names a device by source, node name and ID.
+type shadowKey struct{ source, name, id string }
 
 // NewStore returns a store at version 0 with no devices, logging to log
 // (nil: nowhere).
@@ -57,7 +59,7 @@ func NewStore(log *slog.Logger) *Store {
 		log:      log,
 		snap:     &Snapshot{byID: map[string]int{}},
 		sources:  map[string][]Device{},
-		shadowed: map[string]bool{},
+		shadowed: map[shadowKey]bool{},
 		changed:  make(chan struct{}),
 	}
 }
@@ -98,12 +100,12 @@ func (s *Store) Publish(source string, devices []Device) uint64 {
 	}
 	slices.Sort(names)
 	next := &Snapshot{Version: s.snap.Version + 1, byID: map[string]int{}}
-	shadowed := map[string]bool{}
+	shadowed := map[shadowKey]bool{}
 	for _, name := range names {
 		for _, d := range s.sources[name] {
 			if i, dup := next.byID[d.ID]; dup {
 				// One identity, one device: the first source wins.
-				key := d.Source + "\x00" + d.Name + "\x00" + d.ID
+				key := shadowKey{d.Source, d.Name, d.ID}
 				shadowed[key] = true
 				if !s.shadowed[key] {
 					kept := next.Devices[i]
@@ -120,9 +122,8 @@ func (s *Store) Publish(source string, devices []Device) uint64 {
 		if shadowed[key] {
 			continue
 		}
-		parts := strings.SplitN(key, "\x00", 3)
-		if i, ok := next.byID[parts[2]]; ok && next.Devices[i].Source == parts[0] && next.Devices[i].Name == parts[1] {
-			s.log.Info("device advertised: the other source's device with its ID is gone", "id", parts[2], "device", parts[1], "source", parts[0])
+		if i, ok := next.byID[key.id]; ok && next.Devices[i].Source == key.source && next.Devices[i].Name == key.name {
+			s.log.Info("device advertised: the other source's device with its ID is gone", "id", key.id, "device", key.name, "source", key.source)
 		}
 	}
 	s.shadowed = shadowed

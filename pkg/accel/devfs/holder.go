@@ -117,9 +117,10 @@ func (h *holders) refresh(d *accel.Device) {
 	var now uint64
 	if r.pid != 0 {
 		now = procStart(r.pid) // 0 if it is gone
-		if now != 0 && tgid(r.pid) != r.pid {
-			// The holder is gone and its number now names a thread of
-			// another process: not a holder to report.
+		if now != 0 && r.start == 0 && tgid(r.pid) != r.pid {
+			// At the first check only (later the start time proves it is
+			// the same task): the holder is gone and its number now names a
+			// thread of another process, not a holder to report.
 			now = 0
 		}
 		if r.start == 0 {
