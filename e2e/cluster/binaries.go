@@ -114,6 +114,19 @@ func (c *Cluster) ensure(ctx context.Context, b cachedBuild) (bool, error) {
 	return true, nil
 }
 
+// Build builds what the cluster runs (the Kubernetes binaries and
+// containerd) into the cache unless it is there, and changes nothing else
+// on the host (no root needed): Up then starts at once. CI runs it in the
+// background, at low priority, while the unit tests run.
+func (c *Cluster) Build(ctx context.Context) error {
+	for _, ensure := range []func(context.Context) (bool, error){c.ensureBinaries, c.ensureContainerd} {
+		if _, err := ensure(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // ensureBinaries builds the four Kubernetes binaries into the cache (from
 // the e2e module, which requires k8s.io/kubernetes) unless they are there.
 func (c *Cluster) ensureBinaries(ctx context.Context) (bool, error) {

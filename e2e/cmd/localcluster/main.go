@@ -2,6 +2,7 @@
 // end-to-end tests use (see package cluster).
 //
 //	localcluster up [--import FILE.tar]...   bring it up (idempotent)
+//	localcluster build                       only build what it runs into the cache
 //	localcluster down                        tear it down (idempotent)
 //	localcluster status                      what is running
 //	localcluster restart-kubelet             restart kubelet, wait for Node Ready
@@ -26,7 +27,7 @@ type multi []string
 func (m *multi) String() string     { return strings.Join(*m, ",") }
 func (m *multi) Set(v string) error { *m = append(*m, v); return nil }
 
-const usage = `usage: localcluster up [--import FILE.tar]... [--skip-packages] | down | status | restart-kubelet | kubeconfig | ctr ARGS...`
+const usage = `usage: localcluster up [--import FILE.tar]... [--skip-packages] | build | down | status | restart-kubelet | kubeconfig | ctr ARGS...`
 
 func main() {
 	if len(os.Args) < 2 {
@@ -69,6 +70,8 @@ func run(ctx context.Context, cmd string, args []string) error {
 			return err
 		}
 		fmt.Println(c.AdminKubeconfig())
+	case "build":
+		return c.Build(ctx)
 	case "down":
 		return c.Down(ctx)
 	case "restart-kubelet":
