@@ -18,7 +18,7 @@ require (
 	sigs.k8s.io/yaml v1.6.0
 )
 
-require github.com/pelletier/go-toml/v2 v2.4.3 // indirect
+require github.com/pelletier/go-toml/v2 v2.4.3
 
 require (
 	cel.dev/expr v0.25.1 // indirect

@@ -13,6 +13,18 @@ NS=accel-demo
 CHART=$(cd "$(dirname "$0")/../charts/accel-device-plugin" && pwd)
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 k() { "$KUBECTL" "$@"; }
+# logs POD N: the pod's log once it has N lines (a Ready container may not
+# have written them yet), whole: no reader stops early, so kubectl never
+# writes into a closed pipe (SIGPIPE under pipefail). Waits up to 30 s.
+logs() {
+  local out
+  for _ in $(seq 60); do
+    out=$(k -n "$NS" logs "$1")
+    [ "$(printf '%s\n' "$out" | grep -c .)" -ge "$2" ] && break
+    sleep 0.5
+  done
+  printf '%s\n' "$out"
+}
 
 step "Install the chart: simulator (4 devices on 2 NUMA nodes) + device plugin"
 "$HELM" upgrade --install accel "$CHART" --namespace "$NS" --create-namespace \
@@ -58,15 +70,16 @@ pod() {
 step "A pod asking for accel.io/ac: 1 opens its device and holds it"
 pod train accel.io/ac 1 'd=/dev/accel/$ACCEL_VISIBLE_DEVICES; exec 3<>$d && echo "train: opened $d (ACCEL_VISIBLE_DEVICES=$ACCEL_VISIBLE_DEVICES)"; ls -l /dev/accel; cat ${d}_monitor; exec sleep 3600'
 k -n "$NS" wait --for=condition=Ready pod/train --timeout=2m >/dev/null
-sleep 1; k -n "$NS" logs train | sed 's/ *$//'
-DEV=$(k -n "$NS" logs train | sed -n 's/^train: opened \/dev\/accel\/\([a-z0-9]*\).*/\1/p')
+TRAIN=$(logs train 5)
+printf '%s\n' "$TRAIN" | sed 's/ *$//'
+DEV=$(printf '%s\n' "$TRAIN" | sed -n 's/^train: opened \/dev\/accel\/\([a-z0-9]*\).*/\1/p')
 
 step "Two monitor pods (accel.io/ac-monitor: 4 each) share every device's monitor node"
 for m in watch-a watch-b; do
   pod $m accel.io/ac-monitor 4 'echo "$HOSTNAME: ACCEL_MONITOR_DEVICES=$ACCEL_MONITOR_DEVICES"; for f in /dev/accel/*_monitor; do cat $f; done; exec sleep 3600'
 done
 k -n "$NS" wait --for=condition=Ready pod/watch-a pod/watch-b --timeout=2m >/dev/null
-sleep 1; k -n "$NS" logs watch-a | head -3 | sed 's/ *$//'
+logs watch-a 5 | sed -n '1,3{s/ *$//;p}'
 
 step "A second client for $DEV (a privileged pod going through the host path) gets EBUSY"
 pod second "" "" "(exec 3<>/run/accel/dev/$DEV) 2>&1 && echo opened || echo 'second client: open failed (EBUSY), as designed'" yes Never

@@ -76,7 +76,8 @@ SEEN=0
 # await PATTERN: wait (at most 10 s) for a new kubelet-view line matching PATTERN, then print the new lines.
 await() {
   for _ in $(seq 200); do
-    if tail -n +$((SEEN + 1)) "$WORK/kubelet.txt" | grep -q -- "$1"; then break; fi
+    # grep reads to the end (not -q): tail never writes into a closed pipe (SIGPIPE under pipefail)
+    if tail -n +$((SEEN + 1)) "$WORK/kubelet.txt" | grep -- "$1" >/dev/null; then break; fi
     kill -0 "$VIEW_PID" 2>/dev/null || { cat "$WORK/kubelet.err" "$WORK/plugin.log"; exit 1; }
     sleep 0.05
   done

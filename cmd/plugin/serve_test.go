@@ -27,6 +27,10 @@ func TestServeDaemonFlags(t *testing.T) {
 		{[]string{"serve", "--cdi", "yes"}, 1, `--cdi must be off or on, got "yes"`},
 		{[]string{"serve", "--uninstall-daemonset", "accel-device-plugin"}, 1, `--uninstall-daemonset: DaemonSet "accel-device-plugin": want NAMESPACE/NAME`},
 		{[]string{"serve", "--cdi", "on", "--cdi-spec-dir", "var/run/cdi"}, 1, "--cdi-spec-dir must be an absolute path"},
+		{[]string{"serve", "--api", "both"}, 1, `--api must be device-plugin or dra, got "both"`},
+		{[]string{"serve", "--api", "dra", "--cdi", "on", "--node-name", "n"}, 1, "--cdi=on is for --api=device-plugin"},
+		{[]string{"serve", "--api", "dra", "--node-name", ""}, 1, "--api=dra needs this node's name"},
+		{[]string{"serve", "--api", "dra", "--node-name", "n", "--kubeconfig", "/nonexistent/kubeconfig"}, 1, "build the Kubernetes client config"},
 	} {
 		var stdout, stderr bytes.Buffer
 		code := run(tc.args, &stdout, &stderr)
@@ -38,7 +42,8 @@ func TestServeDaemonFlags(t *testing.T) {
 	if code := run([]string{"serve", "--help"}, &stdout, &stderr); code != 0 {
 		t.Fatalf("serve --help: exit %d", code)
 	}
-	for _, want := range []string{"-daemon-timeout", "(default 3s)", "device daemon not responding", "-stale-view-grace", "(default 10s)", "-cdi string", "(default \"off\")", "-cdi-spec-dir"} {
+	for _, want := range []string{"-daemon-timeout", "(default 3s)", "device daemon not responding", "-stale-view-grace", "(default 10s)", "-cdi string", "(default \"off\")", "-cdi-spec-dir",
+		"-api string", "(default \"device-plugin\")", "-dra-plugin-dir", "-dra-registrar-dir", "-pod-uid"} {
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("serve --help does not mention %q:\n%s", want, stderr.String())
 		}

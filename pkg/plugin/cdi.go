@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 
@@ -112,27 +113,12 @@ func (k cdiKind) spec(snap *Snapshot) (*cdispec.Spec, error) {
 		if e.Empty() {
 			continue
 		}
-		var edits cdispec.ContainerEdits
-		for _, n := range e.Nodes() {
-			edits.DeviceNodes = append(edits.DeviceNodes, &cdispec.DeviceNode{
-				Path: n.ContainerPath, HostPath: n.HostPath, Type: "c", Permissions: n.Permissions,
-			})
-		}
-		for _, m := range e.Mounts() {
-			mode := "rw"
-			if m.ReadOnly {
-				mode = "ro"
-			}
-			edits.Mounts = append(edits.Mounts, &cdispec.Mount{
-				HostPath: m.HostPath, ContainerPath: m.ContainerPath, Type: "bind", Options: []string{"bind", mode},
-			})
-		}
-		spec.Devices = append(spec.Devices, cdispec.Device{Name: d.ID, ContainerEdits: edits})
+		spec.Devices = append(spec.Devices, cdispec.Device{Name: d.ID, ContainerEdits: e.CDI()})
 	}
 	if len(spec.Devices) == 0 {
 		return nil, nil
 	}
-	v, err := minimumVersion(spec)
+	v, err := MinimumCDIVersion(spec)
 	if err != nil {
 		return nil, fmt.Errorf("CDI version for %s: %w", k.kind, err)
 	}
@@ -140,16 +126,44 @@ func (k cdiKind) spec(snap *Snapshot) (*cdispec.Spec, error) {
 	return spec, nil
 }
 
-// minimumVersion is the lowest cdiVersion that has every feature spec
+// CDI returns the edits as CDI container edits: the device nodes, and the
+// bind mounts (read-only ones with "ro"). The env is not among them: its
+// value lists every device of its kind a container gets, which only the
+// front-end handing several devices to one container knows.
+func (e Edits) CDI() cdispec.ContainerEdits {
+	var edits cdispec.ContainerEdits
+	for _, n := range e.Nodes() {
+		edits.DeviceNodes = append(edits.DeviceNodes, &cdispec.DeviceNode{
+			Path: n.ContainerPath, HostPath: n.HostPath, Type: "c", Permissions: n.Permissions,
+		})
+	}
+	for _, m := range e.Mounts() {
+		mode := "rw"
+		if m.ReadOnly {
+			mode = "ro"
+		}
+		edits.Mounts = append(edits.Mounts, &cdispec.Mount{
+			HostPath: m.HostPath, ContainerPath: m.ContainerPath, Type: "bind", Options: []string{"bind", mode},
+		})
+	}
+	return edits
+}
+
+// MinimumCDIVersion is the lowest cdiVersion that has every feature spec
 // uses, so that the oldest runtimes take it. The library's
 // MinimumRequiredVersion (specs-go v1.1.1) looks at the last device's edits
 // only: specs-go is a go 1.19 module, so its loops share one variable. Its
 // check of the spec-wide edits is right, so every device's edits are put
-// there for the question.
-func minimumVersion(spec *cdispec.Spec) (string, error) {
+// there, beside the spec-wide ones, for the question.
+func MinimumCDIVersion(spec *cdispec.Spec) (string, error) {
 	all := *spec
-	all.ContainerEdits = cdispec.ContainerEdits{}
+	all.ContainerEdits = cdispec.ContainerEdits{
+		Env:         slices.Clone(spec.ContainerEdits.Env),
+		DeviceNodes: slices.Clone(spec.ContainerEdits.DeviceNodes),
+		Mounts:      slices.Clone(spec.ContainerEdits.Mounts),
+	}
 	for _, d := range spec.Devices {
+		all.ContainerEdits.Env = append(all.ContainerEdits.Env, d.ContainerEdits.Env...)
 		all.ContainerEdits.DeviceNodes = append(all.ContainerEdits.DeviceNodes, d.ContainerEdits.DeviceNodes...)
 		all.ContainerEdits.Mounts = append(all.ContainerEdits.Mounts, d.ContainerEdits.Mounts...)
 	}

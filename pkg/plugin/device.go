@@ -30,6 +30,12 @@ type Device struct {
 	// Simulated marks a device served by the simulator rather than a
 	// kernel driver (the ac.simulated node label).
 	Simulated bool
+	// Memory is the device's memory in bytes (0: unknown).
+	Memory uint64
+	// PCIBusID is the PCI address of a PCI device ("0000:3b:00.0"), and
+	// PCIeRoot its PCIe root complex ("pci0000:3a"); both empty where the
+	// device is not on PCI or they are unknown.
+	PCIBusID, PCIeRoot string
 	// Compute is what a container given the device exclusively gets, and
 	// Monitor what a container sharing it for monitoring gets (empty: the
 	// device has no monitor node). Discovery decides both, with paths as

@@ -613,6 +613,7 @@ func (s *SimSource) device(log *slog.Logger, index int, info accel.Info) (Device
 		Status:    info.Status,
 		Source:    simSourceName(s.Dir),
 		Simulated: true,
+		Memory:    info.MemoryTotal,
 		baseID:    id,
 	}
 	d.Compute, d.Monitor = simEdits(s.HostDir, index)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/fsnotify/fsnotify"
 	"golang.org/x/sys/unix"
+	"k8s.io/dynamic-resource-allocation/deviceattribute"
 
 	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel"
 )
@@ -141,6 +142,7 @@ func (s *KernelSource) read(log *slog.Logger, name string, index int) Device {
 		addr:     addr,
 	}
 	d.Compute, d.Monitor = kernelEdits(s.DevDir, name)
+	d.PCIBusID, d.PCIeRoot = s.pci(log, name, pciDev)
 	if v, ok := attr(dir, "device/vendor"); ok {
 		dev, _ := attr(dir, "device/device")
 		d.Model = cleanText("pci " + strings.TrimPrefix(v, "0x") + ":" + strings.TrimPrefix(dev, "0x"))
@@ -179,6 +181,28 @@ func (s *KernelSource) read(log *slog.Logger, name string, index int) Device {
 		}
 	}
 	return d
+}
+
+// pci returns the PCI address and PCIe root of a device whose parent is
+// dev (the basename of its sysfs "device" link), both empty when dev is not
+// a PCI address (a platform device). The root comes from sysfs'
+// bus/pci/devices link, as Kubernetes' own deviceattribute reads it, in the
+// sysfs that holds ClassDir (its class/accel).
+func (s *KernelSource) pci(log *slog.Logger, name, dev string) (busID, root string) {
+	bus, err := deviceattribute.GetPCIBusIDAttribute(dev)
+	if err != nil {
+		return "", "" // not on PCI
+	}
+	sysfs := filepath.Dir(filepath.Dir(s.ClassDir))
+	attr, err := deviceattribute.GetPCIeRootAttributeByPCIBusID(dev, deviceattribute.WithFSFromRoot(sysfs))
+	if err != nil || attr.Value.StringValue == nil {
+		if key := "pcieroot\x00" + name + "\x00" + dev; !s.warned[key] {
+			s.warned[key] = true
+			log.Debug("PCIe root unknown", "name", name, "pci", dev, "err", err)
+		}
+		return *bus.Value.StringValue, ""
+	}
+	return *bus.Value.StringValue, *attr.Value.StringValue
 }
 
 // kernelStatus maps a driver's status attribute to the core's statuses.

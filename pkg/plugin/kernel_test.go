@@ -61,6 +61,9 @@ func fakeSysfs(t *testing.T) (classDir, devDir string) {
 		cls := filepath.Join(classDir, name)
 		write(filepath.Join(cls, "dev"), "261:"+itoa(i))
 		link(dev, filepath.Join(cls, "device"))
+		if i < 2 { // as the kernel links them; accel2's is missing: its PCIe root is unknown
+			link("../../../devices/pci0000:00/"+d.addr, filepath.Join(root, "sys/bus/pci/devices", d.addr))
+		}
 	}
 	write(filepath.Join(pci, "0000:3b:00.0", "serial_number"), "AN-0042")
 	write(filepath.Join(classDir, "accel0", "status"), "operational")
@@ -149,6 +152,15 @@ func TestKernelSourceIdentityAndHealth(t *testing.T) {
 	}
 	if r := devs["accel2"].Reason; r == "" {
 		t.Errorf("accel2 has no node but no reason")
+	}
+	for name, want := range map[string][2]string{
+		"accel0": {"0000:3b:00.0", "pci0000:00"},
+		"accel1": {"0000:00:0b.0", "pci0000:00"},
+		"accel2": {"0000:5e:00.0", ""},
+	} {
+		if got := [2]string{devs[name].PCIBusID, devs[name].PCIeRoot}; got != want {
+			t.Errorf("%s PCI address and PCIe root %q, want %q", name, got, want)
+		}
 	}
 
 	// Node changes arrive through inotify, without waiting for a resync.

@@ -61,7 +61,18 @@ type Config struct {
 	// CDISpecDir is where the CDI specs go (DefaultCDISpecDir); empty with
 	// CDI off: none are looked for.
 	CDISpecDir string
-	Logger     *slog.Logger
+	// Frontend, when set, is the Kubernetes front-end Run starts over the
+	// store once discovery has reported (the DRA driver, package dra); nil
+	// means the device-plugin API (the registrar of Resources). A Frontend
+	// hands devices out itself: KubeletDir is not used, and CDI must be off.
+	Frontend Frontend
+	Logger   *slog.Logger
+}
+
+// Frontend is a Kubernetes front-end over the devices: it serves from the
+// store's snapshots until ctx ends.
+type Frontend interface {
+	Run(ctx context.Context, store *Store) error
 }
 
 // MaxMonitorSlots bounds MonitorSlots: kubelet keeps every unit in memory
@@ -107,8 +118,10 @@ func (c Config) Validate() error {
 	case !utf8.ValidString(c.DevDir + c.HostDevDir + c.KernelDevDir):
 		// They reach kubelet in every Allocate answer (protobuf strings).
 		return fmt.Errorf("--dev-dir, --host-dev-dir and --kernel-dev-dir must be valid UTF-8, got %q, %q, %q", c.DevDir, c.HostDevDir, c.KernelDevDir)
-	case c.KubeletDir == "" || !filepath.IsAbs(c.KubeletDir):
+	case c.Frontend == nil && (c.KubeletDir == "" || !filepath.IsAbs(c.KubeletDir)):
 		return fmt.Errorf("--kubelet-dir must be an absolute path, got %q", c.KubeletDir)
+	case c.Frontend != nil && c.CDI:
+		return errors.New("--cdi=on is the device-plugin API's: the DRA driver always hands devices out through CDI specs of its own")
 	case c.MonitorSlots < 0 || c.MonitorSlots > MaxMonitorSlots:
 		return fmt.Errorf("--monitor-slots must be between 0 and %d, got %d", MaxMonitorSlots, c.MonitorSlots)
 	case c.Resync < time.Second:
@@ -142,7 +155,7 @@ type Plugin struct {
 	cdi       *cdiSpecs    // nil: no CDI spec directory
 	cdiOn     bool         // CDI mode: Allocate names CDI devices
 	sources   []source
-	registrar *Registrar
+	frontend  Frontend // the registrar unless Config.Frontend
 	log       *slog.Logger
 }
 
@@ -155,11 +168,13 @@ func New(cfg Config) (*Plugin, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if fi, err := os.Stat(cfg.KubeletDir); err != nil || !fi.IsDir() {
-		if err == nil {
-			err = errors.New("not a directory")
+	if cfg.Frontend == nil {
+		if fi, err := os.Stat(cfg.KubeletDir); err != nil || !fi.IsDir() {
+			if err == nil {
+				err = errors.New("not a directory")
+			}
+			return nil, fmt.Errorf("--kubelet-dir %s: %w (is this a Kubernetes node? kubelet creates it)", cfg.KubeletDir, err)
 		}
-		return nil, fmt.Errorf("--kubelet-dir %s: %w (is this a Kubernetes node? kubelet creates it)", cfg.KubeletDir, err)
 	}
 	store := NewStore(log)
 	res := []*Resource{NewComputeResource(cfg.ResourcePrefix, store, log)}
@@ -196,8 +211,11 @@ func New(cfg Config) (*Plugin, error) {
 		metricsL:  l,
 		cdi:       specs,
 		cdiOn:     cfg.CDI,
-		registrar: &Registrar{Dir: cfg.KubeletDir, Resources: res, Logger: log},
+		frontend:  cfg.Frontend,
 		log:       log,
+	}
+	if p.frontend == nil {
+		p.frontend = registrarFrontend{&Registrar{Dir: cfg.KubeletDir, Resources: res, Logger: log}}
 	}
 	if cfg.DevDir != "" {
 		sim := &SimSource{Dir: cfg.DevDir, HostDir: cfg.HostDevDir, Resync: cfg.Resync, Timeout: cfg.DaemonTimeout,
@@ -219,6 +237,11 @@ func (p *Plugin) RemoveCDISpecs() {
 		p.cdi.remove()
 	}
 }
+
+// registrarFrontend is the device-plugin API as a Frontend.
+type registrarFrontend struct{ r *Registrar }
+
+func (f registrarFrontend) Run(ctx context.Context, _ *Store) error { return f.r.Run(ctx) }
 
 // source is a discovery source: it publishes its devices into the store
 // until ctx ends.
@@ -261,7 +284,7 @@ func (p *Plugin) Run(ctx context.Context) error {
 			// first source's devices alone.
 			wg.Go(func() { p.cdi.run(ctx, p.Store) })
 		}
-		errs <- p.registrar.Run(ctx)
+		errs <- p.frontend.Run(ctx, p.Store)
 	})
 	err := <-errs
 	cancel()

@@ -526,3 +526,51 @@ func TestSocketAttributeChangeIsNotARestart(t *testing.T) {
 		}
 	}
 }
+
+// frontendFunc is a Frontend from a function.
+type frontendFunc func(ctx context.Context, store *Store) error
+
+func (f frontendFunc) Run(ctx context.Context, store *Store) error { return f(ctx, store) }
+
+// A Frontend (the DRA driver) replaces the registrar: it starts once every
+// source has reported, with the store, and no kubelet device-plugin
+// directory is needed; CDI mode is the device-plugin API's and refused.
+func TestFrontendReplacesTheRegistrar(t *testing.T) {
+	classDir, devDir := fakeSysfs(t)
+	started := make(chan int, 1)
+	fe := frontendFunc(func(ctx context.Context, store *Store) error {
+		snap, _ := store.Load()
+		started <- len(snap.Devices)
+		<-ctx.Done()
+		return nil
+	})
+	cfg := Config{KernelClassDir: classDir, KernelDevDir: devDir, KubeletDir: "/nonexistent", ResourcePrefix: "accel.io",
+		Resync: time.Hour, DaemonTimeout: time.Second, Frontend: fe, Logger: testLogger(t)}
+	withCDI := cfg
+	withCDI.CDI, withCDI.CDISpecDir = true, "/var/run/cdi"
+	if err := withCDI.Validate(); err == nil || !strings.Contains(err.Error(), "--cdi=on is the device-plugin API's") {
+		t.Errorf("CDI with a front-end: %v", err)
+	}
+	p, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	select {
+	case n := <-started:
+		if n != 3 {
+			t.Errorf("the front-end started with %d devices, want the 3 of the first discovery", n)
+		}
+	case err := <-done:
+		t.Fatalf("Run ended before the front-end started: %v", err)
+	case <-ctx.Done():
+		t.Fatal("the front-end never started")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Run: %v", err)
+	}
+}

@@ -19,8 +19,9 @@ import (
 // (A panic in a goroutine a handler starts is not covered: handlers start
 // none.)
 
-// recoverUnary recovers a panicking unary handler.
-func recoverUnary(log *slog.Logger) grpc.UnaryServerInterceptor {
+// RecoverUnary recovers a panicking unary handler (see above); every gRPC
+// server of the plugin, the DRA driver's included, uses it.
+func RecoverUnary(log *slog.Logger) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
 		defer func() {
 			if p := recover(); p != nil {
@@ -31,10 +32,10 @@ func recoverUnary(log *slog.Logger) grpc.UnaryServerInterceptor {
 	}
 }
 
-// recoverStream recovers a panicking stream handler; the stream ends with
+// RecoverStream recovers a panicking stream handler; the stream ends with
 // codes.Internal (kubelet then drops the endpoint, and the registrar
 // registers again).
-func recoverStream(log *slog.Logger) grpc.StreamServerInterceptor {
+func RecoverStream(log *slog.Logger) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
 		defer func() {
 			if p := recover(); p != nil {

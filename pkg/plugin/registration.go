@@ -344,8 +344,8 @@ func (s *pluginServer) stop(log *slog.Logger, path string, shutdown bool) {
 // panic becomes codes.Internal and is logged (see recovery.go), and, when
 // streams is not nil, its ListAndWatch streams are counted.
 func newServer(log *slog.Logger, streams *streamCounter) *grpc.Server {
-	unary := []grpc.UnaryServerInterceptor{recoverUnary(log)}
-	stream := []grpc.StreamServerInterceptor{recoverStream(log)}
+	unary := []grpc.UnaryServerInterceptor{RecoverUnary(log)}
+	stream := []grpc.StreamServerInterceptor{RecoverStream(log)}
 	if streams != nil {
 		stream = append([]grpc.StreamServerInterceptor{streams.intercept}, stream...)
 	}
