@@ -542,3 +542,18 @@ func TestHeldDevicesAreThoseGone(t *testing.T) {
 		t.Errorf("held %v after the claim was unprepared", held)
 	}
 }
+
+// Facts discovery could not read are left out, not published as "".
+func TestUnknownFactsAreNotPublished(t *testing.T) {
+	d := kernelDevice(3, "K")
+	d.Driver, d.Model = "", ""
+	dev := devices(d, testDomain, 4)[0]
+	for _, attr := range []resourceapi.QualifiedName{AttrDriver, AttrModel, AttrNUMANode, CapMemory} {
+		if v, ok := dev.Attributes[attr]; ok {
+			t.Errorf("unknown %s published as %+v", attr, v)
+		}
+	}
+	if _, ok := dev.Capacity[CapMemory]; ok {
+		t.Error("unknown memory published")
+	}
+}

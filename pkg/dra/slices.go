@@ -110,10 +110,15 @@ func attrString(s string) resourceapi.DeviceAttribute {
 func attributes(d plugin.Device, kind string) map[resourceapi.QualifiedName]resourceapi.DeviceAttribute {
 	a := map[resourceapi.QualifiedName]resourceapi.DeviceAttribute{
 		AttrKind:      attrString(kind),
-		AttrDriver:    attrString(d.Driver),
-		AttrModel:     attrString(d.Model),
 		AttrSimulated: {BoolValue: ptr.To(d.Simulated)},
 		AttrIndex:     {IntValue: ptr.To(int64(d.Index))},
+	}
+	// Unknown (empty) facts are left out rather than published as "".
+	if d.Driver != "" {
+		a[AttrDriver] = attrString(d.Driver)
+	}
+	if d.Model != "" {
+		a[AttrModel] = attrString(d.Model)
 	}
 	if len(d.ID) <= resourceapi.DeviceAttributeMaxValueLength {
 		// Longer IDs (a kernel serial of 65-128 characters) cannot be an
