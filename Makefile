@@ -115,10 +115,11 @@ fuzz:
 	GO=$(GO) FUZZTIME=$(FUZZTIME) bash scripts/fuzz.sh
 
 ## bench: latency benchmarks (FUSE open/close, info ioctl, core, kernel floor,
-## Allocate, hot-plug → ListAndWatch) and the plugin's footprint with 128 devices
+## Allocate, hot-plug → ListAndWatch, DRA Prepare/Unprepare) and the plugin's footprint with 128 devices
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 20000x ./pkg/accel/...
 	$(GO) test -run '^$$' -bench . -benchtime 5000x ./pkg/plugin/
+	$(GO) test -run '^$$' -bench . -benchtime 300x ./pkg/dra/
 	cd $(E2E) && $(GO) test -run '^$$' -bench Footprint -benchtime 1x ./kubelet/
 
 ## localcluster: the local single-node cluster provider (e2e/cmd/localcluster)

@@ -65,7 +65,7 @@ func unhealthy(d plugin.Device, st accel.Status, reason string) plugin.Device {
 
 // newTestDriver is a driver over a store holding devs, with its
 // directories in a fresh temporary directory.
-func newTestDriver(t *testing.T, devs ...plugin.Device) (*Driver, *plugin.Store) {
+func newTestDriver(t testing.TB, devs ...plugin.Device) (*Driver, *plugin.Store) {
 	t.Helper()
 	dir := t.TempDir()
 	store := plugin.NewStore(nil)
