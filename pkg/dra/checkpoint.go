@@ -74,12 +74,30 @@ func newCheckpoint() *checkpoint { return &checkpoint{Claims: map[types.UID]*pre
 // loadCheckpoint reads the checkpoint at path; a missing file is an empty
 // checkpoint.
 func loadCheckpoint(path string) (*checkpoint, error) {
+	b, err := readCheckpoint(path)
+	if err != nil {
+		return nil, err
+	}
+	return decodeCheckpoint(path, b)
+}
+
+// readCheckpoint returns the file's bytes (nil: there is none).
+func readCheckpoint(path string) ([]byte, error) {
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return newCheckpoint(), nil
+		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read checkpoint: %w", err)
+	}
+	return b, nil
+}
+
+// decodeCheckpoint decodes and checks the bytes of the file at path (nil:
+// an empty checkpoint).
+func decodeCheckpoint(path string, b []byte) (*checkpoint, error) {
+	if b == nil {
+		return newCheckpoint(), nil
 	}
 	var f checkpointFile
 	if err := json.Unmarshal(b, &f); err != nil {
@@ -88,7 +106,7 @@ func loadCheckpoint(path string) (*checkpoint, error) {
 	if f.Version != checkpointVersion {
 		return nil, fmt.Errorf("checkpoint %s has version %d, this driver reads version %d", path, f.Version, checkpointVersion)
 	}
-	var data bytes.Buffer // the checksum is of the compact encoding (the file is indented)
+	var data bytes.Buffer // the checksum is of the compact encoding (whatever the file's spacing)
 	if err := json.Compact(&data, f.Data); err != nil {
 		return nil, fmt.Errorf("checkpoint %s: %w", path, err)
 	}
@@ -112,18 +130,19 @@ func (c *checkpoint) encode() ([]byte, error) {
 		return nil, err
 	}
 	sum := sha256.Sum256(data)
-	return json.MarshalIndent(checkpointFile{Version: checkpointVersion, Checksum: hex.EncodeToString(sum[:]), Data: data}, "", "  ")
+	return json.Marshal(checkpointFile{Version: checkpointVersion, Checksum: hex.EncodeToString(sum[:]), Data: data})
 }
 
 // save writes the checkpoint atomically: a temporary file, synced, renamed
 // over the old one, and the directory synced, so that a crash leaves the
-// old or the new checkpoint and never a torn one.
-func (c *checkpoint) save(path string) error {
+// old or the new checkpoint and never a torn one. It returns the bytes
+// written.
+func (c *checkpoint) save(path string) ([]byte, error) {
 	b, err := c.encode()
 	if err != nil {
-		return fmt.Errorf("encode checkpoint: %w", err)
+		return nil, fmt.Errorf("encode checkpoint: %w", err)
 	}
-	return writeAtomic(path, b, 0o600)
+	return b, writeAtomic(path, b, 0o600)
 }
 
 // writeAtomic replaces path with b (see checkpoint.save).

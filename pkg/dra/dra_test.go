@@ -356,7 +356,7 @@ func TestCorruptCheckpointIsRefused(t *testing.T) {
 	for name, bad := range map[string][]byte{
 		"torn":    b[:len(b)/2],
 		"edited":  []byte(strings.Replace(string(b), "u1", "u9", 1)),
-		"version": []byte(strings.Replace(string(b), `"version": 1`, `"version": 7`, 1)),
+		"version": []byte(strings.Replace(string(b), `"version":1,`, `"version":7,`, 1)),
 	} {
 		if err := os.WriteFile(d.ckpt, bad, 0o600); err != nil {
 			t.Fatal(err)
@@ -555,5 +555,26 @@ func TestUnknownFactsAreNotPublished(t *testing.T) {
 	}
 	if _, ok := dev.Capacity[CapMemory]; ok {
 		t.Error("unknown memory published")
+	}
+}
+
+// Two driver instances share the checkpoint (a rolling update): each sees
+// what the other wrote, whatever it decoded before.
+func TestCheckpointSharedByTwoInstances(t *testing.T) {
+	d1, store := newTestDriver(t, simDevice(0, "SIM-A"))
+	d2, err := New(d1.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d2.store = store
+	if res := prepare(t, d1, claim("u1", "c-u1", alloc{request: "r", device: "ac0"}))["u1"]; res.Err != nil {
+		t.Fatal(res.Err)
+	}
+	if res := prepare(t, d2, claim("u2", "c-u2", alloc{request: "r", device: "ac0"}))["u2"]; res.Err == nil {
+		t.Fatal("the second instance gave a device the first had prepared for another claim")
+	}
+	unprepare(t, d2, "u1")
+	if res := prepare(t, d1, claim("u3", "c-u3", alloc{request: "r", device: "ac0"}))["u3"]; res.Err != nil {
+		t.Errorf("the first instance did not see the second's unprepare: %v", res.Err)
 	}
 }

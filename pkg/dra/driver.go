@@ -1,6 +1,7 @@
 package dra
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -80,6 +81,8 @@ type Driver struct {
 	store *plugin.Store // set by Run
 
 	mu      sync.Mutex    // checkpoint reads and writes (the helper serialises calls too)
+	cached  *checkpoint   // the checkpoint as last read or written, while the file holds cachedB
+	cachedB []byte        // the file's bytes then
 	held    []gone        // devices gone while prepared claims hold them
 	claimsC chan struct{} // closed when the prepared claims change: republish and report
 }
@@ -175,6 +178,41 @@ func (d *Driver) Run(ctx context.Context, store *plugin.Store) error {
 	return d.publish(ctx, helper)
 }
 
+// checkpoint returns the prepared claims; d.mu is held. The file is read
+// every time (another driver instance writes it during a rolling update),
+// but decoded only when its bytes differ from those last read or written:
+// decoding is most of a Prepare's cost with many claims. Callers may change
+// the result, and must then commit it.
+func (d *Driver) checkpoint() (*checkpoint, error) {
+	b, err := readCheckpoint(d.ckpt)
+	if err != nil {
+		return nil, err
+	}
+	if d.cached != nil && bytes.Equal(b, d.cachedB) {
+		return d.cached, nil
+	}
+	d.cached, d.cachedB = nil, nil
+	cp, err := decodeCheckpoint(d.ckpt, b)
+	if err != nil {
+		return nil, err
+	}
+	d.cached, d.cachedB = cp, b
+	return cp, nil
+}
+
+// commit saves cp, the changed result of checkpoint; d.mu is held. If the
+// save fails, the next checkpoint decodes the file again (cp holds changes
+// the file does not).
+func (d *Driver) commit(cp *checkpoint) error {
+	b, err := cp.save(d.ckpt)
+	if err != nil {
+		d.cached, d.cachedB = nil, nil
+		return fmt.Errorf("save the checkpoint %s: %w", d.ckpt, err)
+	}
+	d.cached, d.cachedB = cp, b
+	return nil
+}
+
 // restore makes the spec directory hold exactly the checkpoint's claims'
 // specs: written again (after a reboot /var/run/cdi is empty, and kubelet
 // restarts containers of prepared claims without preparing them again),
@@ -182,7 +220,7 @@ func (d *Driver) Run(ctx context.Context, store *plugin.Store) error {
 func (d *Driver) restore() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	cp, err := loadCheckpoint(d.ckpt)
+	cp, err := d.checkpoint()
 	if err != nil {
 		return err
 	}
@@ -233,7 +271,7 @@ func (d *Driver) publish(ctx context.Context, helper *kubeletplugin.Helper) erro
 func (d *Driver) heldDevices(snap *plugin.Snapshot) ([]gone, <-chan struct{}) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	cp, err := loadCheckpoint(d.ckpt)
+	cp, err := d.checkpoint()
 	if err != nil {
 		d.log.Error("checkpoint unreadable: devices of prepared claims that are gone are not published", "err", err)
 		return d.held, d.claimsC
@@ -272,7 +310,7 @@ func (d *Driver) changedClaims() {
 func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceapi.ResourceClaim) (map[types.UID]kubeletplugin.PrepareResult, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	cp, err := loadCheckpoint(d.ckpt)
+	cp, err := d.checkpoint()
 	if err != nil {
 		return nil, err
 	}
@@ -303,8 +341,8 @@ func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceap
 	}
 	if dirty {
 		// The checkpoint first: a spec can always be written again from it.
-		if err := cp.save(d.ckpt); err != nil {
-			return nil, fmt.Errorf("save the checkpoint %s: %w", d.ckpt, err)
+		if err := d.commit(cp); err != nil {
+			return nil, err
 		}
 	}
 	for uid, res := range out {
@@ -330,7 +368,7 @@ func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceap
 func (d *Driver) UnprepareResourceClaims(ctx context.Context, claims []kubeletplugin.NamespacedObject) (map[types.UID]error, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	cp, err := loadCheckpoint(d.ckpt)
+	cp, err := d.checkpoint()
 	if err != nil {
 		return nil, err
 	}
@@ -344,8 +382,8 @@ func (d *Driver) UnprepareResourceClaims(ctx context.Context, claims []kubeletpl
 		out[c.UID] = nil
 	}
 	if dirty {
-		if err := cp.save(d.ckpt); err != nil {
-			return nil, fmt.Errorf("save the checkpoint %s: %w", d.ckpt, err)
+		if err := d.commit(cp); err != nil {
+			return nil, err
 		}
 	}
 	for _, c := range claims {
