@@ -198,7 +198,7 @@ type entry struct {
 }
 
 // entries are the node's published devices: every device of snap (see
-// devices), then the gone devices, in that order (source, index), so that
+// devices), then the gone devices (held, sorted by name), in that order (source, index), so that
 // a change to one device rewrites one slice. A name is published once: a
 // gone device whose node name another device now has is not.
 func entries(snap *plugin.Snapshot, held []gone, domain string, clients int) []entry {
@@ -213,9 +213,7 @@ func entries(snap *plugin.Snapshot, held []gone, domain string, clients int) []e
 			out = append(out, entry{dev: dev, healthy: d.Healthy, message: d.Reason})
 		}
 	}
-	held = slices.Clone(held)
-	slices.SortFunc(held, func(a, b gone) int { return strings.Compare(a.name, b.name) })
-	for _, g := range held {
+	for _, g := range held { // sorted by name (heldDevices)
 		if !names[g.name] {
 			names[g.name] = true
 			out = append(out, entry{dev: goneDevice(g, domain), message: "device removed (it was " + g.id + ")"})
