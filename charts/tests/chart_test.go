@@ -10,6 +10,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	resourcev1 "k8s.io/api/resource/v1"
 	"sigs.k8s.io/yaml"
 )
 
@@ -312,6 +313,8 @@ func checkSound(t *testing.T, r *rendered) {
 			err = yaml.UnmarshalStrict([]byte(d.Raw), new(rbacv1.Role))
 		case "RoleBinding":
 			err = yaml.UnmarshalStrict([]byte(d.Raw), new(rbacv1.RoleBinding))
+		case "DeviceClass":
+			err = yaml.UnmarshalStrict([]byte(d.Raw), new(resourcev1.DeviceClass))
 		default:
 			t.Errorf("%v: unexpected kind %s/%s", r.args, d.Kind, d.Name)
 		}
@@ -363,10 +366,11 @@ func checkSound(t *testing.T, r *rendered) {
 			}
 		}
 	}
+	dra := hasArg(onlyContainer(t, plugin).Args, "--api=dra")
 	for _, name := range r.ofKind("ClusterRole") {
 		var cr rbacv1.ClusterRole
 		r.decode(t, "ClusterRole", name, &cr)
-		checkRules(t, cr.Rules)
+		checkRules(t, cr.Rules, hasArg(onlyContainer(t, plugin).Args, "--label-node=true"), dra)
 	}
 	for _, name := range r.ofKind("Role") {
 		// The one Role: get on the plugin's own DaemonSet (cdi.enabled).
@@ -396,21 +400,30 @@ func checkMountRules(t *testing.T, what string, m corev1.VolumeMount) {
 	}
 }
 
-// checkRules: get and patch on core nodes, nothing else.
-func checkRules(t *testing.T, rules []rbacv1.PolicyRule) {
+// checkRules: get and patch on core nodes (get only without node labels);
+// as a DRA driver also list, watch, create, update, delete ResourceSlices
+// and get ResourceClaims. Nothing else.
+func checkRules(t *testing.T, rules []rbacv1.PolicyRule, labelNode, dra bool) {
 	t.Helper()
-	if len(rules) != 1 {
-		t.Fatalf("ClusterRole: %d rules, want 1: %+v", len(rules), rules)
+	type rule struct{ group, resource, verbs string }
+	want := []rule{{"", "nodes", "get,patch"}}
+	if !labelNode {
+		want[0].verbs = "get"
 	}
-	r := rules[0]
-	if !slices.Equal(r.APIGroups, []string{""}) || !slices.Equal(r.Resources, []string{"nodes"}) ||
-		len(r.ResourceNames) != 0 || len(r.NonResourceURLs) != 0 {
-		t.Errorf("ClusterRole rule %+v, want core nodes only", r)
+	if dra {
+		want = append(want, rule{"resource.k8s.io", "resourceslices", "create,delete,list,update,watch"},
+			rule{"resource.k8s.io", "resourceclaims", "get"})
 	}
-	verbs := slices.Clone(r.Verbs)
-	slices.Sort(verbs)
-	if !slices.Equal(verbs, []string{"get", "patch"}) {
-		t.Errorf("ClusterRole verbs %v, want exactly get and patch", r.Verbs)
+	var got []rule
+	for _, r := range rules {
+		if len(r.APIGroups) != 1 || len(r.Resources) != 1 || len(r.ResourceNames) != 0 || len(r.NonResourceURLs) != 0 {
+			t.Errorf("ClusterRole rule %+v: want one group and one resource, no names or URLs", r)
+			continue
+		}
+		got = append(got, rule{r.APIGroups[0], r.Resources[0], strings.Join(slices.Sorted(slices.Values(r.Verbs)), ",")})
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("ClusterRole rules %v, want exactly %v", got, want)
 	}
 }
 
@@ -993,6 +1006,22 @@ func TestNotes(t *testing.T) {
 	}
 	if got := text("--set", "plugin.recursiveReadOnly=Disabled"); strings.Contains(got, "wait-for-simulator") {
 		t.Errorf("NOTES mention the init container with plugin.recursiveReadOnly=Disabled:\n%s", got)
+	}
+	if got := text(); !strings.Contains(got, "the device plugin (updateStrategy RollingUpdate)") {
+		t.Errorf("NOTES lack the plugin's default update strategy:\n%s", got)
+	}
+	got = text("dra.yaml")
+	for _, w := range []string{
+		"the DRA driver accel.io (updateStrategy RollingUpdate)", "\n\n2. Check the devices the driver publishes",
+		"kubectl get resourceslices --field-selector spec.driver=accel.io", "kubectl get deviceclasses ac.accel.io ac-monitor.accel.io",
+		"accel.io/unhealthy", "examples/dra/claim-template.yaml", "examples/dra/admin-exporter.yaml", "allocatedResourcesStatus",
+	} {
+		if !strings.Contains(got, w) {
+			t.Errorf("NOTES (dra) lack %q:\n%s", w, got)
+		}
+	}
+	if strings.Contains(got, "status.allocatable") {
+		t.Errorf("NOTES (dra) tell to look for extended resources in node status:\n%s", got)
 	}
 }
 

@@ -58,7 +58,7 @@ func TestCleanupHook(t *testing.T) {
 		t.Errorf("job pod: service account %q, restart %q", ps.ServiceAccountName, ps.RestartPolicy)
 	}
 	c := ps.Containers[0]
-	wantArgs(t, "cleanup", c.Args, []string{"unlabel-nodes", "--resource-prefix=accel.io"})
+	wantArgs(t, "cleanup", c.Args, []string{"unlabel-nodes", "--resource-prefix=accel.io", "--labels=true", "--resource-slices=false"})
 	sc := c.SecurityContext
 	if sc == nil || sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation ||
 		sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) || len(sc.Capabilities.Add) != 0 {

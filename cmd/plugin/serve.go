@@ -213,14 +213,19 @@ func kubeClient(path string) (kubernetes.Interface, error) {
 }
 
 func runUnlabelNodes(args []string, stderr io.Writer) error {
-	fs := newFlagSet("unlabel-nodes", "unlabel-nodes [--resource-prefix accel.io] [--kubeconfig FILE]", stderr)
+	fs := newFlagSet("unlabel-nodes", "unlabel-nodes [--resource-prefix accel.io] [--labels=true] [--resource-slices=false] [--kubeconfig FILE]", stderr)
 	prefix := fs.String("resource-prefix", "accel.io", "remove PREFIX/ac.present, .count, .model and .simulated")
+	labels := fs.Bool("labels", true, "remove the node labels")
+	slices := fs.Bool("resource-slices", false, "also delete every ResourceSlice of the DRA driver PREFIX, on all nodes (after an uninstall of --api=dra)")
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig (default: in-cluster config)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if err := plugin.ValidateResourcePrefix(*prefix); err != nil {
 		return err
+	}
+	if !*labels && !*slices {
+		return errors.New("nothing to do with --labels=false and --resource-slices=false")
 	}
 	client, err := kubeClient(*kubeconfig)
 	if err != nil {
@@ -229,10 +234,16 @@ func runUnlabelNodes(args []string, stderr io.Writer) error {
 	log, _ := newLogger(stderr, "info")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	n, err := nodelabel.RemoveAll(ctx, client, *prefix, log)
-	if err != nil {
-		return err
+	var errs []error
+	if *labels {
+		n, err := nodelabel.RemoveAll(ctx, client, *prefix, log)
+		errs = append(errs, err)
+		log.Info("node labels done", "nodes_changed", n)
 	}
-	log.Info("done", "nodes_changed", n)
-	return nil
+	if *slices {
+		n, err := dra.RemoveAllSlices(ctx, client, *prefix)
+		errs = append(errs, err)
+		log.Info("ResourceSlices done", "driver", *prefix, "deleted", n)
+	}
+	return errors.Join(errs...)
 }

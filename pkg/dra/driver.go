@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -78,7 +79,8 @@ type Driver struct {
 	specs *claimSpecs
 	ckpt  string // checkpoint path
 
-	store *plugin.Store // set by Run
+	store  *plugin.Store                        // set by Run
+	helper atomic.Pointer[kubeletplugin.Helper] // set by Run while the helper runs
 
 	mu      sync.Mutex    // checkpoint reads and writes (the helper serialises calls too)
 	cached  *checkpoint   // the checkpoint as last read or written, while the file holds cachedB
@@ -172,7 +174,11 @@ func (d *Driver) Run(ctx context.Context, store *plugin.Store) error {
 	if err != nil {
 		return fmt.Errorf("start the DRA kubelet plugin: %w", err)
 	}
-	defer helper.Stop()
+	d.helper.Store(helper)
+	defer func() {
+		d.helper.Store(nil)
+		helper.Stop()
+	}()
 	d.log.Info("DRA driver started", "driver", d.cfg.DriverName, "pool", d.pool, "plugin_dir", d.cfg.PluginDataDir,
 		"registrar_dir", d.cfg.RegistrarDir, "cdi_spec_dir", d.cfg.CDISpecDir, "monitor_clients", d.cfg.MonitorClients)
 	return d.publish(ctx, helper)
@@ -399,11 +405,53 @@ func (d *Driver) UnprepareResourceClaims(ctx context.Context, claims []kubeletpl
 	return out, nil
 }
 
+// NotReady says why the driver does not serve kubelet yet ("" once kubelet
+// has registered it): the plugin's /readyz reports it.
+func (d *Driver) NotReady() string {
+	h := d.helper.Load()
+	if h == nil {
+		return "the DRA driver is not running"
+	}
+	switch st := h.RegistrationStatus(); {
+	case st == nil:
+		return "the DRA driver is not registered with kubelet yet"
+	case !st.PluginRegistered:
+		return "kubelet refused to register the DRA driver: " + st.Error
+	}
+	return ""
+}
+
 // HandleError logs a background error of the helper (publishing slices);
 // every such error is retried by the helper, none ends the driver.
 // Implements kubeletplugin.DRAPlugin.
 func (d *Driver) HandleError(ctx context.Context, err error, msg string) {
 	d.log.Error("DRA helper: "+msg, "err", err, "recoverable", errors.Is(err, kubeletplugin.ErrRecoverable))
+}
+
+// RemoveAllSlices deletes every ResourceSlice of the driver driverName, on
+// all nodes: what the chart's post-delete hook runs, as a stopping driver's
+// own deletion (Uninstall) races with the deletion of its RBAC. It returns
+// how many it deleted.
+func RemoveAllSlices(ctx context.Context, client kubernetes.Interface, driverName string) (int, error) {
+	sel := fields.OneTermEqualSelector("spec.driver", driverName)
+	list, err := client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{FieldSelector: sel.String()})
+	if err != nil {
+		return 0, fmt.Errorf("list the ResourceSlices of %s: %w", driverName, err)
+	}
+	var errs []error
+	n := 0
+	for _, s := range list.Items {
+		if s.Spec.Driver != driverName {
+			continue // the selector did it already on a real API server
+		}
+		switch err := client.ResourceV1().ResourceSlices().Delete(ctx, s.Name, metav1.DeleteOptions{}); {
+		case err == nil:
+			n++
+		case !apierrors.IsNotFound(err):
+			errs = append(errs, fmt.Errorf("delete ResourceSlice %s: %w", s.Name, err))
+		}
+	}
+	return n, errors.Join(errs...)
 }
 
 // Uninstall removes what the driver leaves on the node and in the cluster

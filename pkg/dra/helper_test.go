@@ -201,4 +201,21 @@ func TestHelperServesKubelet(t *testing.T) {
 	if _, err := os.Stat(d.ckpt); !os.IsNotExist(err) {
 		t.Errorf("checkpoint after uninstall: %v", err)
 	}
+
+	// The chart's post-delete hook: every node's slices of this driver go,
+	// another driver's stay.
+	foreign := other.DeepCopy()
+	foreign.Name, foreign.Spec.Driver = "gpu-slice", "gpu.example.com"
+	if _, err := client.ResourceV1().ResourceSlices().Create(context.Background(), foreign, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := RemoveAllSlices(context.Background(), client, testDomain); err != nil || n != 1 {
+		t.Errorf("RemoveAllSlices = %d, %v; want 1 (another node's slice), nil", n, err)
+	}
+	if left, err = client.ResourceV1().ResourceSlices().List(context.Background(), metav1.ListOptions{}); err != nil || len(left.Items) != 1 || left.Items[0].Name != "gpu-slice" {
+		t.Errorf("slices after RemoveAllSlices: %v %v (want only another driver's)", left, err)
+	}
+	if why := d.NotReady(); why != "the DRA driver is not running" {
+		t.Errorf("NotReady after Run = %q", why)
+	}
 }

@@ -48,6 +48,11 @@ func (p *Plugin) notReady() []string {
 			}
 		}
 	}
+	if f, ok := p.frontend.(interface{ NotReady() string }); ok {
+		if why := f.NotReady(); why != "" {
+			reasons = append(reasons, why)
+		}
+	}
 	for _, r := range p.Resources {
 		if !r.registered.Load() {
 			reasons = append(reasons, r.Name+" is not registered with kubelet")

@@ -147,13 +147,32 @@ The RBAC objects exist only when they are asked for and needed: the plugin
 calls the API server only to label its node.
 */}}
 {{- define "accel-device-plugin.rbacEnabled" -}}
-{{- if and .Values.rbac.create .Values.plugin.labelNode }}true{{ end }}
+{{- if and .Values.rbac.create (or .Values.plugin.labelNode (eq .Values.api "dra")) }}true{{ end }}
+{{- end }}
+
+{{/* The DRA driver's data directory (sockets, checkpoint): one per driver name. */}}
+{{- define "accel-device-plugin.draDataDir" -}}
+{{- printf "%s/%s" (clean .Values.dra.pluginsDir) .Values.plugin.resourcePrefix }}
+{{- end }}
+
+{{/* The plugin DaemonSet's update strategy: plugin.updateStrategy, or the
+api's default when it is empty (see values.yaml). */}}
+{{- define "accel-device-plugin.pluginUpdateStrategy" -}}
+{{- $s := .Values.plugin.updateStrategy }}
+{{- if not $s }}
+{{- if eq .Values.api "dra" }}
+{{- $s = dict "type" "RollingUpdate" "rollingUpdate" (dict "maxSurge" 1 "maxUnavailable" 0) }}
+{{- else }}
+{{- $s = dict "type" "RollingUpdate" "rollingUpdate" (dict "maxUnavailable" 1) }}
+{{- end }}
+{{- end }}
+{{- include "accel-device-plugin.updateStrategy" $s }}
 {{- end }}
 
 {{/* The plugin may GET its own DaemonSet, to tell an uninstall from a
 restart when it stops and remove its CDI specs only then. */}}
 {{- define "accel-device-plugin.uninstallCheck" -}}
-{{- if and .Values.rbac.create .Values.cdi.enabled }}true{{ end }}
+{{- if and .Values.rbac.create (or .Values.cdi.enabled (eq .Values.api "dra")) }}true{{ end }}
 {{- end }}
 
 {{/* Scheduling and pod-level settings shared by both DaemonSets. */}}
@@ -193,6 +212,12 @@ Checks the schema cannot express with a clear message; included by the plugin
 DaemonSet (always rendered).
 */}}
 {{- define "accel-device-plugin.validate" -}}
+{{- if and (eq .Values.api "dra") .Values.cdi.enabled }}
+{{- fail "cdi.enabled is for api=devicePlugin: the DRA driver (api=dra) always hands devices out through CDI, with its specs in cdi.specDir; set cdi.enabled=false" }}
+{{- end }}
+{{- if and (eq .Values.api "dra") (eq (clean .Values.dra.pluginsDir) (clean .Values.dra.registrarDir)) }}
+{{- fail "dra.pluginsDir and dra.registrarDir must differ: kubelet watches the registry for registration sockets only" }}
+{{- end }}
 {{- if and (or (include "accel-device-plugin.rbacEnabled" .) (include "accel-device-plugin.uninstallCheck" .)) (not .Values.serviceAccount.create) (not .Values.serviceAccount.name) }}
 {{- fail "rbac.create with serviceAccount.create=false needs serviceAccount.name: otherwise the node permissions would go to the namespace's default ServiceAccount" }}
 {{- end }}
@@ -207,9 +232,16 @@ DaemonSet (always rendered).
 {{- if and (not .Values.simulator.enabled) (eq .Values.plugin.recursiveReadOnly "Enabled") }}
 {{- fail "plugin.recursiveReadOnly=Enabled needs the chart's simulator (simulator.enabled): without it the plugin's view of devDir must receive mounts made after it started (a simulator outside the chart, which the chart cannot wait for), and a recursively read-only mount receives none. Use IfPossible or Disabled (both: HostToContainer, non-recursive, when simulator.enabled=false)" }}
 {{- end }}
-{{- if .Values.cdi.enabled }}
+{{- if or .Values.cdi.enabled (eq .Values.api "dra") }}
 {{- $spec := clean .Values.cdi.specDir }}
-{{- range $what, $dir := dict "devDir's parent" (include "accel-device-plugin.devParent" .) "kubeletDir" (clean .Values.kubeletDir) "/dev/accel" "/dev/accel" }}
+{{- $dirs := dict "devDir's parent" (include "accel-device-plugin.devParent" .) "/dev/accel" "/dev/accel" }}
+{{- if eq .Values.api "dra" }}
+{{- $_ := set $dirs "dra.pluginsDir" (clean .Values.dra.pluginsDir) }}
+{{- $_ := set $dirs "dra.registrarDir" (clean .Values.dra.registrarDir) }}
+{{- else }}
+{{- $_ := set $dirs "kubeletDir" (clean .Values.kubeletDir) }}
+{{- end }}
+{{- range $what, $dir := $dirs }}
 {{- if or (eq $spec $dir) (hasPrefix (printf "%s/" $spec) $dir) (hasPrefix (printf "%s/" $dir) $spec) }}
 {{- fail (printf "cdi.specDir %s overlaps %s (%s): the plugin mounts the spec directory read-write, so it must be a directory of its own, e.g. /var/run/cdi" $spec $what $dir) }}
 {{- end }}
