@@ -95,6 +95,7 @@ func TestEndToEnd(t *testing.T) {
 		}
 	}
 	dev, holder := last.dev, last.holder
+	devicePluginView = views[0]
 
 	other := "ac0"
 	if dev == other {
@@ -111,14 +112,7 @@ func TestEndToEnd(t *testing.T) {
 	for _, p := range pluginPods {
 		e.deletePodIn(p.Namespace, p.Name)
 	}
-	e.eventually(2*time.Minute, "a new ready plugin pod", func() (bool, string) {
-		for _, p := range e.podsByComponent("plugin") {
-			if p.Name != pluginPods[0].Name && podReady(&p) {
-				return true, ""
-			}
-		}
-		return false, "waiting"
-	})
+	e.awaitNewPlugin(pluginPods[0].Name)
 	e.awaitAllocatable(time.Minute, devices, devices, devices*slots, devices*slots)
 	e.specFiles(modes[len(modes)-1].cdi, last.id)
 	if out, err := e.exec("compute", "cat", "/dev/accel/"+dev+"_monitor"); err != nil || !strings.Contains(out, dev) {
@@ -184,8 +178,9 @@ func (e *env) awaitChartPods(m mode) {
 			return false, fmt.Sprintf("%d sim, %d plugin pods", len(sim), len(plug))
 		}
 		cdi := slices.Contains(plug[0].Spec.Containers[0].Args, "--cdi=on")
-		return podReady(&plug[0]) && cdi == m.cdi && sim[0].Status.Phase == corev1.PodRunning,
-			fmt.Sprintf("sim %s, plugin %s (--cdi=on: %t)", sim[0].Status.Phase, plug[0].Status.Phase, cdi)
+		dra := slices.Contains(plug[0].Spec.Containers[0].Args, "--api=dra")
+		return podReady(&plug[0]) && cdi == m.cdi && dra == m.dra && sim[0].Status.Phase == corev1.PodRunning,
+			fmt.Sprintf("sim %s, plugin %s (--cdi=on: %t, --api=dra: %t)", sim[0].Status.Phase, plug[0].Status.Phase, cdi, dra)
 	})
 }
 

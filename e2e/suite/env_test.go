@@ -138,6 +138,7 @@ func (e *env) helmInstall(m mode) {
 		"--set", fmt.Sprintf("simulator.devices=%d", devices), "--set", fmt.Sprintf("plugin.monitorSlots=%d", slots),
 		"--set", "simulator.numaNodes=2", "--set", "logLevel=debug",
 		"--set", "plugin.recursiveReadOnly=Enabled", "--set", fmt.Sprintf("cdi.enabled=%t", m.cdi),
+		"--set", "api="+map[bool]string{false: "devicePlugin", true: "dra"}[m.dra],
 		"--wait", "--timeout", "3m")
 }
 

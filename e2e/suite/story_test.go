@@ -25,6 +25,7 @@ import (
 type mode struct {
 	name string
 	cdi  bool
+	dra  bool // the DRA driver (api=dra) instead of the device-plugin API
 }
 
 var modes = []mode{{name: "mounts"}, {name: "cdi", cdi: true}}
@@ -125,12 +126,7 @@ exec sleep 3600`, requests(monRes, devices))
 			e.t.Errorf("%s (4 slots, spread) did not get %s: %s", name, s.dev, l)
 		}
 	}
-	// A failed redirection ends a shell: try in a subshell.
-	e.createPod("debug-open", fmt.Sprintf(`(exec 3<>%s/%s) 2>&1 && echo OPENED || echo FAILED`, e.devDir, s.dev), e.hostAccess(true), runOnce)
-	e.awaitPhase("debug-open", corev1.PodSucceeded, 2*time.Minute)
-	if l := e.logs("debug-open"); !strings.Contains(l, "Device or resource busy") || !strings.Contains(l, "FAILED") {
-		e.t.Errorf("a second client opening %s through the host path: %q, want EBUSY", s.dev, l)
-	}
+	e.secondOpenBusy(s.dev)
 	if i := e.devInfo(s.dev); i.MonitorClients < 3 || !i.ComputeInUse { // two pods + the query itself
 		e.t.Errorf("%s while held with two monitor pods: %+v", s.dev, i)
 	}
@@ -146,6 +142,18 @@ exec sleep 3600`, requests(monRes, devices))
 		e.deletePod(name)
 	}
 	return s
+}
+
+// secondOpenBusy: a debug pod opening dev's compute node through the host
+// path, while a pod holds it, gets EBUSY. It leaves the pod debug-open.
+func (e *env) secondOpenBusy(dev string) {
+	e.t.Helper()
+	// A failed redirection ends a shell: try in a subshell.
+	e.createPod("debug-open", fmt.Sprintf(`(exec 3<>%s/%s) 2>&1 && echo OPENED || echo FAILED`, e.devDir, dev), e.hostAccess(true), runOnce)
+	e.awaitPhase("debug-open", corev1.PodSucceeded, 2*time.Minute)
+	if l := e.logs("debug-open"); !strings.Contains(l, "Device or resource busy") || !strings.Contains(l, "FAILED") {
+		e.t.Errorf("a second client opening %s through the host path: %q, want EBUSY", dev, l)
+	}
 }
 
 // viewOf is the compute pod's "view: " lines.

@@ -3,6 +3,7 @@ package dra
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -11,9 +12,12 @@ import (
 	"testing"
 
 	resourceapi "k8s.io/api/resource/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 	"k8s.io/utils/ptr"
 	cdispec "tags.cncf.io/container-device-interface/specs-go"
@@ -112,8 +116,13 @@ func claim(uid, name string, allocs ...alloc) *resourceapi.ResourceClaim {
 	return c
 }
 
+// prepare prepares the claims as kubelet would, after storing them in the
+// driver's (fake) API server as the scheduler left them: allocated.
 func prepare(t *testing.T, d *Driver, claims ...*resourceapi.ResourceClaim) map[types.UID]kubeletplugin.PrepareResult {
 	t.Helper()
+	for _, c := range claims {
+		storeClaim(t, d, c)
+	}
 	out, err := d.PrepareResourceClaims(context.Background(), claims)
 	if err != nil {
 		t.Fatalf("PrepareResourceClaims: %v", err)
@@ -122,6 +131,24 @@ func prepare(t *testing.T, d *Driver, claims ...*resourceapi.ResourceClaim) map[
 		t.Fatalf("PrepareResourceClaims: %d results for %d claims", len(out), len(claims))
 	}
 	return out
+}
+
+// storeClaim creates or replaces the claim, with its status, in the
+// driver's API server.
+func storeClaim(t testing.TB, d *Driver, c *resourceapi.ResourceClaim) {
+	t.Helper()
+	claims := d.cfg.Client.ResourceV1().ResourceClaims(c.Namespace)
+	if _, err := claims.Create(context.Background(), c, metav1.CreateOptions{}); apierrors.IsAlreadyExists(err) {
+		if _, err := claims.Update(context.Background(), c, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	// The fake API server does not keep status on create.
+	if _, err := claims.UpdateStatus(context.Background(), c, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func unprepare(t *testing.T, d *Driver, uids ...string) {
@@ -577,4 +604,90 @@ func TestCheckpointSharedByTwoInstances(t *testing.T) {
 	if res := prepare(t, d1, claim("u3", "c-u3", alloc{request: "r", device: "ac0"}))["u3"]; res.Err != nil {
 		t.Errorf("the first instance did not see the second's unprepare: %v", res.Err)
 	}
+}
+
+// A claim still prepared for a device that the API server has since
+// allocated to another claim (its pod went while kubelet restarted, so
+// kubelet has not unprepared it yet) is released when the new claim is
+// prepared: deleted, replaced under its name, or deallocated. A holder
+// still allocated, or one whose state cannot be read, is not.
+func TestPrepareReleasesStaleHolder(t *testing.T) {
+	d, _ := newTestDriver(t, simDevice(0, "SIM-A"), simDevice(1, "SIM-B"))
+	claims := d.cfg.Client.ResourceV1().ResourceClaims("ns")
+	mustPrepare := func(c *resourceapi.ResourceClaim) {
+		t.Helper()
+		if res := prepare(t, d, c)[c.UID]; res.Err != nil {
+			t.Fatalf("claim %s: %v", c.UID, res.Err)
+		}
+	}
+	mustPrepare(claim("old", "c-old", alloc{request: "r", device: "ac0"}))
+
+	// Still allocated in the API: a real conflict.
+	if res := prepare(t, d, claim("new", "c-new", alloc{request: "r", device: "ac0"}))["new"]; res.Err == nil || !strings.Contains(res.Err.Error(), "already prepared for claim ns/c-old (old)") {
+		t.Fatalf("holder still allocated: %v", res.Err)
+	}
+	// The API server cannot be read: kept, refused.
+	fc := d.cfg.Client.(*fake.Clientset)
+	fc.PrependReactor("get", "resourceclaims", func(k8stesting.Action) (bool, runtime.Object, error) {
+		return true, nil, errors.New("connection refused")
+	})
+	if _, err := d.PrepareResourceClaims(context.Background(), []*resourceapi.ResourceClaim{claim("new", "c-new", alloc{request: "r", device: "ac0"})}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := mustLoad(t, d).Claims["old"]; !ok {
+		t.Fatal("the holder was released although its state could not be read")
+	}
+	fc.ReactionChain = fc.ReactionChain[1:]
+
+	for _, tc := range []struct {
+		name  string
+		stale func()
+	}{
+		{"deleted", func() {
+			if err := claims.Delete(context.Background(), "c-old", metav1.DeleteOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"replaced under its name", func() { storeClaim(t, d, claim("other-uid", "c-old", alloc{request: "r", device: "ac1"})) }},
+		{"deallocated", func() {
+			c := claim("old", "c-old")
+			c.Status.Allocation = nil
+			storeClaim(t, d, c)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.stale()
+			out, err := d.PrepareResourceClaims(context.Background(), []*resourceapi.ResourceClaim{claim("new", "c-new", alloc{request: "r", device: "ac0"})})
+			if err != nil || out["new"].Err != nil {
+				t.Fatalf("prepare after the holder went stale: %v %v", err, out["new"].Err)
+			}
+			cp := mustLoad(t, d)
+			if _, ok := cp.Claims["old"]; ok || cp.Claims["new"] == nil {
+				t.Errorf("checkpoint claims %v: want new, not old", cp.Claims)
+			}
+			if specExists(d, "old") || !specExists(d, "new") {
+				t.Errorf("specs: old %t new %t, want only new", specExists(d, "old"), specExists(d, "new"))
+			}
+			// Kubelet unprepares the stale claim later: nothing to do.
+			unprepare(t, d, "old")
+			if cp := mustLoad(t, d); cp.Claims["new"] == nil {
+				t.Error("unpreparing the stale claim dropped the new one")
+			}
+			// Back to the start for the next case.
+			unprepare(t, d, "new")
+			if err := claims.Delete(context.Background(), "c-old", metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+				t.Fatal(err)
+			}
+			mustPrepare(claim("old", "c-old", alloc{request: "r", device: "ac0"}))
+		})
+	}
+}
+
+func mustLoad(t *testing.T, d *Driver) *checkpoint {
+	t.Helper()
+	cp, err := loadCheckpoint(d.ckpt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cp
 }

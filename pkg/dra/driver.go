@@ -323,6 +323,7 @@ func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceap
 	snap, _ := d.store.Load()
 	out := make(map[types.UID]kubeletplugin.PrepareResult, len(claims))
 	dirty := false
+	var released []types.UID // stale claims dropped: their specs go after the commit
 	for _, claim := range claims {
 		ref := claimRef(claim.Namespace, claim.Name, claim.UID)
 		if pc, ok := cp.Claims[claim.UID]; ok {
@@ -334,6 +335,10 @@ func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceap
 			}
 			out[claim.UID] = d.result(claim.UID, pc)
 			continue
+		}
+		if stale := d.releaseStale(ctx, cp, claim); len(stale) > 0 {
+			released = append(released, stale...)
+			dirty = true
 		}
 		pc, err := d.prepareClaim(snap, cp, claim)
 		if err != nil {
@@ -349,6 +354,11 @@ func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceap
 		// The checkpoint first: a spec can always be written again from it.
 		if err := d.commit(cp); err != nil {
 			return nil, err
+		}
+	}
+	for _, uid := range released {
+		if err := d.specs.remove(uid); err != nil {
+			d.log.Warn("CDI spec of a stale claim not removed", "claim_uid", uid, "err", err)
 		}
 	}
 	for uid, res := range out {
@@ -491,6 +501,11 @@ func (d *Driver) Uninstall(ctx context.Context) error {
 	}
 	if err := os.Remove(d.ckpt); err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, fmt.Errorf("remove the checkpoint: %w", err))
+	}
+	// The helper's lock between instances of a rolling update: none runs
+	// after an uninstall. (The directory stays: it is the pod's mount.)
+	if err := os.Remove(filepath.Join(d.cfg.PluginDataDir, "serialize.lock")); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("remove the helper's lock file: %w", err))
 	}
 	return errors.Join(errs...)
 }

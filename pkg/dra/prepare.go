@@ -1,10 +1,13 @@
 package dra
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
 	resourceapi "k8s.io/api/resource/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 
@@ -68,6 +71,65 @@ func (d *Driver) prepareClaim(snap *plugin.Snapshot, cp *checkpoint, claim *reso
 		pc.Devices = append(pc.Devices, pd)
 	}
 	return pc, nil
+}
+
+// releaseStale drops from cp the prepared claims that hold, exclusively, a
+// compute device allocated to claim but that the API server no longer has
+// allocated to that device: deleted (their pod is gone) or deallocated.
+// The scheduler gave the device to claim only after that, and kubelet
+// unprepares such a claim late when it restarted while its pod went (the
+// claim then stays in kubelet's state until its pod cleanup); waiting for
+// it would keep the new pod from starting. A holder the API server still
+// has allocated, or whose state cannot be read, stays: Prepare then
+// refuses. It returns the UIDs dropped.
+func (d *Driver) releaseStale(ctx context.Context, cp *checkpoint, claim *resourceapi.ResourceClaim) []types.UID {
+	if claim.Status.Allocation == nil {
+		return nil
+	}
+	var released []types.UID
+	for _, r := range claim.Status.Allocation.Devices.Results {
+		if r.Driver != d.cfg.DriverName || r.Pool != d.pool || (r.AdminAccess != nil && *r.AdminAccess) {
+			continue
+		}
+		uid, other, held := cp.holder(r.Device, claim.UID)
+		if !held {
+			continue
+		}
+		cur, err := d.cfg.Client.ResourceV1().ResourceClaims(other.Namespace).Get(ctx, other.Name, metav1.GetOptions{})
+		why := ""
+		switch {
+		case apierrors.IsNotFound(err):
+			why = "the claim was deleted"
+		case err != nil:
+			d.log.Warn("cannot tell whether the device's holder is still allocated; keeping it", "device", r.Device,
+				"holder", claimRef(other.Namespace, other.Name, uid), "err", err)
+			continue
+		case cur.UID != uid:
+			why = "the claim was deleted (a new one has its name)"
+		case !allocates(cur, d.cfg.DriverName, d.pool, r.Device):
+			why = "the claim no longer has the device allocated"
+		default:
+			continue // still allocated: a real conflict
+		}
+		d.log.Info("stale prepared claim released: its device was allocated again", "device", r.Device,
+			"stale", claimRef(other.Namespace, other.Name, uid), "why", why, "for", claimRef(claim.Namespace, claim.Name, claim.UID))
+		delete(cp.Claims, uid)
+		released = append(released, uid)
+	}
+	return released
+}
+
+// allocates says whether the claim has the device allocated.
+func allocates(c *resourceapi.ResourceClaim, driver, pool, device string) bool {
+	if c.Status.Allocation == nil {
+		return false
+	}
+	for _, r := range c.Status.Allocation.Devices.Results {
+		if r.Driver == driver && r.Pool == pool && r.Device == device {
+			return true
+		}
+	}
+	return false
 }
 
 // result is kubelet's answer for a prepared claim: every device, and the

@@ -53,6 +53,9 @@ func (p *Plugin) notReady() []string {
 			reasons = append(reasons, why)
 		}
 	}
+	if _, ok := p.frontend.(registrarFrontend); !ok {
+		return reasons // another front-end: the resources are not registered with kubelet
+	}
 	for _, r := range p.Resources {
 		if !r.registered.Load() {
 			reasons = append(reasons, r.Name+" is not registered with kubelet")

@@ -564,6 +564,15 @@ func TestFrontendReplacesTheRegistrar(t *testing.T) {
 		if n != 3 {
 			t.Errorf("the front-end started with %d devices, want the 3 of the first discovery", n)
 		}
+		// /readyz: the registrar's resources do not count (nobody
+		// registers them); the front-end's own reason does.
+		if r := p.notReady(); len(r) != 0 {
+			t.Errorf("not ready with a front-end: %q", r)
+		}
+		p.frontend = notReadyFrontend{fe, "the DRA driver is not registered with kubelet yet"}
+		if r := p.notReady(); !slices.Equal(r, []string{"the DRA driver is not registered with kubelet yet"}) {
+			t.Errorf("not ready = %q, want the front-end's reason only", r)
+		}
 	case err := <-done:
 		t.Fatalf("Run ended before the front-end started: %v", err)
 	case <-ctx.Done():
@@ -574,3 +583,11 @@ func TestFrontendReplacesTheRegistrar(t *testing.T) {
 		t.Errorf("Run: %v", err)
 	}
 }
+
+// notReadyFrontend is a front-end that reports a readiness reason.
+type notReadyFrontend struct {
+	Frontend
+	why string
+}
+
+func (f notReadyFrontend) NotReady() string { return f.why }
