@@ -40,9 +40,10 @@ func (r Ref) String() string { return r.Namespace + "/" + r.Name }
 // Check tells, when the plugin stops, whether its DaemonSet is gone or
 // being deleted. Helm deletes the release's RBAC (and ServiceAccount) at
 // the same moment as the DaemonSet, so by then the GET is often refused:
-// a refusal counts as "gone" if the same GET was allowed at start (what
-// took the permission away is the uninstall), and as "do not know"
-// otherwise.
+// a refusal (Forbidden) counts as "gone" if the same GET was allowed at
+// start (what took the permission away is the uninstall), and as "do not
+// know" otherwise. A refused token (Unauthorized) is always "do not know":
+// it is also what a force-deleted pod sees.
 type Check struct {
 	client   kubernetes.Interface
 	ds       Ref
@@ -71,8 +72,14 @@ func (k *Check) Uninstalling(ctx context.Context) (bool, error) {
 	switch {
 	case apierrors.IsNotFound(err):
 		return true, nil
-	case (apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err)) && k.readable:
-		return true, nil // the release's RBAC or ServiceAccount went with it
+	case apierrors.IsForbidden(err) && k.readable:
+		return true, nil // the release's RBAC went with it
+	case apierrors.IsUnauthorized(err):
+		// The pod's bound token is invalid once the pod object is gone: a
+		// force-deleted pod (grace 0, a restart) looks just like a deleted
+		// ServiceAccount (an uninstall). Wiping the state of a restart
+		// would lose every prepared claim: do not know.
+		return false, fmt.Errorf("get DaemonSet %s: %w (the token was refused: a force-deleted pod or a deleted ServiceAccount; keeping the state)", k.ds, err)
 	case apierrors.IsForbidden(err):
 		return false, fmt.Errorf("get DaemonSet %s: %w (the service account needs get on it)", k.ds, err)
 	case err != nil:

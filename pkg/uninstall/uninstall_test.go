@@ -34,7 +34,9 @@ func TestUninstalling(t *testing.T) {
 		{name: "another namespace's DaemonSet does not count", want: true, objects: []runtime.Object{&appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: ds.Name}}}},
 		{name: "refused now, allowed at start: the RBAC went with the release", stopErr: forbidden, want: true},
 		{name: "refused now, and at start: do not know", startErr: forbidden, stopErr: forbidden, wantErr: "needs get"},
-		{name: "unauthorized now (ServiceAccount deleted), allowed at start", stopErr: apierrors.NewUnauthorized("token"), want: true},
+		// The pod's bound token dies with the pod: a forced delete of the pod
+		// (grace 0) looks just like a deleted ServiceAccount. Keep the state.
+		{name: "unauthorized now (pod force-deleted, or ServiceAccount deleted): do not know", stopErr: apierrors.NewUnauthorized("token"), wantErr: "token"},
 		{name: "unreachable: do not know", stopErr: errors.New("connection refused"), wantErr: "connection refused"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
