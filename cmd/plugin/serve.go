@@ -179,7 +179,13 @@ func runServe(args []string, stderr io.Writer) error {
 func removeOnUninstall(check *uninstall.Check, ds uninstall.Ref, p *plugin.Plugin, driver *dra.Driver, log *slog.Logger) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	switch gone, err := check.Uninstalling(ctx); {
+	gone, err := check.Uninstalling(ctx)
+	if errors.Is(err, uninstall.ErrTokenRefused) && driver == nil {
+		// The device plugin's CDI specs are written again at every start:
+		// removing them on a forced restart costs nothing.
+		gone, err = true, nil
+	}
+	switch {
 	case err != nil:
 		log.Warn("cannot tell an uninstall from a restart; CDI specs kept", "daemonset", ds.String(), "err", err)
 	case gone && driver != nil:

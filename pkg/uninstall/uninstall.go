@@ -15,6 +15,7 @@ package uninstall
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -22,6 +23,12 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 )
+
+// ErrTokenRefused marks an Uninstalling answer of "do not know" because the
+// pod's token was refused: an uninstall that deleted the ServiceAccount, or
+// a force-deleted pod. A caller whose state is rebuilt at every start may
+// take it as an uninstall; one that would lose state must not.
+var ErrTokenRefused = errors.New("the token was refused")
 
 // Ref names a DaemonSet, parsed from "NAMESPACE/NAME".
 type Ref struct{ Namespace, Name string }
@@ -79,7 +86,7 @@ func (k *Check) Uninstalling(ctx context.Context) (bool, error) {
 		// force-deleted pod (grace 0, a restart) looks just like a deleted
 		// ServiceAccount (an uninstall). Wiping the state of a restart
 		// would lose every prepared claim: do not know.
-		return false, fmt.Errorf("get DaemonSet %s: %w (the token was refused: a force-deleted pod or a deleted ServiceAccount; keeping the state)", k.ds, err)
+		return false, fmt.Errorf("get DaemonSet %s: %w: %w (a force-deleted pod or a deleted ServiceAccount)", k.ds, ErrTokenRefused, err)
 	case apierrors.IsForbidden(err):
 		return false, fmt.Errorf("get DaemonSet %s: %w (the service account needs get on it)", k.ds, err)
 	case err != nil:
