@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 	"k8s.io/klog/v2"
+	"k8s.io/utils/ptr"
 
 	"github.com/accel-device-plugin/accel-device-plugin/pkg/plugin"
 )
@@ -336,11 +337,11 @@ func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceap
 			out[claim.UID] = d.result(claim.UID, pc)
 			continue
 		}
-		if stale := d.releaseStale(ctx, cp, claim); len(stale) > 0 {
+		pc, stale, err := d.prepareClaim(ctx, snap, cp, claim)
+		if len(stale) > 0 {
 			released = append(released, stale...)
 			dirty = true
 		}
-		pc, err := d.prepareClaim(snap, cp, claim)
 		if err != nil {
 			d.log.Warn("claim not prepared", "claim", ref, "err", err)
 			out[claim.UID] = kubeletplugin.PrepareResult{Err: fmt.Errorf("claim %s: %w", ref, err)}
@@ -443,7 +444,16 @@ func (d *Driver) HandleError(ctx context.Context, err error, msg string) {
 // own deletion (Uninstall) races with the deletion of its RBAC. It returns
 // how many it deleted.
 func RemoveAllSlices(ctx context.Context, client kubernetes.Interface, driverName string) (int, error) {
+	return deleteSlices(ctx, client, driverName, "")
+}
+
+// deleteSlices deletes the ResourceSlices of the driver, on node (all nodes
+// when node is ""), and returns how many it deleted.
+func deleteSlices(ctx context.Context, client kubernetes.Interface, driverName, node string) (int, error) {
 	sel := fields.OneTermEqualSelector("spec.driver", driverName)
+	if node != "" {
+		sel = fields.AndSelectors(sel, fields.OneTermEqualSelector("spec.nodeName", node))
+	}
 	list, err := client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{FieldSelector: sel.String()})
 	if err != nil {
 		return 0, fmt.Errorf("list the ResourceSlices of %s: %w", driverName, err)
@@ -451,7 +461,7 @@ func RemoveAllSlices(ctx context.Context, client kubernetes.Interface, driverNam
 	var errs []error
 	n := 0
 	for _, s := range list.Items {
-		if s.Spec.Driver != driverName {
+		if s.Spec.Driver != driverName || (node != "" && ptr.Deref(s.Spec.NodeName, "") != node) {
 			continue // the selector did it already on a real API server
 		}
 		switch err := client.ResourceV1().ResourceSlices().Delete(ctx, s.Name, metav1.DeleteOptions{}); {
@@ -469,24 +479,9 @@ func RemoveAllSlices(ctx context.Context, client kubernetes.Interface, driverNam
 // of the driver, every claim CDI spec of ours and the checkpoint. Run must
 // have returned.
 func (d *Driver) Uninstall(ctx context.Context) error {
-	var errs []error
-	sel := fields.AndSelectors(fields.OneTermEqualSelector("spec.driver", d.cfg.DriverName), fields.OneTermEqualSelector("spec.nodeName", d.cfg.NodeName))
-	list, err := d.cfg.Client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{FieldSelector: sel.String()})
-	if err != nil {
-		errs = append(errs, fmt.Errorf("list ResourceSlices: %w", err))
-	} else {
-		n := 0
-		for _, s := range list.Items {
-			if s.Spec.Driver != d.cfg.DriverName || s.Spec.NodeName == nil || *s.Spec.NodeName != d.cfg.NodeName {
-				continue // the selector did it already on a real API server
-			}
-			n++
-			if err := d.cfg.Client.ResourceV1().ResourceSlices().Delete(ctx, s.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
-				errs = append(errs, fmt.Errorf("delete ResourceSlice %s: %w", s.Name, err))
-			}
-		}
-		d.log.Info("ResourceSlices removed", "count", n)
-	}
+	n, err := deleteSlices(ctx, d.cfg.Client, d.cfg.DriverName, d.cfg.NodeName)
+	errs := []error{err}
+	d.log.Info("ResourceSlices removed", "count", n)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if listed, err := d.specs.listed(); err != nil {

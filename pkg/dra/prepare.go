@@ -23,11 +23,13 @@ func claimRef(ns, name string, uid types.UID) string { return fmt.Sprintf("%s/%s
 // prepareClaim works out what one allocated claim gets: for every device
 // allocated to it by this driver, the device as it is now and its edits.
 // It refuses a device that is not on this node, unhealthy, or held
-// exclusively by another prepared claim; the claim is then not prepared
-// at all (kubelet retries).
-func (d *Driver) prepareClaim(snap *plugin.Snapshot, cp *checkpoint, claim *resourceapi.ResourceClaim) (*preparedClaim, error) {
+// exclusively by another prepared claim still allocated it; the claim is
+// then not prepared at all (kubelet retries). A stale holder (see stale)
+// is dropped from cp instead, and returned in released, also with an
+// error: cp then changed and must be committed.
+func (d *Driver) prepareClaim(ctx context.Context, snap *plugin.Snapshot, cp *checkpoint, claim *resourceapi.ResourceClaim) (_ *preparedClaim, released []types.UID, _ error) {
 	if claim.Status.Allocation == nil {
-		return nil, errors.New("the claim is not allocated")
+		return nil, nil, errors.New("the claim is not allocated")
 	}
 	pc := &preparedClaim{Namespace: claim.Namespace, Name: claim.Name, Devices: []preparedDevice{}}
 	for _, r := range claim.Status.Allocation.Devices.Results {
@@ -35,16 +37,16 @@ func (d *Driver) prepareClaim(snap *plugin.Snapshot, cp *checkpoint, claim *reso
 			continue
 		}
 		if r.Pool != d.pool {
-			return nil, fmt.Errorf("device %s was allocated from pool %q, but this node's pool is %q", r.Device, r.Pool, d.pool)
+			return nil, released, fmt.Errorf("device %s was allocated from pool %q, but this node's pool is %q", r.Device, r.Pool, d.pool)
 		}
 		dev, monitor, err := findDevice(snap, r.Device)
 		switch {
 		case errors.Is(err, errNotFound):
-			return nil, fmt.Errorf("device %s is not on node %s any more (removed, or its driver is not running)", r.Device, d.pool)
+			return nil, released, fmt.Errorf("device %s is not on node %s any more (removed, or its driver is not running)", r.Device, d.pool)
 		case err != nil:
-			return nil, fmt.Errorf("device %s: %w", r.Device, err)
+			return nil, released, fmt.Errorf("device %s: %w", r.Device, err)
 		case !dev.Healthy:
-			return nil, fmt.Errorf("device %s (%s) is unhealthy: %s", r.Device, dev.ID, dev.Reason)
+			return nil, released, fmt.Errorf("device %s (%s) is unhealthy: %s", r.Device, dev.ID, dev.Reason)
 		}
 		pd := preparedDevice{Request: r.Request, Pool: r.Pool, Device: r.Device, ID: dev.ID, Node: dev.Name, Index: dev.Index, ShareID: r.ShareID}
 		switch admin := r.AdminAccess != nil && *r.AdminAccess; {
@@ -54,69 +56,55 @@ func (d *Driver) prepareClaim(snap *plugin.Snapshot, cp *checkpoint, claim *reso
 			// Admin access is for monitoring tools: never the compute node,
 			// which another claim may hold.
 			if !dev.HasMonitor() {
-				return nil, fmt.Errorf("admin access to device %s gives its monitor node only, and it has none", r.Device)
+				return nil, released, fmt.Errorf("admin access to device %s gives its monitor node only, and it has none", r.Device)
 			}
 			pd.Use, pd.Edits = useAdmin, dev.Monitor
 		default:
 			if uid, other, held := cp.holder(r.Device, claim.UID); held {
-				return nil, fmt.Errorf("device %s (%s) is already prepared for claim %s: one holder at a time", r.Device, dev.ID, claimRef(other.Namespace, other.Name, uid))
+				why, stale := d.stale(ctx, uid, other, r)
+				if !stale {
+					return nil, released, fmt.Errorf("device %s (%s) is already prepared for claim %s: one holder at a time", r.Device, dev.ID, claimRef(other.Namespace, other.Name, uid))
+				}
+				d.log.Info("stale prepared claim released: its device was allocated again", "device", r.Device,
+					"stale", claimRef(other.Namespace, other.Name, uid), "why", why, "for", claimRef(claim.Namespace, claim.Name, claim.UID))
+				delete(cp.Claims, uid)
+				released = append(released, uid)
 			}
 			for _, p := range pc.Devices {
 				if p.Device == r.Device && p.Use == useCompute {
-					return nil, fmt.Errorf("device %s is allocated twice to the claim", r.Device)
+					return nil, released, fmt.Errorf("device %s is allocated twice to the claim", r.Device)
 				}
 			}
 			pd.Use, pd.Edits = useCompute, dev.Compute
 		}
 		pc.Devices = append(pc.Devices, pd)
 	}
-	return pc, nil
+	return pc, released, nil
 }
 
-// releaseStale drops from cp the prepared claims that hold, exclusively, a
-// compute device allocated to claim but that the API server no longer has
-// allocated to that device: deleted (their pod is gone) or deallocated.
-// The scheduler gave the device to claim only after that, and kubelet
-// unprepares such a claim late when it restarted while its pod went (the
-// claim then stays in kubelet's state until its pod cleanup); waiting for
-// it would keep the new pod from starting. A holder the API server still
-// has allocated, or whose state cannot be read, stays: Prepare then
-// refuses. It returns the UIDs dropped.
-func (d *Driver) releaseStale(ctx context.Context, cp *checkpoint, claim *resourceapi.ResourceClaim) []types.UID {
-	if claim.Status.Allocation == nil {
-		return nil
+// stale says whether the claim uid (other), which the checkpoint has
+// holding device r exclusively, is no longer allocated that device by the
+// API server: deleted (its pod is gone), replaced under its name, or
+// deallocated. The scheduler gave the device to another claim only after
+// that; kubelet unprepares such a claim late when it restarted while the
+// pod went (it stays in kubelet's state until its pod cleanup), and waiting
+// for it would keep the new pod from starting. A holder still allocated,
+// or whose state cannot be read, is not stale.
+func (d *Driver) stale(ctx context.Context, uid types.UID, other *preparedClaim, r resourceapi.DeviceRequestAllocationResult) (string, bool) {
+	cur, err := d.cfg.Client.ResourceV1().ResourceClaims(other.Namespace).Get(ctx, other.Name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		return "the claim was deleted", true
+	case err != nil:
+		d.log.Warn("cannot tell whether the device's holder is still allocated; keeping it", "device", r.Device,
+			"holder", claimRef(other.Namespace, other.Name, uid), "err", err)
+		return "", false
+	case cur.UID != uid:
+		return "the claim was deleted (a new one has its name)", true
+	case !allocates(cur, r.Driver, r.Pool, r.Device):
+		return "the claim no longer has the device allocated", true
 	}
-	var released []types.UID
-	for _, r := range claim.Status.Allocation.Devices.Results {
-		if r.Driver != d.cfg.DriverName || r.Pool != d.pool || (r.AdminAccess != nil && *r.AdminAccess) {
-			continue
-		}
-		uid, other, held := cp.holder(r.Device, claim.UID)
-		if !held {
-			continue
-		}
-		cur, err := d.cfg.Client.ResourceV1().ResourceClaims(other.Namespace).Get(ctx, other.Name, metav1.GetOptions{})
-		why := ""
-		switch {
-		case apierrors.IsNotFound(err):
-			why = "the claim was deleted"
-		case err != nil:
-			d.log.Warn("cannot tell whether the device's holder is still allocated; keeping it", "device", r.Device,
-				"holder", claimRef(other.Namespace, other.Name, uid), "err", err)
-			continue
-		case cur.UID != uid:
-			why = "the claim was deleted (a new one has its name)"
-		case !allocates(cur, d.cfg.DriverName, d.pool, r.Device):
-			why = "the claim no longer has the device allocated"
-		default:
-			continue // still allocated: a real conflict
-		}
-		d.log.Info("stale prepared claim released: its device was allocated again", "device", r.Device,
-			"stale", claimRef(other.Namespace, other.Name, uid), "why", why, "for", claimRef(claim.Namespace, claim.Name, claim.UID))
-		delete(cp.Claims, uid)
-		released = append(released, uid)
-	}
-	return released
+	return "", false // still allocated: a real conflict
 }
 
 // allocates says whether the claim has the device allocated.
