@@ -48,18 +48,8 @@ func (p *Plugin) notReady() []string {
 			}
 		}
 	}
-	if f, ok := p.frontend.(interface{ NotReady() string }); ok {
-		if why := f.NotReady(); why != "" {
-			reasons = append(reasons, why)
-		}
-	}
-	if _, ok := p.frontend.(registrarFrontend); !ok {
-		return reasons // another front-end: the resources are not registered with kubelet
-	}
-	for _, r := range p.Resources {
-		if !r.registered.Load() {
-			reasons = append(reasons, r.Name+" is not registered with kubelet")
-		}
+	if why := p.frontend.NotReady(); why != "" {
+		reasons = append(reasons, why)
 	}
 	return reasons
 }

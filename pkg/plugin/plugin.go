@@ -73,6 +73,9 @@ type Config struct {
 // store's snapshots until ctx ends.
 type Frontend interface {
 	Run(ctx context.Context, store *Store) error
+	// NotReady says why it does not serve kubelet yet ("" once it does);
+	// /readyz reports it.
+	NotReady() string
 }
 
 // MaxMonitorSlots bounds MonitorSlots: kubelet keeps every unit in memory
@@ -242,6 +245,17 @@ func (p *Plugin) RemoveCDISpecs() {
 type registrarFrontend struct{ r *Registrar }
 
 func (f registrarFrontend) Run(ctx context.Context, _ *Store) error { return f.r.Run(ctx) }
+
+// NotReady names the resources kubelet has not registered.
+func (f registrarFrontend) NotReady() string {
+	var missing []string
+	for _, r := range f.r.Resources {
+		if !r.registered.Load() {
+			missing = append(missing, r.Name+" is not registered with kubelet")
+		}
+	}
+	return strings.Join(missing, "; ")
+}
 
 // source is a discovery source: it publishes its devices into the store
 // until ctx ends.

@@ -531,6 +531,7 @@ func TestSocketAttributeChangeIsNotARestart(t *testing.T) {
 type frontendFunc func(ctx context.Context, store *Store) error
 
 func (f frontendFunc) Run(ctx context.Context, store *Store) error { return f(ctx, store) }
+func (f frontendFunc) NotReady() string                            { return "" }
 
 // A Frontend (the DRA driver) replaces the registrar: it starts once every
 // source has reported, with the store, and no kubelet device-plugin
