@@ -228,9 +228,7 @@ func TestDRA(t *testing.T) {
 	e.eventually(time.Minute, "claim "+claimUID+" unprepared", func() (bool, string) { return !e.claimPrepared(claimUID), "still prepared" })
 
 	step("helm uninstall: no slices, classes, CDI specs or checkpoint left")
-	for _, name := range []string{"accel-tool"} {
-		e.deletePod(name)
-	}
+	e.deletePod("accel-tool")
 	for _, name := range templates {
 		_ = e.cs.ResourceV1().ResourceClaimTemplates(namespace).Delete(context.Background(), name, metav1.DeleteOptions{})
 	}

@@ -94,22 +94,7 @@ func (e *env) deviceStory(m mode, step func(string)) story {
 
 	step("a pod asking for more than is free stays Pending: Insufficient accel.io/ac")
 	e.createPod("too-many", "sleep 3600", requests(acRes, devices))
-	e.eventually(time.Minute, "FailedScheduling event for too-many", func() (bool, string) {
-		evs, err := e.cs.CoreV1().Events(namespace).List(context.Background(), metav1.ListOptions{
-			FieldSelector: "involvedObject.name=too-many"})
-		if err != nil {
-			return false, err.Error()
-		}
-		for _, ev := range evs.Items {
-			if strings.Contains(ev.Message, "Insufficient accel.io/ac") {
-				return true, ""
-			}
-		}
-		return false, fmt.Sprint(len(evs.Items), " events")
-	})
-	if p, _ := e.cs.CoreV1().Pods(namespace).Get(context.Background(), "too-many", metav1.GetOptions{}); p.Status.Phase != corev1.PodPending {
-		e.t.Errorf("too-many is %s, want Pending", p.Status.Phase)
-	}
+	e.awaitSchedulingFailure("too-many", "Insufficient accel.io/ac")
 	e.deletePod("too-many")
 
 	step("monitor pods share the device; a debug pod opening its compute node gets EBUSY")
