@@ -115,7 +115,7 @@ fuzz:
 	GO=$(GO) FUZZTIME=$(FUZZTIME) bash scripts/fuzz.sh
 
 ## bench: latency benchmarks (FUSE open/close, info ioctl, core, kernel floor,
-## Allocate, hot-plug → ListAndWatch, DRA Prepare/Unprepare) and the plugin's footprint with 128 devices
+## Allocate, hot-plug → ListAndWatch, DRA Prepare/Unprepare, DRA hot-plug → ResourceSlice) and the plugin's footprint with 128 devices
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 20000x ./pkg/accel/...
 	$(GO) test -run '^$$' -bench . -benchtime 5000x ./pkg/plugin/

@@ -7,8 +7,12 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 
 	"github.com/accel-device-plugin/accel-device-plugin/pkg/plugin"
@@ -68,6 +72,94 @@ func BenchmarkPrepare(b *testing.B) {
 			b.StopTimer()
 			reportLatencies(b, prep, "prepare")
 			reportLatencies(b, unprep, "unprepare")
+		})
+	}
+}
+
+// BenchmarkSliceUpdate measures how long a device change takes to reach
+// the node's ResourceSlices: from the store publishing a snapshot with one
+// more device (hot-plug) until a slice holding that device is written to
+// the API server, and from the snapshot without it (removal) until no
+// slice holds it; with 8 and 128 devices on the node. The driver runs on
+// the real kubeletplugin helper and its ResourceSlice controller, against
+// client-go's fake API server (the e2e suite measures the real one).
+func BenchmarkSliceUpdate(b *testing.B) {
+	for _, n := range []int{8, 128} {
+		b.Run(fmt.Sprintf("devices=%d", n), func(b *testing.B) {
+			var devs []plugin.Device
+			for i := range n {
+				devs = append(devs, simDevice(i, fmt.Sprintf("SIM-%03d", i)))
+			}
+			d, store := newTestDriver(b, devs...)
+			client := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: testNode, UID: "node-uid"}})
+			asAPIServer(client)
+			d.cfg.Client = client
+			ctx, cancel := context.WithCancel(context.Background())
+			w, err := client.ResourceV1().ResourceSlices().Watch(ctx, metav1.ListOptions{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() { done <- d.Run(ctx, store) }()
+			defer func() {
+				cancel()
+				w.Stop()
+				if err := <-done; err != nil {
+					b.Error(err)
+				}
+			}()
+			// latest is the content of every slice, by name.
+			latest := map[string][]resourceapi.Device{}
+			await := func(name string, present bool) {
+				b.Helper()
+				timeout := time.After(30 * time.Second)
+				for {
+					has := false
+					for _, devs := range latest {
+						for _, dev := range devs {
+							has = has || dev.Name == name
+						}
+					}
+					if has == present && len(latest) > 0 {
+						return
+					}
+					select {
+					case ev := <-w.ResultChan():
+						s, ok := ev.Object.(*resourceapi.ResourceSlice)
+						if !ok {
+							continue
+						}
+						if ev.Type == watch.Deleted {
+							delete(latest, s.Name)
+						} else {
+							latest[s.Name] = s.Spec.Devices
+						}
+					case err := <-done:
+						b.Fatalf("Run ended: %v", err)
+					case <-timeout:
+						b.Fatalf("device %s present=%t: not in the slices within 30s (slices: %d)", name, present, len(latest))
+					}
+				}
+			}
+			await("ac0", true)
+			extra := simDevice(n, fmt.Sprintf("SIM-%03d", n))
+			withExtra := append(slices.Clone(devs), extra)
+			added := make([]time.Duration, 0, b.N)
+			removed := make([]time.Duration, 0, b.N)
+			b.ResetTimer()
+			for range b.N {
+				t0 := time.Now()
+				store.Publish("sim:"+hostDir, withExtra)
+				await(extra.Name, true)
+				added = append(added, time.Since(t0))
+				t0 = time.Now()
+				store.Publish("sim:"+hostDir, devs)
+				await(extra.Name, false)
+				removed = append(removed, time.Since(t0))
+			}
+			b.StopTimer()
+			reportLatencies(b, added, "added")
+			reportLatencies(b, removed, "removed")
 		})
 	}
 }

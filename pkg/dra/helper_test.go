@@ -2,9 +2,11 @@ package dra
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,8 +15,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 	drahealthv1 "k8s.io/kubelet/pkg/apis/dra-health/v1"
 	drapbv1 "k8s.io/kubelet/pkg/apis/dra/v1"
 	"k8s.io/utils/ptr"
@@ -31,6 +35,7 @@ func TestHelperServesKubelet(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	client := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: testNode, UID: "node-uid"}})
+	asAPIServer(client)
 	c := claim("claim-uid-1", "c1", alloc{request: "acc", device: "ac1"})
 	if _, err := client.ResourceV1().ResourceClaims("ns").Create(ctx, c, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -217,5 +222,34 @@ func TestHelperServesKubelet(t *testing.T) {
 	}
 	if why := d.NotReady(); why != "the DRA driver is not running" {
 		t.Errorf("NotReady after Run = %q", why)
+	}
+}
+
+// asAPIServer makes the fake API server name created objects from their
+// generateName and give every created or updated object a new resource
+// version, as a real one does. The slice controller creates slices with a
+// generateName (without this every slice would be named ""), and its
+// mutation cache orders what it wrote and what its informer saw by
+// resource version (without it a stale informer copy can win, and a
+// change waits for the controller's 30 s resync).
+func asAPIServer(client *fake.Clientset) {
+	var names, versions atomic.Int64
+	for _, verb := range []string{"create", "update"} {
+		client.PrependReactor(verb, "*", func(a k8stesting.Action) (bool, runtime.Object, error) {
+			var obj runtime.Object
+			switch a := a.(type) {
+			case k8stesting.CreateAction:
+				obj = a.GetObject()
+			case k8stesting.UpdateAction:
+				obj = a.GetObject()
+			}
+			if m, ok := obj.(metav1.Object); ok {
+				if m.GetName() == "" && m.GetGenerateName() != "" {
+					m.SetName(fmt.Sprintf("%s%05d", m.GetGenerateName(), names.Add(1)))
+				}
+				m.SetResourceVersion(fmt.Sprint(versions.Add(1)))
+			}
+			return false, nil, nil // on to the object tracker
+		})
 	}
 }
