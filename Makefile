@@ -5,6 +5,8 @@ VIEW    := bin/kubelet-view
 PKGS    := ./...
 VERSION ?= $(shell cat $(CURDIR)/VERSION)
 IMAGE   ?= localhost/accel-device-plugin:$(VERSION)
+# API: what `make demo` installs, devicePlugin (default) or dra (the DRA driver)
+API     ?= devicePlugin
 OUT     := _output
 # Separate Go modules, so the main module's dependencies stay small:
 # e2e          k8s.io/kubernetes: the plugin against kubelet's real device manager (e2e/kubelet),
@@ -162,10 +164,10 @@ e2e-kind: $(HELM)
 	  $(GO) test -count=1 -v -timeout 20m ./suite/
 
 ## demo: the main job. Without KUBECONFIG: bring up the local cluster; then install the chart,
-## run the example pods and print what they saw. `make demo-down` removes it all.
+## run the example pods and print what they saw (API=dra: as a DRA driver). `make demo-down` removes it all.
 demo: $(HELM) $(KUBECTL)
 	@if [ -z "$$KUBECONFIG" ]; then $(MAKE) cluster-up; fi
-	KUBECTL=$(KUBECTL) bash scripts/demo-cluster.sh "$${KUBECONFIG:-$$($(CURDIR)/$(LOCALCLUSTER) kubeconfig)}" $(HELM) $(IMAGE)
+	KUBECTL=$(KUBECTL) API=$(API) bash scripts/demo-cluster.sh "$${KUBECONFIG:-$$($(CURDIR)/$(LOCALCLUSTER) kubeconfig)}" $(HELM) $(IMAGE)
 
 ## demo-down: uninstall the demo; stop the local cluster if it was ours
 demo-down: $(HELM) $(KUBECTL) localcluster

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The main demo (`make demo`): the chart on a real cluster, real pods asking
-# for accel.io/ac, and a short report of what they saw.
-#   scripts/demo-cluster.sh KUBECONFIG HELM [IMAGE] [BUSYBOX]
+# for accel.io/ac, and a short report of what they saw. API=dra (`make demo
+# API=dra`) installs the DRA driver instead: the same pods, one of them with
+# a ResourceClaimTemplate, the others still asking for accel.io/ac and
+# accel.io/ac-monitor (served through the DeviceClasses).
+#   [API=devicePlugin|dra] scripts/demo-cluster.sh KUBECONFIG HELM [IMAGE] [BUSYBOX]
 set -euo pipefail
 export KUBECONFIG=${1:?kubeconfig}
 HELM=${2:?helm binary}
@@ -9,6 +12,8 @@ IMAGE=${3:-localhost/accel-device-plugin:$(cat "$(dirname "$0")/../VERSION")}
 DEVDIR=/run/accel/dev # the chart's devDir (values.yaml), where the simulator's nodes are
 BUSYBOX=${4:-localhost/busybox:1.36}
 KUBECTL=${KUBECTL:-kubectl}
+API=${API:-devicePlugin}
+case $API in devicePlugin | dra) ;; *) echo "API must be devicePlugin or dra, got $API" >&2; exit 2 ;; esac
 NS=accel-demo
 CHART=$(cd "$(dirname "$0")/../charts/accel-device-plugin" && pwd)
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
@@ -26,21 +31,35 @@ logs() {
   printf '%s\n' "$out"
 }
 
-step "Install the chart: simulator (4 devices on 2 NUMA nodes) + device plugin"
+step "Install the chart: simulator (4 devices on 2 NUMA nodes) + $([ "$API" = dra ] && echo "DRA driver" || echo "device plugin")"
 "$HELM" upgrade --install accel "$CHART" --namespace "$NS" --create-namespace \
   --set image.repository="${IMAGE%:*}" --set image.tag="${IMAGE##*:}" \
-  --set simulator.numaNodes=2 --wait --timeout 3m >/dev/null
+  --set simulator.numaNodes=2 --set api="$API" --wait --timeout 3m >/dev/null
 k -n "$NS" get daemonsets,pods -o wide
 
-step "What the node offers (capacity / allocatable, labels)"
-for _ in $(seq 120); do
-  a=$(k get nodes -o jsonpath='{.items[0].status.allocatable.accel\.io/ac}')
-  [ "$a" = 4 ] && break; sleep 0.5
-done
-k get nodes -o jsonpath='{range .items[*]}{.metadata.name}: accel.io/ac {.status.capacity.accel\.io/ac}/{.status.allocatable.accel\.io/ac}, accel.io/ac-monitor {.status.capacity.accel\.io/ac-monitor}/{.status.allocatable.accel\.io/ac-monitor}{"\n"}{end}'
-k get nodes -o json | grep -o '"accel.io/ac\.[a-z]*": "[^"]*"' | sed 's/^/  label /'
+# devices: one line per ResourceSlice device (name, kind, serial, NUMA node, taints).
+devices() {
+  k get resourceslices --field-selector spec.driver=accel.io -o jsonpath='{range .items[*].spec.devices[*]}{"  "}{.name}{"\t"}{.attributes.kind.string}{"\t"}{.attributes.serial.string}{"\tnuma "}{.attributes.numaNode.int}{"\t"}{.taints}{"\n"}{end}'
+}
+if [ "$API" = dra ]; then
+  step "What the node offers (ResourceSlices, DeviceClasses)"
+  for _ in $(seq 120); do
+    [ "$(devices | grep -c .)" = 8 ] && break; sleep 0.5
+  done
+  devices
+  k get deviceclasses -o custom-columns='CLASS:.metadata.name,EXTENDED RESOURCE:.spec.extendedResourceName'
+else
+  step "What the node offers (capacity / allocatable, labels)"
+  for _ in $(seq 120); do
+    a=$(k get nodes -o jsonpath='{.items[0].status.allocatable.accel\.io/ac}')
+    [ "$a" = 4 ] && break; sleep 0.5
+  done
+  k get nodes -o jsonpath='{range .items[*]}{.metadata.name}: accel.io/ac {.status.capacity.accel\.io/ac}/{.status.allocatable.accel\.io/ac}, accel.io/ac-monitor {.status.capacity.accel\.io/ac-monitor}/{.status.allocatable.accel\.io/ac-monitor}{"\n"}{end}'
+  k get nodes -o json | grep -o '"accel.io/ac\.[a-z]*": "[^"]*"' | sed 's/^/  label /'
+fi
 
 # pod NAME RESOURCE COUNT SCRIPT [privileged] [restartPolicy]: a busybox pod running SCRIPT.
+# RESOURCE claim:TEMPLATE gives it a ResourceClaim "ac" from that template instead.
 pod() {
   local name=$1 res=$2 count=$3 script=$4 priv=${5:-} restart=${6:-Always}
   {
@@ -50,6 +69,7 @@ pod() {
     echo "spec:"
     echo "  terminationGracePeriodSeconds: 0"
     echo "  restartPolicy: $restart"
+    [ "${res#claim:}" != "$res" ] && echo "  resourceClaims: [{name: ac, resourceClaimTemplateName: ${res#claim:}}]"
     [ -n "$priv" ] && echo "  volumes: [{name: run, hostPath: {path: /run/accel}}]"
     echo "  containers:"
     echo "  - name: main"
@@ -59,7 +79,10 @@ pod() {
     echo "    args:"
     echo "    - |"
     printf '%s\n' "$script" | sed 's/^/      /'
-    [ -n "$res" ] && echo "    resources: {limits: {$res: $count}}"
+    case $res in
+    claim:*) echo "    resources: {claims: [{name: ac}]}" ;;
+    ?*) echo "    resources: {limits: {$res: $count}}" ;;
+    esac
     if [ -n "$priv" ]; then
       echo "    securityContext: {privileged: true}"
       echo "    volumeMounts: [{name: run, mountPath: /run/accel, mountPropagation: HostToContainer}]"
@@ -67,8 +90,16 @@ pod() {
   } | k -n "$NS" apply -f - >/dev/null
 }
 
-step "A pod asking for accel.io/ac: 1 opens its device and holds it"
-pod train accel.io/ac 1 'd=/dev/accel/$ACCEL_VISIBLE_DEVICES; exec 3<>$d && echo "train: opened $d (ACCEL_VISIBLE_DEVICES=$ACCEL_VISIBLE_DEVICES)"; ls -l /dev/accel; cat ${d}_monitor; exec sleep 3600'
+TRAIN_RES=accel.io/ac
+if [ "$API" = dra ]; then
+  step "A pod with a ResourceClaimTemplate (class ac.accel.io) opens its device and holds it"
+  printf '%s\n' "apiVersion: resource.k8s.io/v1" "kind: ResourceClaimTemplate" "metadata: {name: one-accel}" \
+    "spec: {spec: {devices: {requests: [{name: ac, exactly: {deviceClassName: ac.accel.io}}]}}}" | k -n "$NS" apply -f - >/dev/null
+  TRAIN_RES=claim:one-accel
+else
+  step "A pod asking for accel.io/ac: 1 opens its device and holds it"
+fi
+pod train "$TRAIN_RES" 1 'd=/dev/accel/$ACCEL_VISIBLE_DEVICES; exec 3<>$d && echo "train: opened $d (ACCEL_VISIBLE_DEVICES=$ACCEL_VISIBLE_DEVICES)"; ls -l /dev/accel; cat ${d}_monitor; exec sleep 3600'
 k -n "$NS" wait --for=condition=Ready pod/train --timeout=2m >/dev/null
 TRAIN=$(logs train 5)
 printf '%s\n' "$TRAIN" | sed 's/ *$//'
@@ -104,11 +135,16 @@ await_health() {
 }
 k -n "$NS" exec "$SIM" -c sim -- /accel-plugin sim ctl --dir "$DEVDIR" fault "$DEV" malfunction
 await_health Unhealthy
+[ "$API" = dra ] && devices | grep -F "$(printf '  %s\t' "$DEV")"
 k -n "$NS" exec "$SIM" -c sim -- /accel-plugin sim ctl --dir "$DEVDIR" reset "$DEV"
 await_health Healthy
+[ "$API" = dra ] && devices | grep -F "$(printf '  %s\t' "$DEV")"
 
 step "Report"
 echo "node: $(k get nodes -o jsonpath='{.items[0].metadata.name}')"
 echo "pods:"; k -n "$NS" get pods
+if [ "$API" = dra ]; then
+  echo "claims:"; k -n "$NS" get resourceclaims -o custom-columns='CLAIM:.metadata.name,DEVICES:.status.allocation.devices.results[*].device'
+fi
 echo
 echo "Clean up with: make demo-down"
