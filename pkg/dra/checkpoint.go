@@ -130,7 +130,14 @@ func (c *checkpoint) encode() ([]byte, error) {
 		return nil, err
 	}
 	sum := sha256.Sum256(data)
-	return json.Marshal(checkpointFile{Version: checkpointVersion, Checksum: hex.EncodeToString(sum[:]), Data: data})
+	// What json.Marshal(checkpointFile{...}) writes, without it scanning
+	// and compacting data (already compact) a second time: a quarter of
+	// the encoding's CPU with many claims. Version and checksum need no
+	// escaping.
+	out := make([]byte, 0, len(data)+128)
+	out = fmt.Appendf(out, `{"version":%d,"checksum":"%s","data":`, checkpointVersion, hex.EncodeToString(sum[:]))
+	out = append(out, data...)
+	return append(out, '}'), nil
 }
 
 // save writes the checkpoint atomically: a temporary file, synced, renamed

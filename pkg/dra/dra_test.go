@@ -1,7 +1,10 @@
 package dra
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -690,4 +693,29 @@ func mustLoad(t *testing.T, d *Driver) *checkpoint {
 		t.Fatal(err)
 	}
 	return cp
+}
+
+// encode writes what json.Marshal of the file struct would, byte for byte.
+func TestCheckpointEncodeIsMarshal(t *testing.T) {
+	c := newCheckpoint()
+	c.Claims["u1"] = &preparedClaim{Namespace: "ns", Name: `c "1"`, Devices: []preparedDevice{{Request: "r", Device: "ac0", ID: "SIM-A", Use: useCompute}}}
+	got, err := c.encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := json.Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(data)
+	want, err := json.Marshal(checkpointFile{Version: checkpointVersion, Checksum: hex.EncodeToString(sum[:]), Data: data})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("encode:\n%s\nwant json.Marshal's\n%s", got, want)
+	}
+	if _, err := decodeCheckpoint("x", got); err != nil {
+		t.Errorf("decode of encode: %v", err)
+	}
 }
