@@ -127,19 +127,25 @@ func (e *env) runErr(name string, args ...string) (string, error) {
 // start (plugin.recursiveReadOnly=Enabled: containerd 2, runc, Linux 5.12+).
 func (e *env) helmInstall(m mode) {
 	e.t.Helper()
+	e.run(e.helm, e.helmArgs(m)...)
+}
+
+// helmArgs is the helm command line of helmInstall, with extra flags.
+func (e *env) helmArgs(m mode, extra ...string) []string {
 	// The tag follows the last ':' after the last '/' (a registry may have a port).
 	repo, tag := e.image, "latest"
 	if i := strings.LastIndex(e.image, ":"); i > strings.LastIndex(e.image, "/") {
 		repo, tag = e.image[:i], e.image[i+1:]
 	}
 	chart, _ := filepath.Abs("../../charts/accel-device-plugin")
-	e.run(e.helm, "upgrade", "--install", release, chart, "--namespace", namespace, "--create-namespace",
-		"--set", "image.repository="+repo, "--set", "image.tag="+tag,
+	args := []string{"upgrade", "--install", release, chart, "--namespace", namespace, "--create-namespace",
+		"--set", "image.repository=" + repo, "--set", "image.tag=" + tag,
 		"--set", fmt.Sprintf("simulator.devices=%d", devices), "--set", fmt.Sprintf("plugin.monitorSlots=%d", slots),
 		"--set", "simulator.numaNodes=2", "--set", "logLevel=debug",
 		"--set", "plugin.recursiveReadOnly=Enabled", "--set", fmt.Sprintf("cdi.enabled=%t", m.cdi),
-		"--set", "api="+map[bool]string{false: "devicePlugin", true: "dra"}[m.dra],
-		"--wait", "--timeout", "3m")
+		"--set", "api=" + map[bool]string{false: "devicePlugin", true: "dra"}[m.dra],
+		"--wait", "--timeout", "3m"}
+	return append(args, extra...)
 }
 
 // eventually polls cond every interval until it holds or d passes. The API

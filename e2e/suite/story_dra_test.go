@@ -42,7 +42,7 @@ func TestDRA(t *testing.T) {
 	start := time.Now()
 	step := func(name string) { t.Logf("%6.1fs  %s", time.Since(start).Seconds(), name) }
 	m := mode{name: "dra", dra: true}
-	pods := []string{"compute", "extended", "monitor-a", "monitor-b", "exporter", "too-many", "numa", "avoid", "after-restart",
+	pods := []string{"compute", "extended", "monitor-a", "monitor-b", "exporter", "too-many", "numa", "avoid", "after-restart", "during-roll",
 		"debug-open", "accel-tool", "host-tool"}
 	templates := []string{"one", "all-monitors", "five", "numa-pair", "avoid", "monitor-of"}
 	t.Cleanup(func() {
@@ -207,6 +207,9 @@ func TestDRA(t *testing.T) {
 	e.createPod("after-restart", `echo "got $ACCEL_VISIBLE_DEVICES"; exec sleep 3600`, withClaim("one"))
 	e.awaitRunning("after-restart", "got ac")
 	e.deletePod("after-restart")
+
+	step("rolling update (helm upgrade of the plugin; maxSurge 1): a new driver pod serves beside the old one, a claim is prepared meanwhile, the held claim stays prepared")
+	e.rollingUpdate(m, claimUID, dev, holder)
 
 	if e.restartCmd == "" {
 		t.Log("ACCEL_E2E_RESTART_KUBELET not set: skipping the kubelet restart step")
@@ -612,4 +615,90 @@ func linesExcept(s, prefix string) []string {
 		}
 	}
 	return out
+}
+
+// rollingUpdate upgrades the release with a changed plugin template
+// (plugin.logLevel=info), so that the DaemonSet rolls the driver with
+// maxSurge 1, maxUnavailable 0. It watches the plugin pods: two must be
+// ready at once (the new one registered beside the old one), never none;
+// a pod whose claim is created while both are ready runs; afterwards one
+// new pod serves and the held claim is still prepared.
+func (e *env) rollingUpdate(m mode, claimUID, dev string, holder int) {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	sel := "app.kubernetes.io/component=plugin"
+	l, err := e.cs.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{LabelSelector: sel})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	w, err := e.cs.CoreV1().Pods(namespace).Watch(ctx, metav1.ListOptions{LabelSelector: sel, ResourceVersion: l.ResourceVersion})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer w.Stop()
+	ready := map[string]bool{}
+	for _, p := range l.Items {
+		ready[p.Name] = podReady(&p) && p.DeletionTimestamp == nil
+	}
+	count := func() int {
+		n := 0
+		for _, r := range ready {
+			if r {
+				n++
+			}
+		}
+		return n
+	}
+	done := make(chan error, 1)
+	go func() {
+		out, err := e.runErr(e.helm, e.helmArgs(m, "--set", "plugin.logLevel=info")...)
+		if err != nil {
+			err = fmt.Errorf("%w\n%s", err, out)
+		}
+		done <- err
+	}()
+	maxReady, minReady, created := count(), count(), false
+	for upgraded := false; !upgraded; {
+		select {
+		case err := <-done:
+			if err != nil {
+				e.t.Fatalf("helm upgrade: %v", err)
+			}
+			upgraded = true
+		case ev, ok := <-w.ResultChan():
+			if !ok || ev.Type == watch.Error {
+				e.t.Fatalf("plugin pod watch ended during the rolling update")
+			}
+			p, isPod := ev.Object.(*corev1.Pod)
+			if !isPod {
+				continue
+			}
+			if ev.Type == watch.Deleted {
+				delete(ready, p.Name)
+			} else {
+				ready[p.Name] = podReady(p) && p.DeletionTimestamp == nil
+			}
+			n := count()
+			maxReady, minReady = max(maxReady, n), min(minReady, n)
+			if n >= 2 && !created {
+				e.createPod("during-roll", `echo "got $ACCEL_VISIBLE_DEVICES"; exec sleep 3600`, withClaim("one"))
+				created = true
+			}
+		}
+	}
+	e.t.Logf("rolling update: up to %d driver pods ready at once, never fewer than %d; a claim created while two were ready: %t", maxReady, minReady, created)
+	if maxReady < 2 || minReady < 1 {
+		e.t.Errorf("ready driver pods during the rolling update: at most %d, at least %d; want 2 at once and never 0", maxReady, minReady)
+	}
+	e.awaitChartPods(m)
+	if p := e.podsByComponent("plugin"); len(p) != 1 || !slices.Contains(p[0].Spec.Containers[0].Args, "--log-level=info") {
+		e.t.Errorf("after the rolling update: %d plugin pods, want one with --log-level=info", len(p))
+	}
+	if created {
+		e.awaitRunning("during-roll", "got ac")
+		e.deletePod("during-roll")
+	}
+	e.claimState(claimUID, true)
+	e.computeStillHeld(dev, holder)
 }
