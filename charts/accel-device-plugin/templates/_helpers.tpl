@@ -143,8 +143,9 @@ plugin.daemonTimeout in milliseconds (the schema allows only N ms, N s, N m).
 {{- end }}
 
 {{/*
-The RBAC objects exist only when they are asked for and needed: the plugin
-calls the API server only to label its node.
+The RBAC objects exist only when they are asked for and needed: the device
+plugin calls the API server only to label its node; the DRA driver also for
+its ResourceSlices and the claims it prepares.
 */}}
 {{- define "accel-device-plugin.rbacEnabled" -}}
 {{- if and .Values.rbac.create (or .Values.plugin.labelNode (eq .Values.api "dra")) }}true{{ end }}
