@@ -236,14 +236,11 @@ func asAPIServer(client *fake.Clientset) {
 	var names, versions atomic.Int64
 	for _, verb := range []string{"create", "update"} {
 		client.PrependReactor(verb, "*", func(a k8stesting.Action) (bool, runtime.Object, error) {
-			var obj runtime.Object
-			switch a := a.(type) {
-			case k8stesting.CreateAction:
-				obj = a.GetObject()
-			case k8stesting.UpdateAction:
-				obj = a.GetObject()
+			w, ok := a.(interface{ GetObject() runtime.Object }) // create and update actions
+			if !ok {
+				return false, nil, nil
 			}
-			if m, ok := obj.(metav1.Object); ok {
+			if m, ok := w.GetObject().(metav1.Object); ok {
 				if m.GetName() == "" && m.GetGenerateName() != "" {
 					m.SetName(fmt.Sprintf("%s%05d", m.GetGenerateName(), names.Add(1)))
 				}
