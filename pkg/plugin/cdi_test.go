@@ -40,7 +40,7 @@ func newCDIFixture(t *testing.T) *cdiFixture {
 	}
 	f.store.Publish("sim", devs)
 	k := Device{ID: "KRN-1", Name: "null", Index: 7, Status: accel.StatusOperational}
-	k.Compute, k.Monitor = kernelEdits("/dev", "null")
+	k.Compute, k.Monitor = kernelEdits("/dev", "null", "")
 	k.health()
 	f.store.Publish("kernel", []Device{k})
 	f.compute = NewComputeResource("accel.io", f.store, testLogger(t))

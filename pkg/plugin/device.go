@@ -46,8 +46,12 @@ type Device struct {
 	// baseID is the identity read from the device before uniqueIDs told
 	// devices sharing it apart (ID is then baseID-address).
 	baseID string
-	// addr is the device's bus address (a PCI address), where known.
+	// addr is the device's bus address (a PCI address, a platform device's
+	// name), where known.
 	addr string
+	// sysDevice is a kernel device's parent device directory in sysfs,
+	// where its driver's attributes are ("" for others).
+	sysDevice string
 }
 
 // HasMonitor reports whether the device has a monitor node (and so offers

@@ -93,8 +93,17 @@ func simEdits(hostDir string, index int) (compute, monitor Edits) {
 
 // kernelEdits are a kernel accel device's edits: its character device,
 // handed over as a device node (the runtime then also allows it in the
-// container's device cgroup). It has no monitor node.
-func kernelEdits(hostDir, name string) (compute, monitor Edits) {
-	node := DeviceNode{HostPath: filepath.Join(hostDir, name), ContainerPath: filepath.Join(ContainerDevDir, name), Permissions: "rw"}
-	return Edits{DeviceNodes: [maxEdits]DeviceNode{node}, Env: EnvVisibleDevices}, Edits{}
+// container's device cgroup), and its driver's control node where it has
+// one (habanalabs' accel_controlDN), which is then also the device's
+// monitor node: shared, it answers only the info query.
+func kernelEdits(hostDir, name, control string) (compute, monitor Edits) {
+	node := func(n string) DeviceNode {
+		return DeviceNode{HostPath: filepath.Join(hostDir, n), ContainerPath: filepath.Join(ContainerDevDir, n), Permissions: "rw"}
+	}
+	compute = Edits{DeviceNodes: [maxEdits]DeviceNode{node(name)}, Env: EnvVisibleDevices}
+	if control == "" {
+		return compute, Edits{}
+	}
+	compute.DeviceNodes[1] = node(control)
+	return compute, Edits{DeviceNodes: [maxEdits]DeviceNode{node(control)}, Env: EnvMonitorDevices}
 }

@@ -18,6 +18,7 @@ import (
 	"k8s.io/dynamic-resource-allocation/deviceattribute"
 
 	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel"
+	"github.com/accel-device-plugin/accel-device-plugin/pkg/uevent"
 )
 
 // KernelSource discovers devices of the kernel's accel subsystem (Linux
@@ -26,43 +27,114 @@ import (
 // never opens a node: habanalabs answers a second open with EBUSY, and an
 // open creates a context on the device.
 //
-// Identity: the device's serial_number attribute where the driver has one
-// (habanalabs) and it can be a device ID (see validID), else driver and PCI
-// address (stable across reboots for a card in a slot), with a warning.
-// Devices that report the same serial are each advertised as
-// SERIAL-PCIADDRESS, whatever order they are found in, with a warning
-// naming them. Every string read from sysfs is made safe (cleanText) before
-// it reaches kubelet, labels or metrics, so one odd device never affects
-// another. Health: the status attribute where the driver has one
-// (habanalabs: "operational", "in reset", "needs reset", "malfunction", ...),
-// else healthy while the node exists. Node creation and removal in the
-// device directory arrive through inotify; sysfs attributes do not notify,
-// so status changes are seen at the next resync.
+// What each driver exposes (identity, status, a control node, telemetry)
+// is in kernelDrivers, from the kernel's own source. Identity: the PCI
+// address for PCI devices and the platform device's name for platform
+// devices (DRIVER-ADDRESS, stable across reboots and driver reloads), a
+// serial only where the driver really exposes one. Devices that report the
+// same serial are each advertised as SERIAL-ADDRESS, whatever order they are
+// found in, with a warning naming them. Every string read from sysfs is made
+// safe (cleanText) before it reaches kubelet, labels or metrics, so one odd
+// device never affects another.
+//
+// Changes are event-driven and touch only the devices they concern: kernel
+// uevents (add, remove, change of accel devices and of their parents),
+// inotify on the node directory and on the class directory (which a fake
+// sysfs on tmpfs notifies, and real sysfs does not; uevents cover it there).
+// A device whose sysfs entry is gone leaves the list at once. The only
+// periodic reads are a driver's status attribute where the driver sends no
+// event for it (habanalabs), every StatusPoll, and the safety-net re-read
+// of everything every Resync; a lost event (a uevent or inotify overflow)
+// makes a full re-read at once.
 type KernelSource struct {
 	// ClassDir is the accel class directory, normally /sys/class/accel.
 	ClassDir string
 	// DevDir is where this process, and also kubelet and the container
 	// runtime, see the nodes, normally /dev/accel.
 	DevDir string
-	// Resync is the re-read interval (0: 30 s).
+	// Resync is the safety-net full re-read interval (0: 30 s).
 	Resync time.Duration
-	Store  *Store
-	Logger *slog.Logger
+	// StatusPoll is the period at which status attributes that send no
+	// event are read (0: DefaultStatusPoll).
+	StatusPoll time.Duration
+	// Uevents opens the stream of kernel uevents (nil: uevent.Dial, the
+	// kernel's own). When it fails, the source warns and follows inotify
+	// and the re-reads only.
+	Uevents func() (UeventReader, error)
+	Store   *Store
+	Logger  *slog.Logger
 
+	raw     map[string]kernelDevice // last read of each device, by node name
+	offline map[string]bool         // devices whose driver said offline (a uevent), until online
 	devices deviceSet
 	dupIDs  map[string]bool // serials seen on two devices (see uniqueIDs)
 	warned  map[string]bool // one-time warnings given
 }
 
-var kernelNodeRE = regexp.MustCompile(`^accel([0-9]+)$`)
+// UeventReader is a stream of kernel uevents, as *uevent.Conn reads them.
+type UeventReader interface {
+	// Read blocks for the next event; uevent.ErrOverflow says some were
+	// lost; after Close it fails.
+	Read() (uevent.Event, error)
+	Close() error
+}
+
+// DefaultStatusPoll is the default period of status attribute reads
+// (`serve --status-poll`).
+const DefaultStatusPoll = 2 * time.Second
+
+// kernelDevice is one read of a device: the device, and what the source
+// needs to route events to it and to poll it.
+type kernelDevice struct {
+	dev Device
+	// sysPath is the device's directory below the sysfs root
+	// (/devices/pci0000:00/0000:00:0b.0/accel/accel0), as uevents name it.
+	sysPath string
+	// parentSys is its parent device's directory there
+	// (/devices/pci0000:00/0000:00:0b.0; "" for none).
+	parentSys string
+	// statusFile is the status attribute to poll ("" for none), and
+	// status what it said.
+	statusFile, status string
+}
+
+var (
+	kernelNodeRE    = regexp.MustCompile(`^accel([0-9]+)$`)
+	kernelControlRE = regexp.MustCompile(`^accel_controlD([0-9]+)$`)
+)
+
+// kernelName returns the accel device a node or class entry name belongs
+// to: accelN itself, or accelN for its control node accel_controlDN.
+func kernelName(name string) (string, bool) {
+	if kernelNodeRE.MatchString(name) {
+		return name, true
+	}
+	if m := kernelControlRE.FindStringSubmatch(name); m != nil {
+		return "accel" + m[1], true
+	}
+	return "", false
+}
 
 func (s *KernelSource) sourceName() string { return "kernel:" + s.ClassDir }
 
-// Run scans now, then on every node change and every Resync, until ctx ends.
+// sysfsRoot is the sysfs mount that holds ClassDir (its class/accel).
+func (s *KernelSource) sysfsRoot() string { return filepath.Dir(filepath.Dir(s.ClassDir)) }
+
+// ueventMsg is one uevent, or a read error (err).
+type ueventMsg struct {
+	ev  uevent.Event
+	err error
+}
+
+// Run scans now, then follows events, until ctx ends.
 func (s *KernelSource) Run(ctx context.Context) error {
 	if s.Resync <= 0 {
 		s.Resync = 30 * time.Second
 	}
+	if s.StatusPoll <= 0 {
+		s.StatusPoll = DefaultStatusPoll
+	}
+	s.raw, s.offline = map[string]kernelDevice{}, map[string]bool{}
 	s.devices, s.dupIDs, s.warned = deviceSet{}, map[string]bool{}, map[string]bool{}
 	log := s.Logger.With("source", s.sourceName())
 	w, err := fsnotify.NewWatcher()
@@ -70,25 +142,168 @@ func (s *KernelSource) Run(ctx context.Context) error {
 		return fmt.Errorf("watch %s: %w", s.DevDir, err)
 	}
 	defer w.Close()
-	watching := false
-	tick := time.NewTicker(s.Resync)
-	defer tick.Stop()
-	for {
-		if !watching {
-			// The directory appears when the first driver loads.
-			watching = w.Add(s.DevDir) == nil
+	uevents := s.startUevents(ctx, log)
+
+	watched := map[string]bool{}
+	watch := func() {
+		for _, dir := range []string{s.DevDir, s.ClassDir} {
+			if !watched[dir] {
+				// The directories appear when the first driver loads.
+				watched[dir] = w.Add(dir) == nil
+			}
 		}
-		s.scan(log)
+	}
+	watch()
+	s.scan(log)
+	resync := time.NewTicker(s.Resync)
+	defer resync.Stop()
+	poll := time.NewTicker(s.StatusPoll)
+	defer poll.Stop()
+	pending := map[string]bool{}
+	for {
+		full := false
 		select {
 		case <-ctx.Done():
 			return nil
 		case ev := <-w.Events:
-			if ev.Name == s.DevDir && ev.Has(fsnotify.Remove|fsnotify.Rename) {
-				watching = false
-			}
+			full = s.noteFS(ev, watched, pending)
 		case err := <-w.Errors:
-			log.Warn("watching kernel accel nodes", "dir", s.DevDir, "err", err)
-		case <-tick.C:
+			full = s.noteFSError(log, err)
+		case m := <-uevents:
+			full = s.noteUevent(log, m, pending)
+		case <-poll.C:
+			s.pollStatus(pending)
+		case <-resync.C:
+			full = true
+		}
+		// Take what else is queued, so that a burst is one update.
+	drain:
+		for !full {
+			select {
+			case ev := <-w.Events:
+				full = s.noteFS(ev, watched, pending)
+			case err := <-w.Errors:
+				full = s.noteFSError(log, err)
+			case m := <-uevents:
+				full = s.noteUevent(log, m, pending)
+			default:
+				break drain
+			}
+		}
+		watch()
+		switch {
+		case full:
+			s.scan(log)
+		case len(pending) > 0:
+			s.refresh(log, pending)
+		}
+		clear(pending)
+	}
+}
+
+// startUevents starts reading kernel uevents; the channel never delivers
+// when they are unavailable.
+func (s *KernelSource) startUevents(ctx context.Context, log *slog.Logger) <-chan ueventMsg {
+	dial := s.Uevents
+	if dial == nil {
+		dial = func() (UeventReader, error) { return uevent.Dial() }
+	}
+	c := make(chan ueventMsg, 64)
+	r, err := dial()
+	if err != nil {
+		log.Warn("kernel uevents unavailable: following the node directory and periodic re-reads only", "err", err)
+		return c
+	}
+	go func() {
+		<-ctx.Done()
+		r.Close()
+	}()
+	go func() {
+		for {
+			ev, err := r.Read()
+			if ctx.Err() != nil || errors.Is(err, os.ErrClosed) {
+				return
+			}
+			select {
+			case c <- ueventMsg{ev, err}:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return c
+}
+
+// noteFS notes an inotify event; it reports whether everything must be
+// re-read (a watched directory went away).
+func (s *KernelSource) noteFS(ev fsnotify.Event, watched map[string]bool, pending map[string]bool) bool {
+	if watched[ev.Name] && ev.Has(fsnotify.Remove|fsnotify.Rename) {
+		watched[ev.Name] = false
+		return true
+	}
+	if name, ok := kernelName(filepath.Base(ev.Name)); ok {
+		pending[name] = true
+	}
+	return false
+}
+
+// noteFSError handles a watcher error: an overflow lost events, so
+// everything is re-read.
+func (s *KernelSource) noteFSError(log *slog.Logger, err error) bool {
+	if errors.Is(err, fsnotify.ErrEventOverflow) {
+		log.Warn("inotify events lost; re-reading every device", "dir", s.DevDir)
+		return true
+	}
+	log.Warn("watching kernel accel nodes", "dir", s.DevDir, "err", err)
+	return false
+}
+
+// noteUevent routes a uevent to the devices it concerns: an accel device
+// itself, or every device below a parent that changed (qaic's DBC state
+// changes, a PCI device unbound). It reports whether everything must be
+// re-read (events were lost).
+func (s *KernelSource) noteUevent(log *slog.Logger, m ueventMsg, pending map[string]bool) bool {
+	switch {
+	case errors.Is(m.err, uevent.ErrOverflow):
+		log.Warn("kernel uevents lost; re-reading every device")
+		return true
+	case m.err != nil:
+		log.Debug("ignoring a uevent", "err", m.err)
+		return false
+	}
+	if m.ev.Subsystem == "accel" {
+		if name, ok := kernelName(m.ev.Name()); ok {
+			pending[name] = true
+			switch m.ev.Action {
+			case "offline": // qaic: reset or firmware down (qaic_notify_reset)
+				s.offline[name] = true
+			case "online", "add", "remove":
+				delete(s.offline, name)
+			}
+		}
+		return false
+	}
+	// The device's parent or an ancestor (a PCI device unbound, ivpu's
+	// recovery), or a device beside it below the parent (qaic's MHI
+	// channels).
+	for name, kd := range s.raw {
+		if strings.HasPrefix(kd.sysPath, m.ev.DevPath+"/") ||
+			kd.parentSys != "" && (m.ev.DevPath == kd.parentSys || strings.HasPrefix(m.ev.DevPath, kd.parentSys+"/")) {
+			pending[name] = true
+		}
+	}
+	return false
+}
+
+// pollStatus reads the status attribute of every device that has one and
+// marks those whose status changed.
+func (s *KernelSource) pollStatus(pending map[string]bool) {
+	for name, kd := range s.raw {
+		if kd.statusFile == "" {
+			continue
+		}
+		if st, _ := attr(kd.statusFile, ""); st != kd.status {
+			pending[name] = true
 		}
 	}
 }
@@ -99,20 +314,38 @@ func (s *KernelSource) scan(log *slog.Logger) {
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		log.Warn("cannot list kernel accel devices", "dir", s.ClassDir, "err", err)
 	}
-	var devs []Device
+	raw := make(map[string]kernelDevice, len(entries))
 	for _, e := range entries {
-		m := kernelNodeRE.FindStringSubmatch(e.Name())
-		if m == nil {
-			continue
+		if kernelNodeRE.MatchString(e.Name()) {
+			if kd, ok := s.read(log, e.Name()); ok {
+				raw[e.Name()] = kd
+			}
 		}
-		index, err := strconv.Atoi(m[1])
-		if err != nil {
-			continue // too many digits to be a minor
+	}
+	s.raw = raw
+	s.publish(log)
+}
+
+// refresh re-reads the named devices only and publishes the result.
+func (s *KernelSource) refresh(log *slog.Logger, names map[string]bool) {
+	for name := range names {
+		if kd, ok := s.read(log, name); ok {
+			s.raw[name] = kd
+		} else {
+			delete(s.raw, name) // its sysfs entry is gone: so is the device
 		}
-		devs = append(devs, s.read(log, e.Name(), index))
+	}
+	s.publish(log)
+}
+
+// publish gives the devices their unique IDs and hands them to the store.
+func (s *KernelSource) publish(log *slog.Logger) {
+	devs := make([]Device, 0, len(s.raw))
+	for _, kd := range s.raw {
+		devs = append(devs, kd.dev)
 	}
 	uniqueIDs(log, devs, s.dupIDs, func(d Device) string { return cmp.Or(d.addr, d.Name) })
-	seen := map[string]bool{}
+	seen := make(map[string]bool, len(devs))
 	for _, d := range devs {
 		seen[d.Name] = true
 		s.devices.put(log, d)
@@ -121,66 +354,129 @@ func (s *KernelSource) scan(log *slog.Logger) {
 	s.Store.Publish(s.sourceName(), s.devices.list())
 }
 
-// read builds one device from its sysfs directory.
-func (s *KernelSource) read(log *slog.Logger, name string, index int) Device {
+// read builds one device from its sysfs entry; ok is false when the entry
+// is gone (the device with it). It never opens the device's nodes.
+func (s *KernelSource) read(log *slog.Logger, name string) (kd kernelDevice, ok bool) {
+	m := kernelNodeRE.FindStringSubmatch(name)
+	if m == nil {
+		return kd, false
+	}
+	index, err := strconv.Atoi(m[1])
+	if err != nil {
+		return kd, false // too many digits to be a minor
+	}
 	dir := filepath.Join(s.ClassDir, name)
-	pciDev := ""
-	if target, err := filepath.EvalSymlinks(filepath.Join(dir, "device")); err == nil {
-		pciDev = filepath.Base(target)
+	real, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			log.Warn("cannot read kernel accel device", "name", name, "err", err)
+		}
+		return kd, false
+	}
+	parent, _ := filepath.EvalSymlinks(filepath.Join(dir, "device"))
+	if root, err := filepath.EvalSymlinks(s.sysfsRoot()); err == nil {
+		kd.sysPath = strings.TrimPrefix(real, root)
+		if parent != "" {
+			kd.parentSys = strings.TrimPrefix(parent, root)
+		}
+	}
+	parentName := ""
+	if parent != "" {
+		parentName = filepath.Base(parent)
 	}
 	driver := ""
 	if target, err := os.Readlink(filepath.Join(dir, "device", "driver")); err == nil {
 		driver = filepath.Base(target)
+	} else if f, ok := kernelFacades[parentName]; ok {
+		driver = f
 	}
-	addr := idPart(strings.ReplaceAll(pciDev, ":", "-")) // 0000:3b:00.0 → 0000-3b-00.0
+	drv := kernelDrivers[driver]
 	d := Device{
 		Name:     name,
 		Index:    index,
 		Driver:   cleanText(driver),
 		NUMANode: -1,
 		Source:   s.sourceName(),
-		addr:     addr,
+		Status:   accel.StatusOperational,
+		// Telemetry is read below the parent (kernelDrivers).
+		sysDevice: parent,
 	}
-	d.Compute, d.Monitor = kernelEdits(s.DevDir, name)
-	d.PCIBusID, d.PCIeRoot = s.pci(log, name, pciDev)
-	if v, ok := attr(dir, "device/vendor"); ok {
-		dev, _ := attr(dir, "device/device")
-		d.Model = cleanText("pci " + strings.TrimPrefix(v, "0x") + ":" + strings.TrimPrefix(dev, "0x"))
-	}
-	if v, ok := attr(dir, "device/numa_node"); ok {
-		if n, err := strconv.Atoi(v); err == nil && n >= 0 && n <= maxNUMANode {
-			d.NUMANode = n
+	d.PCIBusID, d.PCIeRoot = s.pci(log, name, parentName)
+	switch {
+	case d.PCIBusID != "":
+		d.addr = idPart(strings.ReplaceAll(parentName, ":", "-")) // 0000:3b:00.0 → 0000-3b-00.0
+		if v, ok := attr(dir, "device/vendor"); ok {
+			dev, _ := attr(dir, "device/device")
+			d.Model = cleanText("pci " + strings.TrimPrefix(v, "0x") + ":" + strings.TrimPrefix(dev, "0x"))
 		}
-	}
-	fallback := "accel-" + name // no stable identity known: the best we have
-	if addr != "" {
-		fallback = idPart(cmp.Or(driver, "accel") + "-" + addr) // idPart again: at most maxIDLen
-	}
-	switch serial, ok := driverAttr(dir, "serial_number"); {
-	case ok && validID(serial):
-		d.ID = serial
-	case ok && serial != "":
-		d.ID = fallback
-		if key := name + "\x00" + serial; !s.warned[key] {
-			s.warned[key] = true
-			log.Warn("serial_number cannot be a device ID (not 1-128 of A-Z a-z 0-9 . _ -); identifying the device by its PCI address instead",
-				"name", name, "serial", fmt.Sprintf("%q", serial), "id", d.ID)
+		if v, ok := attr(dir, "device/numa_node"); ok {
+			if n, err := strconv.Atoi(v); err == nil && n >= 0 && n <= maxNUMANode {
+				d.NUMANode = n
+			}
 		}
-	default:
-		d.ID = fallback
+	case parentName != "":
+		d.addr = idPart(parentName) // a platform device: fdab0000.npu, rknn
+		d.Model = cleanText(cmp.Or(compatible(parent), driver))
 	}
+	// The bus address identifies the device: stable across reboots and
+	// driver reloads, and unique on its bus (see kernelID).
+	d.ID = kernelID(driver, d.addr, name)
 
-	d.Status = accel.StatusOperational
-	if st, ok := driverAttr(dir, "status"); ok {
-		d.Status = kernelStatus(st)
+	if drv.status != nil && parent != "" {
+		var reason string
+		d.Status, reason, kd.statusFile, kd.status = drv.status(parent)
+		d.health()
+		if reason != "" {
+			d.Reason = reason
+		}
+	} else {
+		d.health()
 	}
-	d.health()
-	if d.Healthy {
-		if err := checkCharDevice(filepath.Join(s.DevDir, name)); err != nil {
-			d.Healthy, d.Reason = false, err.Error()
+	if s.offline[name] {
+		d.Status, d.Healthy, d.Reason = accel.StatusInReset, false, "offline (the driver sent an offline uevent)"
+	}
+	node := filepath.Join(s.DevDir, name)
+	nodeErr := checkCharDevice(node)
+	control := ""
+	if drv.control != nil {
+		control = drv.control(index)
+		if err := checkCharDevice(filepath.Join(s.DevDir, control)); err != nil {
+			if key := "control\x00" + name; !s.warned[key] {
+				s.warned[key] = true
+				log.Warn("control node missing: the device offers no monitor slots, and compute users get its compute node only", "name", name, "err", err)
+			}
+			control = ""
 		}
 	}
-	return d
+	d.Compute, d.Monitor = kernelEdits(s.DevDir, name, control)
+	if d.Healthy && nodeErr != nil {
+		d.Healthy, d.Reason = false, nodeErr.Error()
+	}
+	kd.dev = d
+	return kd, true
+}
+
+// kernelID is a kernel device's ID: DRIVER-ADDRESS, the address being the
+// PCI address (0000-3b-00.0) or the platform device's name (rknn,
+// 4a900000.npu), each unique on its bus; accel-accelN when neither is known.
+// No driver in drivers/accel exposes a serial the plugin could use instead
+// (the README's kernel table says why for each).
+func kernelID(driver, addr, name string) string {
+	if addr == "" {
+		return "accel-" + name // no stable identity known: the best we have
+	}
+	return idPart(cmp.Or(driver, "accel") + "-" + addr) // idPart again: at most maxIDLen
+}
+
+// compatible returns the first compatible string of a platform device's
+// device tree node ("" without one): the SoC's name for the block.
+func compatible(dev string) string {
+	b, err := os.ReadFile(filepath.Join(dev, "of_node", "compatible"))
+	if err != nil {
+		return ""
+	}
+	first, _, _ := strings.Cut(string(b), "\x00")
+	return first
 }
 
 // pci returns the PCI address and PCIe root of a device whose parent is
@@ -203,20 +499,6 @@ func (s *KernelSource) pci(log *slog.Logger, name, dev string) (busID, root stri
 		return *bus.Value.StringValue, ""
 	}
 	return *bus.Value.StringValue, *attr.Value.StringValue
-}
-
-// kernelStatus maps a driver's status attribute to the core's statuses.
-func kernelStatus(s string) accel.Status {
-	switch strings.ToLower(strings.TrimSpace(s)) {
-	case "operational":
-		return accel.StatusOperational
-	case "in reset", "in reset after device release", "in device creation":
-		return accel.StatusInReset
-	case "needs reset":
-		return accel.StatusNeedsReset
-	default: // "malfunction", "disabled", anything unknown
-		return accel.StatusMalfunction
-	}
 }
 
 // checkCharDevice reports why path is not a usable character device node.

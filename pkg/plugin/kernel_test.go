@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -12,66 +13,8 @@ import (
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel"
+	"github.com/accel-device-plugin/accel-device-plugin/pkg/uevent"
 )
-
-// fakeSysfs builds a /sys/class/accel and /dev/accel look-alike:
-//
-//	accel0  habanalabs-like: serial_number and status attributes, NUMA node 1
-//	accel1  ivpu-like: no serial, no status, no NUMA node
-//	accel2  in sysfs, but its node is missing
-//
-// The nodes are symlinks to /dev/null: character devices any user can
-// make, and the source only asks that a node be one (stat, S_IFCHR).
-// TestKernelSourceRealNode shows a node made with mknod, as root.
-func fakeSysfs(t *testing.T) (classDir, devDir string) {
-	t.Helper()
-	root := t.TempDir()
-	classDir = filepath.Join(root, "sys/class/accel")
-	devDir = filepath.Join(root, "dev/accel")
-	write := func(path, v string) {
-		t.Helper()
-		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, []byte(v+"\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	link := func(target, path string) {
-		t.Helper()
-		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Symlink(target, path); err != nil {
-			t.Fatal(err)
-		}
-	}
-	pci := filepath.Join(root, "sys/devices/pci0000:00")
-	for i, d := range []struct{ addr, driver, numa string }{
-		{"0000:3b:00.0", "habanalabs", "1"},
-		{"0000:00:0b.0", "intel_vpu", "-1"},
-		{"0000:5e:00.0", "habanalabs", "0"},
-	} {
-		dev := filepath.Join(pci, d.addr)
-		write(filepath.Join(dev, "numa_node"), d.numa)
-		write(filepath.Join(dev, "vendor"), "0x8086")
-		write(filepath.Join(dev, "device"), "0x643e")
-		link(filepath.Join(root, "sys/bus/pci/drivers", d.driver), filepath.Join(dev, "driver"))
-		name := "accel" + itoa(i)
-		cls := filepath.Join(classDir, name)
-		write(filepath.Join(cls, "dev"), "261:"+itoa(i))
-		link(dev, filepath.Join(cls, "device"))
-		if i < 2 { // as the kernel links them; accel2's is missing: its PCIe root is unknown
-			link("../../../devices/pci0000:00/"+d.addr, filepath.Join(root, "sys/bus/pci/devices", d.addr))
-		}
-	}
-	write(filepath.Join(pci, "0000:3b:00.0", "serial_number"), "AN-0042")
-	write(filepath.Join(classDir, "accel0", "status"), "operational")
-	write(filepath.Join(classDir, "accel2", "status"), "operational")
-	charNode(t, filepath.Join(devDir, "accel0"))
-	charNode(t, filepath.Join(devDir, "accel1"))
-	return classDir, devDir
-}
 
 // charNode makes path a character device without root: a symlink to
 // /dev/null.
@@ -122,115 +65,13 @@ func awaitDevices(t *testing.T, s *Store, d time.Duration, what string, cond fun
 	}
 }
 
-func runKernelSource(t *testing.T, classDir, devDir string, resync time.Duration) *Store {
-	store := NewStore(nil)
-	src := &KernelSource{ClassDir: classDir, DevDir: devDir, Resync: resync, Store: store, Logger: testLogger(t)}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- src.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	return store
-}
-
-func TestKernelSourceIdentityAndHealth(t *testing.T) {
-	classDir, devDir := fakeSysfs(t)
-	store := runKernelSource(t, classDir, devDir, time.Hour)
-	devs := awaitDevices(t, store, 5*time.Second, "three devices", func(m map[string]Device) bool { return len(m) == 3 })
-
-	want := map[string]Device{
-		"accel0": {ID: "AN-0042", Name: "accel0", Index: 0, Driver: "habanalabs", Model: "pci 8086:643e", NUMANode: 1, Healthy: true},
-		"accel1": {ID: "intel_vpu-0000-00-0b.0", Name: "accel1", Index: 1, Driver: "intel_vpu", Model: "pci 8086:643e", NUMANode: -1, Healthy: true},
-		"accel2": {ID: "habanalabs-0000-5e-00.0", Name: "accel2", Index: 2, Driver: "habanalabs", Model: "pci 8086:643e", NUMANode: 0, Healthy: false},
-	}
-	for name, w := range want {
-		got := devs[name]
-		if got.ID != w.ID || got.Index != w.Index || got.Driver != w.Driver || got.Model != w.Model ||
-			got.NUMANode != w.NUMANode || got.Healthy != w.Healthy || got.Simulated || !got.Monitor.Empty() ||
-			len(got.Compute.Nodes()) != 1 || got.Compute.Nodes()[0].HostPath != filepath.Join(devDir, name) || len(got.Compute.Mounts()) != 0 {
-			t.Errorf("%s = %+v\nwant %+v", name, got, w)
-		}
-	}
-	if r := devs["accel2"].Reason; r == "" {
-		t.Errorf("accel2 has no node but no reason")
-	}
-	for name, want := range map[string][2]string{
-		"accel0": {"0000:3b:00.0", "pci0000:00"},
-		"accel1": {"0000:00:0b.0", "pci0000:00"},
-		"accel2": {"0000:5e:00.0", ""},
-	} {
-		if got := [2]string{devs[name].PCIBusID, devs[name].PCIeRoot}; got != want {
-			t.Errorf("%s PCI address and PCIe root %q, want %q", name, got, want)
-		}
-	}
-
-	// Node changes arrive through inotify, without waiting for a resync.
-	if err := os.Remove(filepath.Join(devDir, "accel1")); err != nil {
-		t.Fatal(err)
-	}
-	charNode(t, filepath.Join(devDir, "accel2"))
-	awaitDevices(t, store, time.Second, "accel1 unhealthy, accel2 healthy", func(m map[string]Device) bool {
-		return !m["accel1"].Healthy && m["accel2"].Healthy
-	})
-	// The sysfs directory going away (driver unbound) removes the device at
-	// the next node event.
-	if err := os.RemoveAll(filepath.Join(classDir, "accel2")); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Remove(filepath.Join(devDir, "accel2")); err != nil {
-		t.Fatal(err)
-	}
-	awaitDevices(t, store, time.Second, "accel2 removed", func(m map[string]Device) bool { _, ok := m["accel2"]; return !ok })
-}
-
-// A node made with mknod (261:N, as the kernel makes it) is usable; a
-// regular file where the node should be is not, and says why.
-func TestKernelSourceRealNode(t *testing.T) {
-	classDir, devDir := kernelSysfs(t, kernelDev{name: "accel0", pci: "0000:3b:00.0", serial: "AN-1"},
-		kernelDev{name: "accel1", pci: "0000:3c:00.0", serial: "AN-2"})
-	mknod(t, filepath.Join(devDir, "accel0"), 0)
-	if err := os.WriteFile(filepath.Join(devDir, "accel1"), nil, 0o666); err != nil {
-		t.Fatal(err)
-	}
-	store := runKernelSource(t, classDir, devDir, time.Hour)
-	devs := awaitDevices(t, store, 5*time.Second, "accel0 healthy, accel1 unhealthy", func(m map[string]Device) bool {
-		return len(m) == 2 && m["accel0"].Healthy && !m["accel1"].Healthy
-	})
-	if r := devs["accel1"].Reason; !strings.Contains(r, "not a character device") {
-		t.Errorf("accel1 (a regular file) reason %q; want \"not a character device\"", r)
-	}
-}
-
-// sysfs attributes do not notify: a status change is seen at the resync.
-func TestKernelSourceStatusAtResync(t *testing.T) {
-	classDir, devDir := fakeSysfs(t)
-	store := runKernelSource(t, classDir, devDir, 20*time.Millisecond)
-	awaitDevices(t, store, 5*time.Second, "accel0 healthy", func(m map[string]Device) bool { return m["accel0"].Healthy })
-	for _, tc := range []struct {
-		status  string
-		want    accel.Status
-		healthy bool
-	}{
-		{"needs reset", accel.StatusNeedsReset, false},
-		{"in reset", accel.StatusInReset, false},
-		{"disabled", accel.StatusMalfunction, false},
-		{"operational", accel.StatusOperational, true},
-	} {
-		if err := os.WriteFile(filepath.Join(classDir, "accel0", "status"), []byte(tc.status+"\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		awaitDevices(t, store, 2*time.Second, "status "+tc.status, func(m map[string]Device) bool {
-			return m["accel0"].Status == tc.want && m["accel0"].Healthy == tc.healthy
-		})
-	}
-}
-
 // Kernel devices are character devices: Allocate hands them over as
 // DeviceSpecs, and they offer no monitor slots (the merged kernel has no
 // monitor node).
 func TestKernelDeviceAllocation(t *testing.T) {
 	store := NewStore(nil)
 	d := Device{ID: "AN-1", Name: "accel3", Index: 3, NUMANode: 0, Status: accel.StatusOperational}
-	d.Compute, d.Monitor = kernelEdits("/dev/accel", "accel3")
+	d.Compute, d.Monitor = kernelEdits("/dev/accel", "accel3", "")
 	d.health()
 	store.Publish("kernel", []Device{d})
 	compute := NewComputeResource("accel.io", store, testLogger(t))
@@ -259,5 +100,241 @@ func TestKernelDeviceAllocation(t *testing.T) {
 		ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: []string{MonitorSlotID("AN-1", 0)}}},
 	}); err == nil || !strings.Contains(err.Error(), "has no monitor node") {
 		t.Errorf("monitor slot of a kernel device: err = %v, want \"has no monitor node\"", err)
+	}
+}
+
+func runKernelTree(t *testing.T, st *sysTree) *Store { return st.run(nil) }
+
+// Discovery on a host with one device of each of the six drivers in
+// drivers/accel, each laid out as its driver lays it out: identity from
+// the bus address (PCI address, platform device), never a node opened.
+func TestKernelDriverFixtures(t *testing.T) {
+	st := allSix(t)
+	store := runKernelTree(t, st)
+	devs := awaitDevices(t, store, 5*time.Second, "six devices", func(m map[string]Device) bool { return len(m) == 6 })
+	type want struct {
+		id, driver, model, pci, root string
+		numa                         int
+		control                      bool
+	}
+	for name, w := range map[string]want{
+		"accel0": {"habanalabs-0000-3b-00.0", "habanalabs", "pci 1da3:1020", "0000:3b:00.0", "pci0000:3b", 1, true},
+		"accel1": {"intel_vpu-0000-00-0b.0", "intel_vpu", "pci 8086:643e", "0000:00:0b.0", "pci0000:00", -1, false},
+		"accel2": {"qaic-0000-01-00.0", "qaic", "pci 17cb:a100", "0000:01:00.0", "pci0000:01", 0, false},
+		"accel3": {"amdxdna-0000-c4-00.1", "amdxdna", "pci 1022:17f0", "0000:c4:00.1", "pci0000:c4", -1, false},
+		"accel4": {"rocket-rknn", "rocket", "rocket", "", "", -1, false},
+		"accel5": {"ethosu-4a900000.npu", "ethosu", "fsl,imx93-npu", "", "", -1, false},
+	} {
+		d := devs[name]
+		if d.ID != w.id || d.Driver != w.driver || d.Model != w.model || d.PCIBusID != w.pci || d.PCIeRoot != w.root ||
+			d.NUMANode != w.numa || !d.Healthy || d.HasMonitor() != w.control || d.Simulated {
+			t.Errorf("%s = %+v\nwant %+v, healthy", name, d, w)
+		}
+		nodes := []string{filepath.Join(st.devDir, name)}
+		if w.control {
+			nodes = append(nodes, filepath.Join(st.devDir, "accel_controlD"+name[len("accel"):]))
+		}
+		var got []string
+		for _, n := range d.Compute.Nodes() {
+			got = append(got, n.HostPath)
+		}
+		if strings.Join(got, " ") != strings.Join(nodes, " ") || len(d.Compute.Mounts()) != 0 {
+			t.Errorf("%s compute nodes %v, want %v", name, got, nodes)
+		}
+	}
+}
+
+// habanalabs' control node is the device's monitor node: accel.io/ac
+// gives both nodes, accel.io/ac-monitor shares the control node in slots.
+func TestHabanalabsControlNodeIsTheMonitor(t *testing.T) {
+	st := newSysTree(t)
+	st.habanalabs(0, "0000:3b:00.0", 0)
+	st.habanalabs(1, "0000:5e:00.0", 1)
+	store := runKernelTree(t, st)
+	awaitDevices(t, store, 5*time.Second, "two devices", func(m map[string]Device) bool { return len(m) == 2 })
+	snap, _ := store.Load()
+	monitor := NewMonitorResource("accel.io", 3, store, testLogger(t))
+	if units := monitor.units(snap); len(units) != 6 {
+		t.Fatalf("monitor slots %d, want 3 per device", len(units))
+	}
+	resp, err := monitor.Allocate(context.Background(), &pluginapi.AllocateRequest{
+		ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: []string{MonitorSlotID("habanalabs-0000-5e-00.0", 2)}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := resp.ContainerResponses[0]
+	if len(c.Devices) != 1 || c.Devices[0].HostPath != filepath.Join(st.devDir, "accel_controlD1") ||
+		c.Devices[0].ContainerPath != "/dev/accel/accel_controlD1" || c.Envs[EnvMonitorDevices] != "accel1" {
+		t.Errorf("monitor slot got devices %v, env %v; want the control node of accel1", c.Devices, c.Envs)
+	}
+	compute := NewComputeResource("accel.io", store, testLogger(t))
+	resp, err = compute.Allocate(context.Background(), &pluginapi.AllocateRequest{
+		ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: []string{"habanalabs-0000-3b-00.0"}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var paths []string
+	for _, d := range resp.ContainerResponses[0].Devices {
+		paths = append(paths, d.ContainerPath)
+	}
+	if strings.Join(paths, " ") != "/dev/accel/accel0 /dev/accel/accel_controlD0" {
+		t.Errorf("compute unit got %v, want accel0 and its control node", paths)
+	}
+
+	// The control node goes (or never came): no monitor slots for it, and
+	// the compute unit carries the compute node only.
+	if err := os.Remove(filepath.Join(st.devDir, "accel_controlD1")); err != nil {
+		t.Fatal(err)
+	}
+	devs := awaitDevices(t, store, 5*time.Second, "accel1 without monitor", func(m map[string]Device) bool { return !m["accel1"].HasMonitor() })
+	if n := len(devs["accel1"].Compute.Nodes()); n != 1 || !devs["accel1"].Healthy {
+		t.Errorf("accel1 without its control node: %d compute nodes, healthy %v", n, devs["accel1"].Healthy)
+	}
+	charNode(t, filepath.Join(st.devDir, "accel_controlD1"))
+	awaitDevices(t, store, 5*time.Second, "accel1 monitor back", func(m map[string]Device) bool { return m["accel1"].HasMonitor() })
+}
+
+// habanalabs sends no event on a status change: its status attribute is
+// polled, and every status string of common/device.c maps as the README's
+// table says.
+func TestHabanalabsStatusPolled(t *testing.T) {
+	st := newSysTree(t)
+	dir := st.habanalabs(0, "0000:3b:00.0", 0)
+	store := st.run(func(s *KernelSource) { s.StatusPoll = 10 * time.Millisecond })
+	awaitDevices(t, store, 5*time.Second, "healthy", func(m map[string]Device) bool { return m["accel0"].Healthy })
+	for _, tc := range []struct {
+		status string
+		want   accel.Status
+	}{
+		{"Needs reset", accel.StatusNeedsReset},
+		{"In reset", accel.StatusInReset},
+		{"In reset after device release", accel.StatusInReset},
+		{"Operational", accel.StatusOperational},
+		{"In device creation", accel.StatusInReset},
+		{"Disabled", accel.StatusMalfunction},
+		{"Something new", accel.StatusMalfunction},
+		{"Operational", accel.StatusOperational},
+	} {
+		st.write(filepath.Join(dir, "status"), tc.status+"\n")
+		// The reason quotes the driver's words.
+		awaitDevices(t, store, 5*time.Second, "status "+tc.status, func(m map[string]Device) bool {
+			d := m["accel0"]
+			return d.Status == tc.want && d.Healthy == (tc.want == accel.StatusOperational) &&
+				(d.Healthy || strings.Contains(d.Reason, tc.status))
+		})
+	}
+}
+
+// qaic: the firmware's state arrives as uevents, on accelN (online,
+// offline) and on the MHI channel devices below the PCI device.
+func TestQaicHealthFromUevents(t *testing.T) {
+	st := newSysTree(t)
+	pci := st.qaic(0, "0000:01:00.0", 3)
+	store := runKernelTree(t, st)
+	awaitDevices(t, store, 5*time.Second, "healthy", func(m map[string]Device) bool { return m["accel0"].Healthy })
+	accelPath := st.sysPaths["accel0"]
+	st.uevent("offline", accelPath, "accel")
+	awaitDevices(t, store, 5*time.Second, "offline", func(m map[string]Device) bool {
+		return !m["accel0"].Healthy && strings.Contains(m["accel0"].Reason, "offline")
+	})
+	// The reset tears the MHI channels down...
+	ch := filepath.Join(pci, "mhi3", "mhi3_QAIC_CONTROL")
+	if err := os.RemoveAll(ch); err != nil {
+		t.Fatal(err)
+	}
+	st.uevent("remove", strings.TrimPrefix(ch, st.sys), "mhi")
+	// ...and online alone is not enough while the firmware's channel is
+	// missing.
+	st.uevent("online", accelPath, "accel")
+	devs := awaitDevices(t, store, 5*time.Second, "no channel", func(m map[string]Device) bool {
+		return strings.Contains(m["accel0"].Reason, "QAIC_CONTROL")
+	})
+	if devs["accel0"].Healthy {
+		t.Fatal("healthy without the QAIC_CONTROL channel")
+	}
+	st.write(filepath.Join(ch, "uevent"), "")
+	st.uevent("add", strings.TrimPrefix(ch, st.sys), "mhi")
+	awaitDevices(t, store, 5*time.Second, "healthy again", func(m map[string]Device) bool { return m["accel0"].Healthy })
+	// A DBC state change (a workload activated) is routed to it too, and
+	// changes nothing.
+	st.uevent("change", accelPath, "accel", "DBC_ID=3", "DBC_STATE=1")
+}
+
+// A device whose sysfs entry goes leaves the list at once, also when its
+// node went first (device_del's order) and the re-read in between saw it
+// Unhealthy; the uevent alone suffices (real sysfs does not notify inotify).
+func TestKernelRemovalLeavesAtOnce(t *testing.T) {
+	st := newSysTree(t)
+	for i := range 4 {
+		st.ivpu(i, "0000:0"+strconv.Itoa(i)+":0b.0")
+	}
+	store := runKernelTree(t, st)
+	awaitDevices(t, store, 5*time.Second, "four", func(m map[string]Device) bool { return len(m) == 4 })
+	if err := os.Remove(filepath.Join(st.devDir, "accel1")); err != nil {
+		t.Fatal(err)
+	}
+	awaitDevices(t, store, 5*time.Second, "accel1 unhealthy", func(m map[string]Device) bool { return !m["accel1"].Healthy })
+	st.remove("accel1")
+	awaitDevices(t, store, 5*time.Second, "accel1 gone", func(m map[string]Device) bool { _, ok := m["accel1"]; return !ok && len(m) == 3 })
+
+	// Only a uevent, no inotify: the source is told, and reads sysfs.
+	st2 := newSysTree(t)
+	st2.ivpu(0, "0000:00:0b.0")
+	st2.ivpu(1, "0000:01:0b.0")
+	store2 := st2.run(func(s *KernelSource) { s.ClassDir = st2.classDir })
+	awaitDevices(t, store2, 5*time.Second, "two", func(m map[string]Device) bool { return len(m) == 2 })
+	path := st2.sysPaths["accel1"]
+	st2.remove("accel1")
+	st2.uevent("remove", path, "accel")
+	awaitDevices(t, store2, 5*time.Second, "accel1 gone", func(m map[string]Device) bool { return len(m) == 1 })
+}
+
+// Hot-plug by uevent (ACTION=add on accelN) and a lost event (overflow)
+// that makes a full re-read.
+func TestKernelUeventAddAndOverflow(t *testing.T) {
+	st := newSysTree(t)
+	st.ivpu(0, "0000:00:0b.0")
+	store := runKernelTree(t, st)
+	awaitDevices(t, store, 5*time.Second, "one", func(m map[string]Device) bool { return len(m) == 1 })
+	st.amdxdna(7, "0000:c4:00.1")
+	st.uevent("add", st.sysPaths["accel7"], "accel", "DEVNAME=accel/accel7")
+	awaitDevices(t, store, 5*time.Second, "accel7", func(m map[string]Device) bool { return m["accel7"].Healthy })
+	st.ethosu(8)
+	st.uevents <- ueventMsg{err: uevent.ErrOverflow}
+	awaitDevices(t, store, 5*time.Second, "accel8 after the overflow", func(m map[string]Device) bool { return m["accel8"].Healthy })
+}
+
+// A node made with mknod (261:N, as the kernel makes it) is usable; a
+// regular file where the node should be is not, and says why.
+func TestKernelSourceRealNode(t *testing.T) {
+	st := newSysTree(t)
+	dir0 := st.pci("0000:3b:00.0", "intel_vpu", "0x8086", "0x643e", 0, nil)
+	st.accel(0, dir0, false)
+	dir1 := st.pci("0000:3c:00.0", "intel_vpu", "0x8086", "0x643e", 0, nil)
+	st.accel(1, dir1, false)
+	mknod(t, filepath.Join(st.devDir, "accel0"), 0)
+	if err := os.WriteFile(filepath.Join(st.devDir, "accel1"), nil, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	store := runKernelTree(t, st)
+	devs := awaitDevices(t, store, 5*time.Second, "accel0 healthy, accel1 unhealthy", func(m map[string]Device) bool {
+		return len(m) == 2 && m["accel0"].Healthy && !m["accel1"].Healthy
+	})
+	if r := devs["accel1"].Reason; !strings.Contains(r, "not a character device") {
+		t.Errorf("accel1 (a regular file) reason %q; want \"not a character device\"", r)
+	}
+}
+
+// Odd bytes in sysfs names never reach kubelet: a platform device whose
+// name is not valid UTF-8 gets a valid ID, and the list marshals.
+func TestKernelOddNames(t *testing.T) {
+	st := newSysTree(t)
+	st.accel(0, st.platform("bad\xffname.npu", "ethosu"), true)
+	store := runKernelTree(t, st)
+	devs := awaitDevices(t, store, 5*time.Second, "one", func(m map[string]Device) bool { return len(m) == 1 })
+	if id := devs["accel0"].ID; !validID(id) {
+		t.Errorf("ID %q is not valid", id)
 	}
 }

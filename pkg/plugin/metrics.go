@@ -2,6 +2,10 @@ package plugin
 
 import (
 	"context"
+	"math"
+	"path/filepath"
+	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -107,11 +111,16 @@ type deviceCollector struct {
 	store   *Store
 	timeout time.Duration
 	sources map[string]infoSource // by Device.Source; set before serving
+	// telemetryBusy is set while kernel telemetry is being read.
+	telemetryBusy atomic.Bool
 }
 
 func (c *deviceCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{devicesDesc, statusDesc, healthyDesc, computeDesc, monitorDesc, memoryDesc, readableDesc} {
 		ch <- d
+	}
+	for _, m := range kernelMetricDescs {
+		ch <- m.desc
 	}
 }
 
@@ -161,6 +170,106 @@ func (c *deviceCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(ch, monitorDesc, float64(max(int(info.MonitorClients)-1, 0)), d.ID, d.Name)
 		gauge(ch, memoryDesc, float64(info.MemoryUsed), d.ID, d.Name)
 	}
+	c.kernelTelemetry(ctx, ch, snap.Devices)
 	gauge(ch, devicesDesc, float64(healthy), "healthy")
 	gauge(ch, devicesDesc, float64(len(snap.Devices)-healthy), "unhealthy")
+}
+
+// kernelMetricDesc is a metric fed by kernel drivers' telemetry
+// attributes (kernelDrivers): a counter or a gauge, labelled by device and,
+// where a driver has several attributes for it, by what tells them apart.
+type kernelMetricDesc struct {
+	desc      *prometheus.Desc
+	valueType prometheus.ValueType
+	kinds     bool // labelled by kernelMetric.kind
+}
+
+func newKernelMetric(name, help string, vt prometheus.ValueType, kindLabel string) *kernelMetricDesc {
+	labels := []string{"id", "device"}
+	if kindLabel != "" {
+		labels = append(labels, kindLabel)
+	}
+	return &kernelMetricDesc{desc: prometheus.NewDesc(name, help, labels, nil), valueType: vt, kinds: kindLabel != ""}
+}
+
+var (
+	resetsMetric = newKernelMetric("accel_device_resets_total",
+		"Resets the kernel driver counted since it bound the device (habanalabs hard_reset_cnt, soft_reset_cnt), by kind.",
+		prometheus.CounterValue, "kind")
+	errorsMetric = newKernelMetric("accel_device_errors_total",
+		"Hardware errors the device reported to its kernel driver (qaic ce_count, ue_count, ue_nonfatal_count), by kind.",
+		prometheus.CounterValue, "kind")
+	busyMetric = newKernelMetric("accel_device_busy_seconds_total",
+		"Time the device was busy, as its kernel driver counts it (ivpu npu_busy_time_us).",
+		prometheus.CounterValue, "")
+	clockMetric = newKernelMetric("accel_device_clock_hertz",
+		"Device clock frequency from its kernel driver (habanalabs clk_cur_freq_mhz, clk_max_freq_mhz; ivpu npu_current_frequency_mhz, npu_max_frequency_mhz), by which.",
+		prometheus.GaugeValue, "which")
+	powerMetric = newKernelMetric("accel_device_power_watts",
+		"Device power figure from its kernel driver (habanalabs max_power: the limit), by which.",
+		prometheus.GaugeValue, "which")
+	memoryUsedMetric = &kernelMetricDesc{desc: memoryDesc, valueType: prometheus.GaugeValue}
+
+	kernelMetricDescs = []*kernelMetricDesc{resetsMetric, errorsMetric, busyMetric, clockMetric, powerMetric}
+)
+
+// kernelSample is one telemetry value read from sysfs.
+type kernelSample struct {
+	m      kernelMetric
+	id     string
+	device string
+	value  float64
+}
+
+// readTelemetry reads the telemetry attributes of the kernel devices
+// among devs. An attribute the device does not have (an older kernel, a
+// model without it) or that does not hold a number is left out.
+func readTelemetry(devs []Device) []kernelSample {
+	var out []kernelSample
+	for _, d := range devs {
+		if d.sysDevice == "" {
+			continue
+		}
+		for _, m := range kernelDrivers[d.Driver].telemetry {
+			v, ok := attr(filepath.Join(d.sysDevice, m.file), "")
+			if !ok {
+				continue
+			}
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
+				continue
+			}
+			out = append(out, kernelSample{m: m, id: d.ID, device: d.Name, value: f * m.scale})
+		}
+	}
+	return out
+}
+
+// kernelTelemetry sends the kernel devices' telemetry, read within ctx: a
+// driver attribute that asks the device's firmware (habanalabs' clocks and
+// power) can block, so the reads run aside and a scrape that outlives
+// them reports none; while one is stuck, later scrapes do not start
+// another.
+func (c *deviceCollector) kernelTelemetry(ctx context.Context, ch chan<- prometheus.Metric, devs []Device) {
+	if !c.telemetryBusy.CompareAndSwap(false, true) {
+		return
+	}
+	done := make(chan []kernelSample, 1)
+	go func() {
+		defer c.telemetryBusy.Store(false)
+		done <- readTelemetry(devs)
+	}()
+	select {
+	case samples := <-done:
+		for _, s := range samples {
+			labels := []string{s.id, s.device}
+			if s.m.metric.kinds {
+				labels = append(labels, s.m.kind)
+			}
+			if m, err := prometheus.NewConstMetric(s.m.metric.desc, s.m.metric.valueType, s.value, labels...); err == nil {
+				ch <- m
+			}
+		}
+	case <-ctx.Done():
+	}
 }

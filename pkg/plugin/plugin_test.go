@@ -537,7 +537,11 @@ func (f frontendFunc) NotReady() string                            { return "" }
 // source has reported, with the store, and no kubelet device-plugin
 // directory is needed; CDI mode is the device-plugin API's and refused.
 func TestFrontendReplacesTheRegistrar(t *testing.T) {
-	classDir, devDir := fakeSysfs(t)
+	st := newSysTree(t)
+	st.habanalabs(0, "0000:3b:00.0", 0)
+	st.ivpu(1, "0000:00:0b.0")
+	st.qaic(2, "0000:01:00.0", 0)
+	classDir, devDir := st.classDir, st.devDir
 	started := make(chan int, 1)
 	fe := frontendFunc(func(ctx context.Context, store *Store) error {
 		snap, _ := store.Load()
