@@ -338,3 +338,91 @@ func TestKernelOddNames(t *testing.T) {
 		t.Errorf("ID %q is not valid", id)
 	}
 }
+
+// Telemetry is read from each driver's attributes at scrape time, in the
+// metric's unit, labelled by device ID; a device without it reports none.
+func TestKernelTelemetry(t *testing.T) {
+	st := allSix(t)
+	store := runKernelTree(t, st)
+	awaitDevices(t, store, 5*time.Second, "six", func(m map[string]Device) bool { return len(m) == 6 })
+	metrics := NewMetrics(store, time.Second)
+	mfs, err := metrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			key := mf.GetName()
+			for _, l := range m.GetLabel() {
+				if l.GetName() != "device" {
+					key += " " + l.GetName() + "=" + l.GetValue()
+				}
+			}
+			got[key] = m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	for key, want := range map[string]float64{
+		"accel_device_resets_total id=habanalabs-0000-3b-00.0 kind=hard":             2,
+		"accel_device_clock_hertz id=habanalabs-0000-3b-00.0 which=current":          1.8e9,
+		"accel_device_power_watts id=habanalabs-0000-3b-00.0 which=max":              600,
+		"accel_device_busy_seconds_total id=intel_vpu-0000-00-0b.0":                  1.5,
+		"accel_device_memory_used_bytes id=intel_vpu-0000-00-0b.0":                   1 << 20,
+		"accel_device_clock_hertz id=intel_vpu-0000-00-0b.0 which=max":               1.95e9,
+		"accel_device_errors_total id=qaic-0000-01-00.0 kind=correctable":            3,
+		"accel_device_errors_total id=qaic-0000-01-00.0 kind=uncorrectable_nonfatal": 1,
+		"accel_device_errors_total id=qaic-0000-01-00.0 kind=uncorrectable":          0,
+		"accel_device_healthy id=ethosu-4a900000.npu":                                1,
+	} {
+		if v, ok := got[key]; !ok || v != want {
+			t.Errorf("%s = %v (present %v), want %v", key, v, ok, want)
+		}
+	}
+	for key := range got {
+		if strings.Contains(key, "soft") || (strings.HasPrefix(key, "accel_device_") && strings.Contains(key, "amdxdna") && !strings.Contains(key, "healthy") && !strings.Contains(key, "status")) {
+			t.Errorf("unexpected %s: an attribute the device does not have", key)
+		}
+	}
+}
+
+// Allocate logs nothing per call at info level (kubelet calls it for every
+// container: 10,500 calls once made 1.5 MB of log); the count is a metric.
+func TestAllocateQuietAtInfo(t *testing.T) {
+	st := newSysTree(t)
+	st.ivpu(0, "0000:00:0b.0")
+	store := runKernelTree(t, st)
+	awaitDevices(t, store, 5*time.Second, "one", func(m map[string]Device) bool { return m["accel0"].Healthy })
+	var logs logBuffer
+	res := NewComputeResource("accel.io", store, logs.logger())
+	res.metrics = NewMetrics(store, time.Second)
+	for range 100 {
+		if _, err := res.Allocate(context.Background(), &pluginapi.AllocateRequest{
+			ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: []string{"intel_vpu-0000-00-0b.0"}}},
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s := logs.String(); s != "" {
+		t.Errorf("Allocate logged at info:\n%s", s)
+	}
+	if v := testCounter(t, res.metrics, "accel_plugin_allocations_total"); v != 100 {
+		t.Errorf("accel_plugin_allocations_total = %v, want 100", v)
+	}
+}
+
+func testCounter(t *testing.T, m *Metrics, name string) float64 {
+	t.Helper()
+	mfs, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, s := range mf.GetMetric() {
+				sum += s.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum
+}

@@ -165,7 +165,12 @@ func (r *Resource) Allocate(ctx context.Context, req *pluginapi.AllocateRequest)
 			r.log.Warn("allocate refused", "ids", logIDs(ids), "err", err)
 			return nil, err
 		}
-		r.log.Info("allocated", "ids", logIDs(ids), "env", cresp.Envs)
+		// One line per call would be most of the log (kubelet calls for
+		// every container): per-call lines are debug, the count is in
+		// accel_plugin_allocations_total.
+		if r.log.Enabled(ctx, slog.LevelDebug) {
+			r.log.Debug("allocated", "ids", logIDs(ids), "env", cresp.Envs)
+		}
 		resp.ContainerResponses = append(resp.ContainerResponses, cresp)
 	}
 	return resp, nil
