@@ -703,8 +703,9 @@ func TestRBACOff(t *testing.T) {
 func TestKernelDevices(t *testing.T) {
 	plugin, _ := daemonSets(t, render(t, "kernel.yaml"))
 	args := onlyContainer(t, plugin).Args
-	if !hasArg(args, "--kernel-class-dir=/sys/class/accel") || !hasArg(args, "--kernel-dev-dir=/dev/accel") || hasArg(args, "--kernel-class-dir=") {
-		t.Errorf("plugin args %q, want --kernel-class-dir=/sys/class/accel --kernel-dev-dir=/dev/accel", args)
+	if !hasArg(args, "--kernel-class-dir=/sys/class/accel") || !hasArg(args, "--kernel-dev-dir=/dev/accel") || hasArg(args, "--kernel-class-dir=") ||
+		!hasArg(args, "--kernel-resync=10m") || !hasArg(args, "--status-poll=5s") {
+		t.Errorf("plugin args %q, want --kernel-class-dir=/sys/class/accel --kernel-dev-dir=/dev/accel --kernel-resync=10m --status-poll=5s", args)
 	}
 	wantHostPathMount(t, plugin, "/dev/accel", "/dev/accel", corev1.HostPathDirectory, true, nil)
 

@@ -7,7 +7,6 @@ import (
 	"sync"
 	"testing"
 	"unicode/utf8"
-
 )
 
 func TestValidIDAndCleanText(t *testing.T) {

@@ -18,7 +18,7 @@ import (
 
 // charNode makes path a character device without root: a symlink to
 // /dev/null.
-func charNode(t *testing.T, path string) {
+func charNode(t testing.TB, path string) {
 	t.Helper()
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		t.Fatal(err)

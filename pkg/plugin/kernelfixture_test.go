@@ -17,14 +17,14 @@ import (
 // below names the driver files it follows). Nodes are symlinks to
 // /dev/null (character devices any user can make; see charNode).
 type sysTree struct {
-	t                    *testing.T
+	t                    testing.TB
 	root, sys            string
 	classDir, devDir     string
 	uevents              chan ueventMsg // what fakeUevents delivers
 	sysPaths, parentDirs map[string]string
 }
 
-func newSysTree(t *testing.T) *sysTree {
+func newSysTree(t testing.TB) *sysTree {
 	root := t.TempDir()
 	st := &sysTree{t: t, root: root, sys: filepath.Join(root, "sys"), classDir: filepath.Join(root, "sys/class/accel"),
 		devDir: filepath.Join(root, "dev/accel"), uevents: make(chan ueventMsg, 16),

@@ -39,6 +39,13 @@ type Config struct {
 	MonitorSlots int
 	// Resync is the safety-net full re-read interval.
 	Resync time.Duration
+	// KernelResync is the kernel devices' safety-net full re-read while
+	// kernel uevents are received (they and inotify carry every change, and
+	// a lost one re-reads at once); without uevents, Resync applies.
+	KernelResync time.Duration
+	// StatusPoll is the period of reading the status attributes of drivers
+	// that send no event for a status change (habanalabs).
+	StatusPoll time.Duration
 	// DaemonTimeout bounds every access to the device daemon (READDIR,
 	// lstat, open and info ioctl of a monitor node, opening the event
 	// file, closing) and every metrics scrape of its devices; a daemon
@@ -129,6 +136,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("--monitor-slots must be between 0 and %d, got %d", MaxMonitorSlots, c.MonitorSlots)
 	case c.Resync < time.Second:
 		return fmt.Errorf("--resync must be at least 1s, got %s", c.Resync)
+	case c.KernelResync != 0 && c.KernelResync < time.Second:
+		return fmt.Errorf("--kernel-resync must be at least 1s, got %s", c.KernelResync)
+	case c.StatusPoll != 0 && (c.StatusPoll < 100*time.Millisecond || c.StatusPoll > time.Hour):
+		return fmt.Errorf("--status-poll must be between 100ms and 1h, got %s", c.StatusPoll)
 	case c.DaemonTimeout < MinDaemonTimeout || c.DaemonTimeout > MaxDaemonTimeout:
 		return fmt.Errorf("--daemon-timeout must be between %s and %s, got %s", MinDaemonTimeout, MaxDaemonTimeout, c.DaemonTimeout)
 	case c.StaleViewGrace < 0:
@@ -227,7 +238,8 @@ func New(cfg Config) (*Plugin, error) {
 		p.sources = append(p.sources, sim)
 	}
 	if cfg.KernelClassDir != "" {
-		p.sources = append(p.sources, &KernelSource{ClassDir: cfg.KernelClassDir, DevDir: cfg.KernelDevDir, Resync: cfg.Resync, Store: store, Logger: log})
+		p.sources = append(p.sources, &KernelSource{ClassDir: cfg.KernelClassDir, DevDir: cfg.KernelDevDir,
+			Resync: cfg.Resync, EventResync: cfg.KernelResync, StatusPoll: cfg.StatusPoll, Store: store, Logger: log})
 	}
 	return p, nil
 }
