@@ -487,6 +487,30 @@ func TestSliceDevices(t *testing.T) {
 	}
 }
 
+// habanalabs' control node is its monitor device: the compute device
+// carries both nodes, the monitor device is shared.
+func TestKernelControlNodeIsTheMonitorDevice(t *testing.T) {
+	d := kernelDevice(1, "habanalabs-0000-3b-00.0")
+	ctrl := plugin.DeviceNode{HostPath: "/dev/accel/accel_controlD1", ContainerPath: "/dev/accel/accel_controlD1", Permissions: "rw"}
+	d.Compute.DeviceNodes[1] = ctrl
+	d.Monitor.DeviceNodes[0] = ctrl
+	d.Monitor.Env = plugin.EnvMonitorDevices
+	store := plugin.NewStore(nil)
+	store.Publish("kernel", []plugin.Device{d})
+	snap, _ := store.Load()
+	devs, _ := sliceDevices(t, snap, nil)
+	mon, ok := devs["accel1-monitor"]
+	if !ok {
+		t.Fatalf("no monitor device for the control node: %v", devs)
+	}
+	if mon.AllowMultipleAllocations == nil || !*mon.AllowMultipleAllocations {
+		t.Error("the control node's monitor device is not shared")
+	}
+	if v := mon.Attributes[AttrKind].StringValue; v == nil || *v != KindMonitor {
+		t.Errorf("kind %v, want %s", v, KindMonitor)
+	}
+}
+
 func TestTaintFollowsHealthBothWays(t *testing.T) {
 	store := plugin.NewStore(nil)
 	taints := func() []resourceapi.DeviceTaint {

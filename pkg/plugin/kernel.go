@@ -69,6 +69,10 @@ type KernelSource struct {
 
 	raw     map[string]kernelDevice // last read of each device, by node name
 	offline map[string]bool         // devices whose driver said offline (a uevent), until online
+	// pciRoots are PCIe roots by parent device path (see pci).
+	pciRoots map[string]string
+	// sysRoot is the sysfs root, symlinks resolved ("": not known yet).
+	sysRoot string
 	devices deviceSet
 	dupIDs  map[string]bool // serials seen on two devices (see uniqueIDs)
 	warned  map[string]bool // one-time warnings given
@@ -146,7 +150,7 @@ func (s *KernelSource) Run(ctx context.Context) error {
 	if s.StatusPoll <= 0 {
 		s.StatusPoll = DefaultStatusPoll
 	}
-	s.raw, s.offline = map[string]kernelDevice{}, map[string]bool{}
+	s.raw, s.offline, s.pciRoots = map[string]kernelDevice{}, map[string]bool{}, map[string]string{}
 	s.devices, s.dupIDs, s.warned = deviceSet{}, map[string]bool{}, map[string]bool{}
 	log := s.Logger.With("source", s.sourceName())
 	w, err := fsnotify.NewWatcher()
@@ -398,10 +402,13 @@ func (s *KernelSource) read(log *slog.Logger, name string) (kd kernelDevice, ok 
 		return kd, false
 	}
 	parent, _ := filepath.EvalSymlinks(filepath.Join(dir, "device"))
-	if root, err := filepath.EvalSymlinks(s.sysfsRoot()); err == nil {
-		kd.sysPath = strings.TrimPrefix(real, root)
+	if s.sysRoot == "" {
+		s.sysRoot, _ = filepath.EvalSymlinks(s.sysfsRoot())
+	}
+	if s.sysRoot != "" {
+		kd.sysPath = strings.TrimPrefix(real, s.sysRoot)
 		if parent != "" {
-			kd.parentSys = strings.TrimPrefix(parent, root)
+			kd.parentSys = strings.TrimPrefix(parent, s.sysRoot)
 		}
 	}
 	parentName := ""
@@ -425,7 +432,7 @@ func (s *KernelSource) read(log *slog.Logger, name string) (kd kernelDevice, ok 
 		// Telemetry is read below the parent (kernelDrivers).
 		sysDevice: parent,
 	}
-	d.PCIBusID, d.PCIeRoot = s.pci(log, name, parentName)
+	d.PCIBusID, d.PCIeRoot = s.pci(log, name, parent)
 	switch {
 	case d.PCIBusID != "":
 		d.addr = idPart(strings.ReplaceAll(parentName, ":", "-")) // 0000:3b:00.0 → 0000-3b-00.0
@@ -503,27 +510,43 @@ func compatible(dev string) string {
 	return first
 }
 
-// pci returns the PCI address and PCIe root of a device whose parent is
-// dev (the basename of its sysfs "device" link), both empty when dev is not
-// a PCI address (a platform device). The root comes from sysfs'
-// bus/pci/devices link, as Kubernetes' own deviceattribute reads it, in the
-// sysfs that holds ClassDir (its class/accel).
-func (s *KernelSource) pci(log *slog.Logger, name, dev string) (busID, root string) {
-	bus, err := deviceattribute.GetPCIBusIDAttribute(dev)
-	if err != nil {
+// pciAddrRE is a PCI address in extended BDF form, as the kernel names
+// PCI devices (and deviceattribute accepts them).
+var pciAddrRE = regexp.MustCompile(`^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-9a-f]$`)
+
+// pci returns the PCI address and PCIe root of a device whose parent
+// device directory is parent, both empty when the parent is not a PCI
+// device (a platform device). The root comes from sysfs' bus/pci/devices
+// link, as Kubernetes' own deviceattribute reads it, in the sysfs that
+// holds ClassDir (its class/accel). Both are kept by parent path: a PCI
+// device's place in the topology is in its path, so a device re-read for
+// an event costs no second look-up.
+func (s *KernelSource) pci(log *slog.Logger, name, parent string) (busID, root string) {
+	dev := filepath.Base(parent)
+	if parent == "" || !pciAddrRE.MatchString(dev) {
 		return "", "" // not on PCI
 	}
-	sysfs := filepath.Dir(filepath.Dir(s.ClassDir))
-	attr, err := deviceattribute.GetPCIeRootAttributeByPCIBusID(dev, deviceattribute.WithFSFromRoot(sysfs))
+	if r, ok := s.pciRoots[parent]; ok {
+		return dev, r
+	}
+	attr, err := deviceattribute.GetPCIeRootAttributeByPCIBusID(dev, deviceattribute.WithFSFromRoot(s.sysfsRoot()))
 	if err != nil || attr.Value.StringValue == nil {
 		if key := "pcieroot\x00" + name + "\x00" + dev; !s.warned[key] {
 			s.warned[key] = true
 			log.Debug("PCIe root unknown", "name", name, "pci", dev, "err", err)
 		}
-		return *bus.Value.StringValue, ""
+		return dev, "" // not kept: the link may come later
 	}
-	return *bus.Value.StringValue, *attr.Value.StringValue
+	if len(s.pciRoots) >= 4*maxKernelDevices {
+		clear(s.pciRoots) // devices come and go at new paths: bound it
+	}
+	s.pciRoots[parent] = *attr.Value.StringValue
+	return dev, *attr.Value.StringValue
 }
+
+// maxKernelDevices is the most accel devices a host can have (the accel
+// core's 256 minors, ACCEL_MAX_MINORS).
+const maxKernelDevices = 256
 
 // checkCharDevice reports why path is not a usable character device node.
 func checkCharDevice(path string) error {

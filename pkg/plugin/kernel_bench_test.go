@@ -3,7 +3,6 @@ package plugin
 import (
 	"fmt"
 	"log/slog"
-	"path/filepath"
 	"testing"
 )
 
@@ -17,7 +16,7 @@ func benchKernelSource(b *testing.B, n int) (*sysTree, *KernelSource, *slog.Logg
 	}
 	log := slog.New(slog.DiscardHandler)
 	s := &KernelSource{ClassDir: st.classDir, DevDir: st.devDir, Store: NewStore(nil), Logger: log}
-	s.raw, s.offline = map[string]kernelDevice{}, map[string]bool{}
+	s.raw, s.offline, s.pciRoots = map[string]kernelDevice{}, map[string]bool{}, map[string]string{}
 	s.devices, s.dupIDs, s.warned = deviceSet{}, map[string]bool{}, map[string]bool{}
 	s.scan(log)
 	if len(s.raw) != n {
@@ -64,8 +63,7 @@ func BenchmarkKernelEvent(b *testing.B) {
 func BenchmarkKernelScan(b *testing.B) {
 	for _, n := range []int{8, 128} {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
-			st, s, log := benchKernelSource(b, n)
-			_ = filepath.Join(st.root)
+			_, s, log := benchKernelSource(b, n)
 			for b.Loop() {
 				s.scan(log)
 			}
