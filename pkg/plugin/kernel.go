@@ -71,11 +71,9 @@ type KernelSource struct {
 	offline map[string]bool         // devices whose driver said offline (a uevent), until online
 	// pciRoots are PCIe roots by parent device path (see pci).
 	pciRoots map[string]string
-	// sysRoot is the sysfs root, symlinks resolved ("": not known yet).
-	sysRoot string
-	devices deviceSet
-	dupIDs  map[string]bool // serials seen on two devices (see uniqueIDs)
-	warned  map[string]bool // one-time warnings given
+	devices  deviceSet
+	dupIDs   map[string]bool // serials seen on two devices (see uniqueIDs)
+	warned   map[string]bool // one-time warnings given
 }
 
 // UeventReader is a stream of kernel uevents, as *uevent.Conn reads them.
@@ -394,22 +392,17 @@ func (s *KernelSource) read(log *slog.Logger, name string) (kd kernelDevice, ok 
 		return kd, false // too many digits to be a minor
 	}
 	dir := filepath.Join(s.ClassDir, name)
-	real, err := filepath.EvalSymlinks(dir)
+	real, err := resolveLink(dir)
 	if err != nil {
 		if !errors.Is(err, os.ErrNotExist) {
 			log.Warn("cannot read kernel accel device", "name", name, "err", err)
 		}
 		return kd, false
 	}
-	parent, _ := filepath.EvalSymlinks(filepath.Join(dir, "device"))
-	if s.sysRoot == "" {
-		s.sysRoot, _ = filepath.EvalSymlinks(s.sysfsRoot())
-	}
-	if s.sysRoot != "" {
-		kd.sysPath = strings.TrimPrefix(real, s.sysRoot)
-		if parent != "" {
-			kd.parentSys = strings.TrimPrefix(parent, s.sysRoot)
-		}
+	parent, _ := resolveLink(filepath.Join(real, "device"))
+	kd.sysPath = strings.TrimPrefix(real, s.sysfsRoot())
+	if parent != "" {
+		kd.parentSys = strings.TrimPrefix(parent, s.sysfsRoot())
 	}
 	parentName := ""
 	if parent != "" {
@@ -485,6 +478,28 @@ func (s *KernelSource) read(log *slog.Logger, name string) (kd kernelDevice, ok 
 	}
 	kd.dev = d
 	return kd, true
+}
+
+// resolveLink returns where the sysfs symlink path points: sysfs links are
+// relative and lead to real directories, so one readlink resolves them
+// (EvalSymlinks would lstat every component of both paths: most of a
+// device's read, at start-up with 128 devices). A path that is not a link
+// is returned as it is, once it exists.
+func resolveLink(path string) (string, error) {
+	target, err := os.Readlink(path)
+	if errors.Is(err, unix.EINVAL) { // not a link
+		if _, err := os.Lstat(path); err != nil {
+			return "", err
+		}
+		return path, nil
+	}
+	if err != nil {
+		return "", err
+	}
+	if !filepath.IsAbs(target) {
+		target = filepath.Join(filepath.Dir(path), target)
+	}
+	return filepath.Clean(target), nil
 }
 
 // kernelID is a kernel device's ID: DRIVER-ADDRESS, the address being the
