@@ -491,7 +491,8 @@ func TestDefaults(t *testing.T) {
 		"serve", "--dev-dir=/run/accel/dev", "--host-dev-dir=/run/accel/dev",
 		"--kubelet-dir=/var/lib/kubelet/device-plugins", "--resource-prefix=accel.io",
 		"--monitor-slots=8", "--resync=30s", "--daemon-timeout=3s", "--log-level=info", "--kernel-class-dir=",
-		"--metrics-addr=$(POD_IP):9490", "--label-node=true", "--node-name=$(NODE_NAME)",
+		"--metrics-addr=$(POD_IP):9490", "--pod-resources-socket=/var/lib/kubelet/pod-resources/kubelet.sock",
+		"--label-node=true", "--node-name=$(NODE_NAME)",
 	})
 	wantArgs(t, "sim", sc.Args, []string{
 		"sim", "--dir=/run/accel/dev", "--devices=4", "--numa-nodes=1", "--seed=$(NODE_NAME)",
@@ -555,8 +556,8 @@ func TestDefaults(t *testing.T) {
 	if m, _ := mountAt(t, plugin, "/dev/accel"); m != nil {
 		t.Error("plugin mounts /dev/accel with kernelDevices disabled")
 	}
-	if len(pc.VolumeMounts) != 2 || len(sc.VolumeMounts) != 2 {
-		t.Errorf("mounts: plugin %d, sim %d; want 2 each", len(pc.VolumeMounts), len(sc.VolumeMounts))
+	if len(pc.VolumeMounts) != 3 || len(sc.VolumeMounts) != 2 {
+		t.Errorf("mounts: plugin %d, sim %d; want 3 (kubelet's, the simulator's, pod-resources) and 2", len(pc.VolumeMounts), len(sc.VolumeMounts))
 	}
 
 	// Metrics and probes.
@@ -621,7 +622,8 @@ func TestCustomValues(t *testing.T) {
 		"serve", "--dev-dir=/var/run/xaccel/nodes", "--host-dev-dir=/var/run/xaccel/nodes",
 		"--kubelet-dir=/var/lib/k0s/kubelet/device-plugins", "--resource-prefix=example.com",
 		"--monitor-slots=16", "--resync=1m", "--daemon-timeout=1500ms", "--log-level=debug", "--kernel-class-dir=",
-		"--metrics-addr=$(POD_IP):9500", "--label-node=true", "--node-name=$(NODE_NAME)",
+		"--metrics-addr=$(POD_IP):9500", "--pod-resources-socket=/var/lib/k0s/kubelet/pod-resources/kubelet.sock",
+		"--label-node=true", "--node-name=$(NODE_NAME)",
 	})
 	wantArgs(t, "sim", sc.Args, []string{
 		"sim", "--dir=/var/run/xaccel/nodes", "--devices=16", "--numa-nodes=2", "--seed=lab-seed",
@@ -710,6 +712,11 @@ func TestKernelDevices(t *testing.T) {
 	wantHostPathMount(t, plugin, "/dev/accel", "/dev/accel", corev1.HostPathDirectory, true, nil)
 
 	plugin, _ = daemonSets(t, render(t, "defaults.yaml"))
+	// kubelet's pod-resources socket, read-only, for accel_device_holder.
+	if args := onlyContainer(t, plugin).Args; !hasArg(args, "--pod-resources-socket=/var/lib/kubelet/pod-resources/kubelet.sock") {
+		t.Errorf("plugin args %q, want --pod-resources-socket=/var/lib/kubelet/pod-resources/kubelet.sock", args)
+	}
+	wantHostPathMount(t, plugin, "/var/lib/kubelet/pod-resources", "/var/lib/kubelet/pod-resources", corev1.HostPathDirectoryOrCreate, true, nil)
 	args = onlyContainer(t, plugin).Args
 	if !hasArg(args, "--kernel-class-dir=") || slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--kernel-dev-dir") }) {
 		t.Errorf("plugin args %q, want --kernel-class-dir= (empty) and no --kernel-dev-dir", args)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -586,9 +587,22 @@ func driverAttr(dir, name string) (string, bool) {
 
 // attr reads a sysfs attribute, trimmed.
 func attr(dir, name string) (string, bool) {
-	b, err := os.ReadFile(filepath.Join(dir, name))
+	f, err := os.Open(filepath.Join(dir, name))
 	if err != nil {
 		return "", false
 	}
-	return strings.TrimSpace(string(b)), true
+	defer f.Close()
+	// A text attribute is at most a page, returned by one read; a larger
+	// file (a binary attribute, or not sysfs) is cut there, never read
+	// whole.
+	var buf [maxAttr]byte
+	n, err := f.Read(buf[:])
+	if err != nil && !errors.Is(err, io.EOF) {
+		return "", false
+	}
+	return strings.TrimSpace(string(buf[:n])), true
 }
+
+// maxAttr is the most of an attribute read: sysfs' PAGE_SIZE on x86 and
+// most arm64 kernels.
+const maxAttr = 4096

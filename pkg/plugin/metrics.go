@@ -2,9 +2,12 @@ package plugin
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
 	"math"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -97,6 +100,10 @@ var (
 		"Open monitor files of the device, not counting this scrape's own.", []string{"id", "device"}, nil)
 	memoryDesc = prometheus.NewDesc("accel_device_memory_used_bytes",
 		"Device memory in use.", []string{"id", "device"}, nil)
+	holderDesc = prometheus.NewDesc("accel_device_holder",
+		"1 for each container kubelet gave the device to (its pod-resources API, asked at scrape time), by use (compute, monitor): "+
+			"join on id to label a device's metrics with the pod that holds it.",
+		[]string{"id", "device", "namespace", "pod", "container", "use"}, nil)
 	readableDesc = prometheus.NewDesc("accel_device_info_readable",
 		"1 if this scrape read the device's dynamic facts (compute_in_use, monitor_clients, memory_used) through its monitor node; "+
 			"0 if it could not (daemon not responding or dead, node missing): those series are then absent for the device.",
@@ -113,10 +120,22 @@ type deviceCollector struct {
 	sources map[string]infoSource // by Device.Source; set before serving
 	// telemetryBusy is set while kernel telemetry is being read.
 	telemetryBusy atomic.Bool
+	// holders says which containers hold which devices (nil: not asked).
+	holders holderSource
+	// holdersErr is the last error asking it, logged once per change
+	// (scrapes may run at once: under mu).
+	mu         sync.Mutex
+	holdersErr string
+	log        *slog.Logger
+}
+
+// holderSource is kubelet's pod-resources API (*PodResources).
+type holderSource interface {
+	Holders(ctx context.Context, snap *Snapshot) (map[string][]Holder, error)
 }
 
 func (c *deviceCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{devicesDesc, statusDesc, healthyDesc, computeDesc, monitorDesc, memoryDesc, readableDesc} {
+	for _, d := range []*prometheus.Desc{devicesDesc, statusDesc, healthyDesc, computeDesc, monitorDesc, memoryDesc, readableDesc, holderDesc} {
 		ch <- d
 	}
 	for _, m := range kernelMetricDescs {
@@ -171,6 +190,7 @@ func (c *deviceCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(ch, memoryDesc, float64(info.MemoryUsed), d.ID, d.Name)
 	}
 	c.kernelTelemetry(ctx, ch, snap.Devices)
+	c.holderMetrics(ctx, ch, snap)
 	gauge(ch, devicesDesc, float64(healthy), "healthy")
 	gauge(ch, devicesDesc, float64(len(snap.Devices)-healthy), "unhealthy")
 }
@@ -271,5 +291,26 @@ func (c *deviceCollector) kernelTelemetry(ctx context.Context, ch chan<- prometh
 			}
 		}
 	case <-ctx.Done():
+	}
+}
+
+// holderMetrics reports who holds each device, as kubelet says within ctx;
+// a kubelet that does not answer costs the scrape these series only, and
+// is logged once until the error changes.
+func (c *deviceCollector) holderMetrics(ctx context.Context, ch chan<- prometheus.Metric, snap *Snapshot) {
+	if c.holders == nil {
+		return
+	}
+	holders, err := c.holders.Holders(ctx, snap)
+	c.mu.Lock()
+	if msg := fmt.Sprint(err); err != nil && msg != c.holdersErr && c.log != nil {
+		c.log.Warn("cannot ask kubelet who holds the devices: accel_device_holder is left out", "err", err)
+	}
+	c.holdersErr = fmt.Sprint(err)
+	c.mu.Unlock()
+	for _, d := range snap.Devices {
+		for _, h := range holders[d.ID] {
+			gauge(ch, holderDesc, 1, d.ID, d.Name, h.Namespace, h.Pod, h.Container, h.Use)
+		}
 	}
 }

@@ -43,6 +43,10 @@ type Config struct {
 	// kernel uevents are received (they and inotify carry every change, and
 	// a lost one re-reads at once); without uevents, Resync applies.
 	KernelResync time.Duration
+	// PodResourcesSocket is kubelet's pod-resources socket, asked at scrape
+	// time which containers hold which devices (accel_device_holder);
+	// empty: not asked.
+	PodResourcesSocket string
 	// StatusPoll is the period of reading the status attributes of drivers
 	// that send no event for a status change (habanalabs).
 	StatusPoll time.Duration
@@ -196,6 +200,10 @@ func New(cfg Config) (*Plugin, error) {
 		res = append(res, NewMonitorResource(cfg.ResourcePrefix, cfg.MonitorSlots, store, log))
 	}
 	metrics := NewMetrics(store, cfg.DaemonTimeout)
+	if cfg.PodResourcesSocket != "" {
+		metrics.devices.holders = &PodResources{Socket: cfg.PodResourcesSocket, Prefix: cfg.ResourcePrefix}
+		metrics.devices.log = log
+	}
 	for _, r := range res {
 		r.metrics = metrics
 	}
