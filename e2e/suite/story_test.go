@@ -115,6 +115,9 @@ exec sleep 3600`, requests(monRes, devices))
 	if i := e.devInfo(s.dev); i.MonitorClients < 3 || !i.ComputeInUse { // two pods + the query itself
 		e.t.Errorf("%s while held with two monitor pods: %+v", s.dev, i)
 	}
+
+	step("the plugin's /metrics names the holders, from kubelet's pod-resources API: accel_device_holder")
+	e.awaitHolders(s.id, "compute/compute", "monitor-a/monitor", "monitor-b/monitor")
 	e.deletePod("debug-open")
 
 	step("the plugin container cannot write the simulator's directory: EROFS (recursively read-only)")
@@ -413,4 +416,37 @@ func (e *env) containerDevices(m mode, pod string, s story) {
 		e.t.Errorf("mounts mode: kubelet asked for CDI devices %q and mounts %q; want the two mounts only", cdiNames, criMounts)
 	}
 	e.t.Logf("%s: kubelet's request: CDI devices %q, /dev/accel mounts %q; OCI spec: %q", m.name, cdiNames, criMounts, ociMounts)
+}
+
+// awaitHolders scrapes the plugin's /metrics through the API server's pod
+// proxy until accel_device_holder of device id names exactly the given
+// pod/use pairs (the test namespace's pods).
+func (e *env) awaitHolders(id string, want ...string) {
+	e.t.Helper()
+	slices.Sort(want)
+	e.eventually(30*time.Second, "accel_device_holder of "+id, func() (bool, string) {
+		plug := e.podsByComponent("plugin")
+		if len(plug) != 1 {
+			return false, fmt.Sprintf("%d plugin pods", len(plug))
+		}
+		raw, err := e.cs.CoreV1().RESTClient().Get().Namespace(namespace).Resource("pods").
+			Name(plug[0].Name + ":9490").SubResource("proxy").Suffix("metrics").DoRaw(context.Background())
+		if err != nil {
+			return false, err.Error()
+		}
+		var got []string
+		for _, line := range strings.Split(string(raw), "\n") {
+			if !strings.HasPrefix(line, "accel_device_holder{") || !strings.Contains(line, `id="`+id+`"`) {
+				continue
+			}
+			label := func(k string) string {
+				_, v, _ := strings.Cut(line, k+`="`)
+				v, _, _ = strings.Cut(v, `"`)
+				return v
+			}
+			got = append(got, label("pod")+"/"+label("use"))
+		}
+		slices.Sort(got)
+		return slices.Equal(got, want), fmt.Sprintf("holders %v, want %v", got, want)
+	})
 }

@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -471,4 +470,3 @@ func (w tWriter) Write(b []byte) (int, error) {
 
 var _ io.Writer = tWriter{}
 
-func itoa(i int) string { return strconv.Itoa(i) }

@@ -576,15 +576,6 @@ func checkCharDevice(path string) error {
 	return nil
 }
 
-// driverAttr reads a driver attribute, which a driver may put on the accel
-// device itself or on its parent (PCI) device.
-func driverAttr(dir, name string) (string, bool) {
-	if v, ok := attr(dir, name); ok {
-		return v, true
-	}
-	return attr(dir, filepath.Join("device", name))
-}
-
 // attr reads a sysfs attribute, trimmed.
 func attr(dir, name string) (string, bool) {
 	f, err := os.Open(filepath.Join(dir, name))
