@@ -469,4 +469,3 @@ func (w tWriter) Write(b []byte) (int, error) {
 }
 
 var _ io.Writer = tWriter{}
-
