@@ -467,12 +467,18 @@ func (s *KernelSource) read(log *slog.Logger, name string) (kd kernelDevice, ok 
 	control := ""
 	if drv.control != nil {
 		control = drv.control(index)
+		// habanalabs creates it just after accelN (hl_device_init): a
+		// device seen in between gets it at the node's inotify event. Warned
+		// once per loss.
+		key := "control\x00" + name
 		if err := checkCharDevice(filepath.Join(s.DevDir, control)); err != nil {
-			if key := "control\x00" + name; !s.warned[key] {
+			if !s.warned[key] {
 				s.warned[key] = true
 				log.Warn("control node missing: the device offers no monitor slots, and compute users get its compute node only", "name", name, "err", err)
 			}
 			control = ""
+		} else {
+			delete(s.warned, key)
 		}
 	}
 	d.Compute, d.Monitor = kernelEdits(s.DevDir, name, control)
