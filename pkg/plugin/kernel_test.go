@@ -254,8 +254,15 @@ func TestQaicHealthFromUevents(t *testing.T) {
 	if devs["accel0"].Healthy {
 		t.Fatal("healthy without the QAIC_CONTROL channel")
 	}
+	// The channel comes back, unbound at first (qaic_mhi's probe, which
+	// negotiates the protocol, has not run): still not usable.
 	st.write(filepath.Join(ch, "uevent"), "")
 	st.uevent("add", strings.TrimPrefix(ch, st.sys), "mhi")
+	awaitDevices(t, store, 5*time.Second, "unbound channel", func(m map[string]Device) bool {
+		return !m["accel0"].Healthy && strings.Contains(m["accel0"].Reason, "not bound to qaic_mhi")
+	})
+	st.link(filepath.Join(st.sys, "bus/mhi/drivers/qaic_mhi"), filepath.Join(ch, "driver"))
+	st.uevent("bind", strings.TrimPrefix(ch, st.sys), "mhi")
 	awaitDevices(t, store, 5*time.Second, "healthy again", func(m map[string]Device) bool { return m["accel0"].Healthy })
 	// A DBC state change (a workload activated) is routed to it too, and
 	// changes nothing.
@@ -331,7 +338,7 @@ func TestKernelSourceRealNode(t *testing.T) {
 // name is not valid UTF-8 gets a valid ID, and the list marshals.
 func TestKernelOddNames(t *testing.T) {
 	st := newSysTree(t)
-	st.accel(0, st.platform("bad\xffname.npu", "ethosu"), true)
+	st.accel(0, st.platform("bad\xffname.npu", "ethosu", ""), true)
 	store := runKernelTree(t, st)
 	devs := awaitDevices(t, store, 5*time.Second, "one", func(m map[string]Device) bool { return len(m) == 1 })
 	if id := devs["accel0"].ID; !validID(id) {

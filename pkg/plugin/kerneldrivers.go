@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 
@@ -70,7 +71,7 @@ var kernelDrivers = map[string]kernelDriver{
 		},
 	},
 	// drivers/accel/qaic: the device is usable only while its firmware runs,
-	// which its QAIC_CONTROL MHI channel device shows (qaic_drv.c
+	// which its QAIC_CONTROL MHI channel device, bound, shows (qaic_drv.c
 	// qaic_mhi_probe; the channel devices go on every reset); online and
 	// offline uevents on accelN (qaic_notify_reset) and the channel's own
 	// add/remove re-read it. qaic_ras.c: error counts on the PCI device.
@@ -128,10 +129,18 @@ func kernelStatus(s string) accel.Status {
 }
 
 // qaicStatus: operational while the QAIC_CONTROL channel of the device's
-// MHI controller (device/mhiN/mhiN_QAIC_CONTROL) exists.
+// MHI controller (device/mhiN/mhiN_QAIC_CONTROL) exists and is bound to
+// qaic_mhi, whose probe negotiates the control protocol (a failed
+// negotiation unbinds it); qaic_open answers ENODEV otherwise.
 func qaicStatus(parent string) (accel.Status, string, string, string) {
-	if m, _ := filepath.Glob(filepath.Join(parent, "mhi*", "mhi*_QAIC_CONTROL")); len(m) > 0 {
-		return accel.StatusOperational, "", "", ""
+	channels, _ := filepath.Glob(filepath.Join(parent, "mhi*", "mhi*_QAIC_CONTROL"))
+	if len(channels) == 0 {
+		return accel.StatusInReset, "firmware not running (no QAIC_CONTROL MHI channel)", "", ""
 	}
-	return accel.StatusInReset, "firmware not running (no QAIC_CONTROL MHI channel)", "", ""
+	for _, ch := range channels {
+		if _, err := os.Lstat(filepath.Join(ch, "driver")); err == nil {
+			return accel.StatusOperational, "", "", ""
+		}
+	}
+	return accel.StatusInReset, "QAIC_CONTROL MHI channel not bound to qaic_mhi (control protocol not negotiated)", "", ""
 }

@@ -65,10 +65,10 @@ func (st *sysTree) link(target, path string) {
 // attributes the PCI core gives it and attrs (the driver's), and returns
 // its directory.
 func (st *sysTree) pci(addr, driver, vendor, device string, numa int, attrs map[string]string) string {
-	dir := filepath.Join(st.sys, "devices", "pci0000:"+addr[5:7], addr)
+	// Behind a root port of its own root complex, as a card in a slot.
+	dir := filepath.Join(st.sys, "devices", "pci0000:"+addr[5:7], "0000:"+addr[5:7]+":01.0", addr)
 	st.write(filepath.Join(dir, "vendor"), vendor+"\n")
 	st.write(filepath.Join(dir, "device"), device+"\n")
-	st.write(filepath.Join(dir, "class"), "0x120000\n")
 	st.write(filepath.Join(dir, "numa_node"), strconv.Itoa(numa)+"\n")
 	for k, v := range attrs {
 		st.write(filepath.Join(dir, k), v)
@@ -82,9 +82,10 @@ func (st *sysTree) pci(addr, driver, vendor, device string, numa int, attrs map[
 }
 
 // platform adds a platform device (path below /sys/devices/platform),
-// bound to driver unless driver is "", with its device tree compatible
-// list, and returns its directory.
-func (st *sysTree) platform(path, driver string, compatible ...string) string {
+// bound to driver unless driver is "", with its device tree node (ofPath
+// below /sys/firmware/devicetree/base, e.g. soc@0/npu@4a900000) and its
+// compatible list, and returns its directory.
+func (st *sysTree) platform(path, driver, ofPath string, compatible ...string) string {
 	dir := filepath.Join(st.sys, "devices/platform", path)
 	st.write(filepath.Join(dir, "uevent"), "")
 	if driver != "" {
@@ -93,7 +94,7 @@ func (st *sysTree) platform(path, driver string, compatible ...string) string {
 		st.link(dir, filepath.Join(drv, filepath.Base(path)))
 	}
 	if len(compatible) > 0 {
-		node := filepath.Join(st.sys, "firmware/devicetree/base", filepath.Base(path))
+		node := filepath.Join(st.sys, "firmware/devicetree/base", ofPath)
 		st.write(filepath.Join(node, "compatible"), strings.Join(compatible, "\x00")+"\x00")
 		st.link(node, filepath.Join(dir, "of_node"))
 	}
@@ -127,7 +128,7 @@ func (st *sysTree) habanalabs(index int, addr string, numa int) string {
 	dir := st.pci(addr, "habanalabs", "0x1da3", "0x1020", numa, map[string]string{
 		"status": "Operational\n", "device_type": "GAUDI2\n", "pci_addr": addr + "\n", "module_id": strconv.Itoa(index) + "\n",
 		"hard_reset_cnt": "2\n", "clk_cur_freq_mhz": "1800\n", "clk_max_freq_mhz": "1800\n", "max_power": "600000\n",
-		"eeprom": "\x00\x01binary", "armcp_ver": "1.15.0\n", "parent_device": "0000:00:00.0\n",
+		"eeprom": "\x00\x01binary", "armcp_ver": "1.15.0\n", "parent_device": addr + "\n",
 	})
 	st.accel(index, dir, true)
 	ctrl := "accel_controlD" + strconv.Itoa(index)
@@ -158,7 +159,9 @@ func (st *sysTree) qaic(index int, addr string, mhi int) string {
 	})
 	m := "mhi" + strconv.Itoa(mhi)
 	st.write(filepath.Join(dir, m, "serial_number"), "Serial Number: 123456789\n")
-	st.write(filepath.Join(dir, m, m+"_QAIC_CONTROL", "uevent"), "")
+	ch := filepath.Join(dir, m, m+"_QAIC_CONTROL")
+	st.write(filepath.Join(ch, "uevent"), "")
+	st.link(filepath.Join(st.sys, "bus/mhi/drivers/qaic_mhi"), filepath.Join(ch, "driver"))
 	adir := st.accel(index, dir, true)
 	for i := range 16 {
 		st.write(filepath.Join(adir, "dbc"+strconv.Itoa(i)+"_state"), "0\n")
@@ -179,10 +182,10 @@ func (st *sysTree) amdxdna(index int, addr string) string {
 // device below the "rknn" platform device the driver registers for them,
 // which no driver binds (rocket_drv.c).
 func (st *sysTree) rocket(index int) string {
-	for _, core := range []string{"fdab0000.npu", "fdac0000.npu", "fdad0000.npu"} {
-		st.platform(core, "rocket", "rockchip,rk3588-rknn-core")
+	for _, core := range []string{"fdab0000", "fdac0000", "fdad0000"} {
+		st.platform(core+".npu", "rocket", "npu@"+core, "rockchip,rk3588-rknn-core")
 	}
-	dir := st.platform("rknn", "")
+	dir := st.platform("rknn", "", "")
 	st.accel(index, dir, true)
 	return dir
 }
@@ -190,7 +193,7 @@ func (st *sysTree) rocket(index int) string {
 // ethosu adds an i.MX93's Ethos-U65, a platform device below the SoC bus
 // (ethosu_drv.c; the device tree binding arm,ethos.yaml).
 func (st *sysTree) ethosu(index int) string {
-	dir := st.platform("soc@0/4a900000.npu", "ethosu", "fsl,imx93-npu", "arm,ethos-u65")
+	dir := st.platform("soc@0/4a900000.npu", "ethosu", "soc@0/npu@4a900000", "fsl,imx93-npu", "arm,ethos-u65")
 	st.accel(index, dir, true)
 	return dir
 }
