@@ -94,22 +94,44 @@ func inPrivateNetns(t *testing.T, f func()) {
 
 // sender is a netlink socket in the uevent family that multicasts to the
 // kernel's group, as only a process with CAP_NET_ADMIN may.
-func sender(t *testing.T) (send func(m []byte)) {
-	t.Helper()
+// It is made on the namespace's thread, so it reports errors instead of
+// failing the test there (t.Fatal must run on the test's goroutine).
+func sender(t *testing.T) (send func(m []byte), err error) {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_KOBJECT_UEVENT)
 	if err != nil {
-		t.Fatal(err)
+		return nil, fmt.Errorf("sender socket: %w", err)
 	}
 	t.Cleanup(func() { unix.Close(fd) })
 	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		t.Fatal(err)
+		return nil, fmt.Errorf("sender bind: %w", err)
 	}
 	return func(m []byte) {
 		t.Helper()
 		if err := unix.Sendto(fd, m, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: kernelGroup}); err != nil {
 			t.Fatalf("send uevent: %v", err)
 		}
+	}, nil
+}
+
+// privateConn is a listener and a sender in a new network namespace (nil
+// when the test was skipped or failed); the listener is closed at the
+// test's end.
+func privateConn(t *testing.T) (c *Conn, send func([]byte)) {
+	t.Helper()
+	var err error
+	inPrivateNetns(t, func() {
+		if c, err = Dial(); err != nil {
+			return
+		}
+		send, err = sender(t)
+	})
+	if c != nil {
+		t.Cleanup(func() { c.Close() })
 	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, send
 }
 
 // readEvent reads with a deadline: Close unblocks Read.
@@ -126,20 +148,10 @@ func readEvent(t *testing.T, c *Conn) (Event, error) {
 // accept filter): they arrive whole, in order, malformed ones as errors
 // that do not stop the stream.
 func TestInjectedEvents(t *testing.T) {
-	var c *Conn
-	var send func([]byte)
-	inPrivateNetns(t, func() {
-		var err error
-		if c, err = Dial(); err != nil {
-			t.Error(err)
-			return
-		}
-		send = sender(t)
-	})
+	c, send := privateConn(t)
 	if c == nil {
 		return
 	}
-	defer c.Close()
 	// User-space senders: in this namespace, only this test's.
 	c.accept = func(from *unix.SockaddrNetlink) bool { return from.Pid != 0 }
 	send(msg("add@/devices/p/accel/accel3", "ACTION=add", "DEVPATH=/devices/p/accel/accel3", "SUBSYSTEM=accel", "DEVNAME=accel/accel3", "SEQNUM=1"))
@@ -165,20 +177,10 @@ func TestInjectedEvents(t *testing.T) {
 // every network namespace, the private one included.
 func TestKernelEventsOnly(t *testing.T) {
 	const uevent = "/sys/devices/virtual/mem/full/uevent"
-	var c *Conn
-	var send func([]byte)
-	inPrivateNetns(t, func() {
-		var err error
-		if c, err = Dial(); err != nil {
-			t.Error(err)
-			return
-		}
-		send = sender(t)
-	})
+	c, send := privateConn(t)
 	if c == nil {
 		return
 	}
-	defer c.Close()
 	send(msg("remove@/devices/virtual/mem/full", "ACTION=remove", "DEVPATH=/devices/virtual/mem/full", "SUBSYSTEM=mem"))
 	id := make([]byte, 16)
 	_, _ = rand.Read(id)
