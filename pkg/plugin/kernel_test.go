@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
@@ -432,4 +433,62 @@ func testCounter(t *testing.T, m *Metrics, name string) float64 {
 		}
 	}
 	return sum
+}
+
+// The source never opens a node, not to identify a device, not to check
+// its health, not for a scrape: inotify would report IN_OPEN on the node
+// directory (the nodes here are regular files, so an open is reported on
+// their own directory; symlinks would report it on their target's).
+func TestKernelNeverOpensNodes(t *testing.T) {
+	st := allSix(t)
+	entries, err := os.ReadDir(st.devDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		p := filepath.Join(st.devDir, e.Name())
+		if err := os.Remove(p); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, nil, 0o666); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if _, err := unix.InotifyAddWatch(fd, st.devDir, unix.IN_OPEN); err != nil {
+		t.Fatal(err)
+	}
+	store := st.run(func(s *KernelSource) { s.StatusPoll = 10 * time.Millisecond })
+	awaitDevices(t, store, 5*time.Second, "six, their nodes not character devices", func(m map[string]Device) bool {
+		return len(m) == 6 && !m["accel0"].Healthy && !m["accel0"].HasMonitor()
+	})
+	st.write(filepath.Join(st.parentDirs["accel0"], "status"), "In reset\n") // a poll re-reads it
+	awaitDevices(t, store, 5*time.Second, "accel0 in reset", func(m map[string]Device) bool { return m["accel0"].Status == accel.StatusInReset })
+	st.uevent("change", st.sysPaths["accel2"], "accel", "DBC_ID=1", "DBC_STATE=1")
+	mustGather(t, NewMetrics(store, time.Second).Registry)
+	// Make sure the watch works: this test's own open is reported.
+	f, err := os.Open(filepath.Join(st.devDir, "accel1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	var opened []string
+	buf := make([]byte, 64<<10)
+	n, err := unix.Read(fd, buf)
+	if err != nil {
+		t.Fatalf("inotify: %v (not even this test's own open was seen)", err)
+	}
+	for off := 0; off+unix.SizeofInotifyEvent <= n; {
+		ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
+		name := strings.TrimRight(string(buf[off+unix.SizeofInotifyEvent:off+unix.SizeofInotifyEvent+int(ev.Len)]), "\x00")
+		opened = append(opened, name)
+		off += unix.SizeofInotifyEvent + int(ev.Len)
+	}
+	if len(opened) != 1 || opened[0] != "accel1" {
+		t.Errorf("nodes opened: %v; want only this test's own open of accel1", opened)
+	}
 }
