@@ -65,15 +65,24 @@ func TestSlowStreamBlocksNothingAndCoalesces(t *testing.T) {
 		t.Fatalf("slow stream's first list has %d devices", len(r.Devices))
 	}
 
-	// 200 changes while the slow stream is stuck in its first Send.
-	var devs []Device
-	start := time.Now()
-	for i := range 200 {
-		devs = append(devs, dev(fmt.Sprintf("D%03d", i), i+1, 0))
-		store.Publish("sim", devs)
-	}
-	if d := time.Since(start); d > time.Second {
-		t.Fatalf("200 publishes took %s with a stuck stream", d)
+	// 200 changes while the slow stream is stuck in its first Send: they
+	// all complete while it stays stuck (its gate opens only below). The
+	// deadline only ends a test that would otherwise hang; how fast a
+	// publish is, is BenchmarkKernelEvent's business, not this test's (a
+	// 1 s bound here once failed on a loaded CI machine at 1.77 s).
+	published := make(chan struct{})
+	go func() {
+		defer close(published)
+		var devs []Device
+		for i := range 200 {
+			devs = append(devs, dev(fmt.Sprintf("D%03d", i), i+1, 0))
+			store.Publish("sim", devs)
+		}
+	}()
+	select {
+	case <-published:
+	case <-time.After(30 * time.Second):
+		t.Fatal("200 publishes did not complete while a stream was stuck in Send: discovery is blocked by it")
 	}
 	// The fast stream ends at the final list.
 	deadline := time.After(5 * time.Second)
