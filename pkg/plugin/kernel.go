@@ -27,14 +27,14 @@ import (
 // never opens a node: habanalabs answers a second open with EBUSY, and an
 // open creates a context on the device.
 //
-// What each driver exposes (identity, status, a control node, telemetry)
-// is in kernelDrivers, from the kernel's own source. Identity: the PCI
-// address for PCI devices and the platform device's name for platform
-// devices (DRIVER-ADDRESS, stable across reboots and driver reloads), a
-// serial only where the driver really exposes one. Devices that report the
-// same serial are each advertised as SERIAL-ADDRESS, whatever order they are
-// found in, with a warning naming them. Every string read from sysfs is made
-// safe (cleanText) before it reaches kubelet, labels or metrics, so one odd
+// What each driver exposes (status, a control node, telemetry) is in
+// kernelDrivers, from the kernel's own source. Identity: DRIVER-ADDRESS,
+// the PCI address for PCI devices and the platform device's name for
+// platform devices, stable across reboots and driver reloads (no driver
+// exposes a serial the plugin could use: see kernelID); should two devices
+// still share one (two accel devices of one parent), uniqueIDs adds the node
+// name, with a warning. Every string read from sysfs is made safe
+// (cleanText) before it reaches kubelet, labels or metrics, so one odd
 // device never affects another.
 //
 // Changes are event-driven and touch only the devices they concern: kernel
@@ -72,7 +72,7 @@ type KernelSource struct {
 	// pciRoots are PCIe roots by parent device path (see pci).
 	pciRoots map[string]string
 	devices  deviceSet
-	dupIDs   map[string]bool // serials seen on two devices (see uniqueIDs)
+	dupIDs   map[string]bool // IDs seen on two devices (see uniqueIDs)
 	warned   map[string]bool // one-time warnings given
 }
 
@@ -373,7 +373,7 @@ func (s *KernelSource) publish(log *slog.Logger) {
 	for _, kd := range s.raw {
 		devs = append(devs, kd.dev)
 	}
-	uniqueIDs(log, devs, s.dupIDs, func(d Device) string { return cmp.Or(d.addr, d.Name) })
+	uniqueIDs(log, devs, s.dupIDs, func(d Device) string { return d.Name }) // the ID has the address already
 	seen := make(map[string]bool, len(devs))
 	for _, d := range devs {
 		seen[d.Name] = true
@@ -404,11 +404,9 @@ func (s *KernelSource) read(log *slog.Logger, name string) (kd kernelDevice, ok 
 	}
 	parent, _ := resolveLink(filepath.Join(real, "device"))
 	kd.sysPath = strings.TrimPrefix(real, s.sysfsRoot())
-	if parent != "" {
-		kd.parentSys = strings.TrimPrefix(parent, s.sysfsRoot())
-	}
 	parentName := ""
 	if parent != "" {
+		kd.parentSys = strings.TrimPrefix(parent, s.sysfsRoot())
 		parentName = filepath.Base(parent)
 	}
 	driver := ""
@@ -449,15 +447,13 @@ func (s *KernelSource) read(log *slog.Logger, name string) (kd kernelDevice, ok 
 	// driver reloads, and unique on its bus (see kernelID).
 	d.ID = kernelID(driver, d.addr, name)
 
+	reason := ""
 	if drv.status != nil && parent != "" {
-		var reason string
 		d.Status, reason, kd.statusFile, kd.status = drv.status(parent)
-		d.health()
-		if reason != "" {
-			d.Reason = reason
-		}
-	} else {
-		d.health()
+	}
+	d.health()
+	if reason != "" {
+		d.Reason = reason // the driver's own words
 	}
 	if s.offline[name] {
 		d.Status, d.Healthy, d.Reason = accel.StatusInReset, false, "offline (the driver sent an offline uevent)"
@@ -526,11 +522,8 @@ func kernelID(driver, addr, name string) string {
 // compatible returns the first compatible string of a platform device's
 // device tree node ("" without one): the SoC's name for the block.
 func compatible(dev string) string {
-	b, err := os.ReadFile(filepath.Join(dev, "of_node", "compatible"))
-	if err != nil {
-		return ""
-	}
-	first, _, _ := strings.Cut(string(b), "\x00")
+	list, _ := attr(dev, "of_node/compatible") // NUL-separated, bounded like any attribute
+	first, _, _ := strings.Cut(list, "\x00")
 	return first
 }
 
@@ -554,7 +547,6 @@ func (s *KernelSource) pci(log *slog.Logger, name, parent string) (busID, root s
 		return dev, r
 	}
 	attr, err := deviceattribute.GetPCIeRootAttributeByPCIBusID(dev, deviceattribute.WithFSFromRoot(s.sysfsRoot()))
-	root = ""
 	if err != nil || attr.Value.StringValue == nil {
 		log.Debug("PCIe root unknown", "name", name, "pci", dev, "err", err)
 	} else {

@@ -101,7 +101,7 @@ var kernelFacades = map[string]string{"rknn": "rocket"}
 // strings in common/device.c) to the core's statuses.
 func habanalabsStatus(parent string) (accel.Status, string, string, string) {
 	file := filepath.Join(parent, "status")
-	raw, ok := attr(file, "")
+	raw, ok := attr(parent, "status")
 	if !ok {
 		return accel.StatusOperational, "", "", ""
 	}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -251,7 +250,7 @@ func readTelemetry(devs []Device) []kernelSample {
 			continue
 		}
 		for _, m := range kernelDrivers[d.Driver].telemetry {
-			v, ok := attr(filepath.Join(d.sysDevice, m.file), "")
+			v, ok := attr(d.sysDevice, m.file)
 			if !ok {
 				continue
 			}
