@@ -28,10 +28,11 @@ GOLANGCI_LINT         := $(TOOLS)/golangci-lint-$(GOLANGCI_LINT_VERSION)/golangc
 KUBECTL      := $(TOOLS)/kubectl-v1.37.2/kubectl
 
 LOCALCLUSTER := bin/localcluster
+KINDCLUSTER  := bin/kindcluster
 E2E_IMAGE_TAR = $(CURDIR)/$(OUT)/accel-device-plugin-$(VERSION).tar
 
 .PHONY: all build view image test test-kubelet test-chart test-image lint lint-go lint-gofmt lint-golangci lint-helm helm golangci-lint bench demo demo-node demo-down \
-	localcluster cluster-build cluster-up cluster-down kubectl e2e e2e-kind fuzz clean
+	localcluster cluster-build cluster-up cluster-down kubectl e2e kindcluster kind-build kind-up e2e-kind e2e-kind-down fuzz clean
 
 all: build
 
@@ -149,32 +150,59 @@ e2e: cluster-up $(HELM)
 	  ACCEL_E2E_RESTART_KUBELET="$(CURDIR)/$(LOCALCLUSTER) restart-kubelet" ACCEL_E2E_CTR="$(CURDIR)/$(LOCALCLUSTER) ctr" \
 	  $(GO) test -count=1 -v -timeout 20m ./suite/
 
-## e2e-kind: the same suite on a kind cluster (needs Docker and kind; not possible on machines
-## without a Docker engine)
-KIND_CLUSTER := accel-e2e
-e2e-kind: $(HELM)
-	docker build --build-arg VERSION=$(VERSION) -t $(IMAGE) .
-	docker pull busybox:1.36 && docker tag busybox:1.36 localhost/busybox:1.36
-	kind get clusters | grep -qx $(KIND_CLUSTER) || kind create cluster --config $(E2E)/kind.yaml
-	kind load docker-image $(IMAGE) localhost/busybox:1.36 --name $(KIND_CLUSTER)
-	kind get kubeconfig --name $(KIND_CLUSTER) > $(CURDIR)/$(OUT)/kind.kubeconfig
-	cd $(E2E) && ACCEL_E2E_KUBECONFIG=$(CURDIR)/$(OUT)/kind.kubeconfig ACCEL_E2E_HELM=$(HELM) ACCEL_E2E_IMAGE=$(IMAGE) \
-	  ACCEL_E2E_RESTART_KUBELET="docker exec $(KIND_CLUSTER)-control-plane systemctl restart kubelet" \
-	  ACCEL_E2E_CTR="docker exec $(KIND_CLUSTER)-control-plane ctr -n k8s.io" \
-	  $(GO) test -count=1 -v -timeout 20m ./suite/
+## kindcluster: the kind cluster provider (e2e/cmd/kindcluster)
+kindcluster:
+	cd $(E2E) && $(GO) build -o $(CURDIR)/$(KINDCLUSTER) ./cmd/kindcluster
 
-## demo: the main job. Without KUBECONFIG: bring up the local cluster; then install the chart,
-## run the example pods and print what they saw (API=dra: as a DRA driver). `make demo-down` removes it all.
+## kind-build: build what the offline kind node image is made of into the cache (no Docker;
+## CI runs it in the background)
+kind-build: kindcluster
+	$(KINDCLUSTER) build
+
+## e2e-kind: the suite on kind, on one node (the whole suite), then on a control plane and two
+## workers (the multi-node story). Starts dockerd when none runs and stops it after. Offline
+## (no KIND_NODE_IMAGE, no registry): the node image is built here (~25 min the first time,
+## cached in ~/.cache/accel-device-plugin); KIND_NODE_IMAGE=stock uses kind's own, KIND_NODE_IMAGE=NAME
+## that image. KIND_TOPOLOGIES picks (default "single multi"); KIND_KEEP=1 leaves the last cluster up.
+KIND_TOPOLOGIES ?= single multi
+e2e-kind: image kindcluster $(HELM)
+	@set -e; [ -n "$(KIND_KEEP)" ] || trap '$(KINDCLUSTER) down' EXIT; \
+	image="$${KIND_NODE_IMAGE:-}"; \
+	if [ -z "$$image" ] && $(KINDCLUSTER) registry-reachable 2>/dev/null; then image=stock; fi; \
+	for t in $(KIND_TOPOLOGIES); do \
+	  kc=$$($(KINDCLUSTER) up --topology $$t --image "$$image" --import $(E2E_IMAGE_TAR)); \
+	  cp=$$($(KINDCLUSTER) node --topology $$t); \
+	  run=.; [ $$t = multi ] && run=TestMultiNode; \
+	  echo "== e2e-kind: the suite on the $$t topology ($$kc)"; \
+	  (cd $(E2E) && ACCEL_E2E_KUBECONFIG=$$kc ACCEL_E2E_HELM=$(HELM) ACCEL_E2E_IMAGE=$(IMAGE) \
+	    ACCEL_E2E_RESTART_KUBELET="docker exec $$cp systemctl restart kubelet" \
+	    ACCEL_E2E_CTR="docker exec $$cp ctr -n k8s.io" \
+	    $(GO) test -count=1 -v -timeout 20m -run "$$run" ./suite/); \
+	done
+
+## e2e-kind-down: delete the kind clusters; stop dockerd if e2e-kind started it
+e2e-kind-down: kindcluster
+	$(KINDCLUSTER) down
+
+## demo: the main job. Without KUBECONFIG: bring up the local cluster (KIND=1: a kind cluster,
+## see e2e-kind); then install the chart, run the example pods and print what they saw (API=dra: as
+## a DRA driver). `make demo-down` (KIND=1 for kind) removes it all.
+KIND ?=
+DEMO_KUBECONFIG = $${KUBECONFIG:-$$(if [ -n "$(KIND)" ]; then $(CURDIR)/$(KINDCLUSTER) kubeconfig; else $(CURDIR)/$(LOCALCLUSTER) kubeconfig; fi)}
 demo: $(HELM) $(KUBECTL)
-	@if [ -z "$$KUBECONFIG" ]; then $(MAKE) cluster-up; fi
-	KUBECTL=$(KUBECTL) API=$(API) bash scripts/demo-cluster.sh "$${KUBECONFIG:-$$($(CURDIR)/$(LOCALCLUSTER) kubeconfig)}" $(HELM) $(IMAGE)
+	@if [ -z "$$KUBECONFIG" ]; then if [ -n "$(KIND)" ]; then $(MAKE) kind-up; else $(MAKE) cluster-up; fi; fi
+	KUBECTL=$(KUBECTL) API=$(API) bash scripts/demo-cluster.sh "$(DEMO_KUBECONFIG)" $(HELM) $(IMAGE)
 
-## demo-down: uninstall the demo; stop the local cluster if it was ours
-demo-down: $(HELM) $(KUBECTL) localcluster
-	-export KUBECONFIG="$${KUBECONFIG:-$$($(CURDIR)/$(LOCALCLUSTER) kubeconfig 2>/dev/null)}"; \
+## kind-up: a one-node kind cluster with our image loaded (what `KIND=1 make demo` runs on)
+kind-up: image kindcluster
+	$(KINDCLUSTER) up --import $(E2E_IMAGE_TAR)
+
+## demo-down: uninstall the demo; stop the local cluster (KIND=1: the kind cluster) if it was ours
+demo-down: $(HELM) $(KUBECTL) localcluster kindcluster
+	-export KUBECONFIG="$(DEMO_KUBECONFIG)"; \
 	  $(KUBECTL) delete namespace accel-demo --wait=true --timeout=2m --ignore-not-found; \
 	  $(HELM) uninstall accel --namespace accel-demo --wait --ignore-not-found
-	@if [ -z "$$KUBECONFIG" ]; then $(MAKE) cluster-down; fi
+	@if [ -z "$$KUBECONFIG" ]; then if [ -n "$(KIND)" ]; then $(KINDCLUSTER) down; else $(MAKE) cluster-down; fi; fi
 
 ## demo-node: no cluster: 4 simulated devices walked through their behaviour, then the plugin
 ## registered with kubelet's real device manager (kubelet-view)

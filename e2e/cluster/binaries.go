@@ -44,30 +44,31 @@ func haveAll(dir string, names []string) bool {
 	return true
 }
 
-// cachedBuild is a set of binaries built once into the cache, keyed by
-// version in its directory name.
-type cachedBuild struct {
-	what  string   // for messages: "the Kubernetes v1.37.2 binaries"
-	dir   string   // where they are kept
-	names []string // the binaries dir must hold
-	log   string   // name of the build log (in LogDir)
-	took  string   // how long it takes cold, for the progress line
-	// cmd is the build writing into tmp (a fresh, empty directory).
-	cmd func(ctx context.Context, tmp string) (*exec.Cmd, error)
+// CachedBuild is a set of binaries built once into the cache, keyed by
+// version in its directory name. The kind provider (package kind) builds
+// what its node image carries the same way.
+type CachedBuild struct {
+	What  string   // for messages: "the Kubernetes v1.37.2 binaries"
+	Dir   string   // where they are kept
+	Names []string // the binaries Dir must hold
+	Log   string   // name of the build log (in LogDir)
+	Took  string   // how long it takes cold, for the progress line
+	// Cmd is the build writing into tmp (a fresh, empty directory).
+	Cmd func(ctx context.Context, tmp string) (*exec.Cmd, error)
 }
 
-// ensure builds b into the cache unless it is there. The build goes to
-// <dir>.tmp and is renamed when complete, so a partial build is never used;
-// one build runs at a time per cache (<dir>.lock). It reports whether it
+// Ensure builds b into the cache unless it is there. The build goes to
+// <Dir>.tmp and is renamed when complete, so a partial build is never used;
+// one build runs at a time per cache (<Dir>.lock). It reports whether it
 // built.
-func (c *Cluster) ensure(ctx context.Context, b cachedBuild) (bool, error) {
-	if haveAll(b.dir, b.names) {
+func (c *Cluster) Ensure(ctx context.Context, b CachedBuild) (bool, error) {
+	if haveAll(b.Dir, b.Names) {
 		return false, nil
 	}
 	if err := os.MkdirAll(c.o.CacheDir, 0o755); err != nil {
 		return false, err
 	}
-	lock, err := os.OpenFile(b.dir+".lock", os.O_CREATE|os.O_RDWR, 0o644)
+	lock, err := os.OpenFile(b.Dir+".lock", os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
 		return false, err
 	}
@@ -75,40 +76,40 @@ func (c *Cluster) ensure(ctx context.Context, b cachedBuild) (bool, error) {
 	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
 		return false, fmt.Errorf("lock %s: %w", lock.Name(), err)
 	}
-	if haveAll(b.dir, b.names) {
+	if haveAll(b.Dir, b.Names) {
 		return false, nil // built by whoever held the lock
 	}
-	tmp := b.dir + ".tmp"
+	tmp := b.Dir + ".tmp"
 	if err := os.RemoveAll(tmp); err != nil { // an interrupted build's remains
 		return false, err
 	}
 	if err := os.MkdirAll(tmp, 0o755); err != nil {
 		return false, err
 	}
-	cmd, err := b.cmd(ctx, tmp)
+	cmd, err := b.Cmd(ctx, tmp)
 	if err != nil {
-		return false, fmt.Errorf("%s are not in %s and cannot be built: %w", b.what, b.dir, err)
+		return false, fmt.Errorf("%s are not in %s and cannot be built: %w", b.What, b.Dir, err)
 	}
-	c.logf("building %s into %s (%s the first time; log %s)", b.what, b.dir, b.took, c.logFile(b.log))
+	c.logf("building %s into %s (%s the first time; log %s)", b.What, b.Dir, b.Took, c.logFile(b.Log))
 	if err := os.MkdirAll(c.o.LogDir, 0o755); err != nil {
 		return false, err
 	}
-	logf, err := os.Create(c.logFile(b.log))
+	logf, err := os.Create(c.logFile(b.Log))
 	if err != nil {
 		return false, err
 	}
 	defer logf.Close()
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Run(); err != nil {
-		return false, fmt.Errorf("building %s failed (%w): see %s", b.what, err, c.logFile(b.log))
+		return false, fmt.Errorf("building %s failed (%w): see %s", b.What, err, c.logFile(b.Log))
 	}
-	if !haveAll(tmp, b.names) {
-		return false, fmt.Errorf("the build of %s in %s is incomplete: see %s", b.what, tmp, c.logFile(b.log))
+	if !haveAll(tmp, b.Names) {
+		return false, fmt.Errorf("the build of %s in %s is incomplete: see %s", b.What, tmp, c.logFile(b.Log))
 	}
-	if err := os.RemoveAll(b.dir); err != nil {
+	if err := os.RemoveAll(b.Dir); err != nil {
 		return false, err
 	}
-	if err := os.Rename(tmp, b.dir); err != nil {
+	if err := os.Rename(tmp, b.Dir); err != nil {
 		return false, err
 	}
 	return true, nil
@@ -130,17 +131,13 @@ func (c *Cluster) Build(ctx context.Context) error {
 // ensureBinaries builds the four Kubernetes binaries into the cache (from
 // the e2e module, which requires k8s.io/kubernetes) unless they are there.
 func (c *Cluster) ensureBinaries(ctx context.Context) (bool, error) {
-	return c.ensure(ctx, cachedBuild{
-		what: "the Kubernetes " + KubeVersion + " binaries", dir: c.binDir(), names: kubeBinaries,
-		log: "k8s-build", took: "10-15 min",
-		cmd: func(ctx context.Context, tmp string) (*exec.Cmd, error) {
-			mod := c.o.ModuleDir
-			if mod == "" {
-				wd, _ := os.Getwd()
-				var err error
-				if mod, err = findModuleDir(wd); err != nil {
-					return nil, err
-				}
+	return c.Ensure(ctx, CachedBuild{
+		What: "the Kubernetes " + KubeVersion + " binaries", Dir: c.binDir(), Names: kubeBinaries,
+		Log: "k8s-build", Took: "10-15 min",
+		Cmd: func(ctx context.Context, tmp string) (*exec.Cmd, error) {
+			mod, err := c.moduleDir()
+			if err != nil {
+				return nil, err
 			}
 			args := []string{"build", "-ldflags", kubeLDFlags(KubeVersion), "-o", tmp + "/"}
 			for _, b := range kubeBinaries {
@@ -158,10 +155,10 @@ func (c *Cluster) ensureBinaries(ctx context.Context) (bool, error) {
 // are there. CGO_ENABLED=0 leaves out the btrfs snapshotter (cgo), which
 // the cluster disables anyway.
 func (c *Cluster) ensureContainerd(ctx context.Context) (bool, error) {
-	return c.ensure(ctx, cachedBuild{
-		what: "containerd " + ContainerdVersion, dir: c.containerdDir(), names: containerdBinaries,
-		log: "containerd-build", took: "1-3 min",
-		cmd: func(ctx context.Context, tmp string) (*exec.Cmd, error) {
+	return c.Ensure(ctx, CachedBuild{
+		What: "containerd " + ContainerdVersion, Dir: c.containerdDir(), Names: containerdBinaries,
+		Log: "containerd-build", Took: "1-3 min",
+		Cmd: func(ctx context.Context, tmp string) (*exec.Cmd, error) {
 			return containerdBuild(ctx, tmp), nil
 		},
 	})
@@ -183,6 +180,16 @@ func containerdBuild(ctx context.Context, gobin string) *exec.Cmd {
 // "2.x.y+unknown" otherwise).
 func containerdLDFlags(version string) string {
 	return "-s -w -X " + containerdModule + "/version.Version=" + version
+}
+
+// moduleDir is the e2e module's root: Options.ModuleDir, or found from the
+// working directory upwards.
+func (c *Cluster) moduleDir() (string, error) {
+	if c.o.ModuleDir != "" {
+		return c.o.ModuleDir, nil
+	}
+	wd, _ := os.Getwd()
+	return findModuleDir(wd)
 }
 
 // findModuleDir walks up from dir to the e2e module's root.

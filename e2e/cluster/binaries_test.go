@@ -17,9 +17,9 @@ func TestCachedBuildAtomic(t *testing.T) {
 	c := New(Options{CacheDir: cache, LogDir: t.TempDir(), Log: io.Discard})
 	dir := filepath.Join(cache, "tool-v1")
 	runs := 0
-	build := func(script string) cachedBuild {
-		return cachedBuild{what: "tool v1", dir: dir, names: []string{"a", "b"}, log: "tool-build", took: "no time",
-			cmd: func(ctx context.Context, tmp string) (*exec.Cmd, error) {
+	build := func(script string) CachedBuild {
+		return CachedBuild{What: "tool v1", Dir: dir, Names: []string{"a", "b"}, Log: "tool-build", Took: "no time",
+			Cmd: func(ctx context.Context, tmp string) (*exec.Cmd, error) {
 				runs++
 				cmd := exec.CommandContext(ctx, "sh", "-c", script)
 				cmd.Dir = tmp
@@ -32,7 +32,7 @@ func TestCachedBuildAtomic(t *testing.T) {
 		{"succeeds without b", "printf x > a && chmod +x a"},
 		{"b not executable", "printf x > a && printf x > b && chmod +x a"},
 	} {
-		if built, err := c.ensure(ctx, build(tc.script)); err == nil || built {
+		if built, err := c.Ensure(ctx, build(tc.script)); err == nil || built {
 			t.Errorf("%s: built %v, err %v; want an error", tc.name, built, err)
 		}
 		if _, err := os.Stat(dir); !os.IsNotExist(err) {
@@ -40,7 +40,7 @@ func TestCachedBuildAtomic(t *testing.T) {
 		}
 	}
 	full := build("printf x > a && printf x > b && chmod +x a b")
-	if built, err := c.ensure(ctx, full); err != nil || !built {
+	if built, err := c.Ensure(ctx, full); err != nil || !built {
 		t.Fatalf("complete build: built %v, err %v", built, err)
 	}
 	if !haveAll(dir, []string{"a", "b"}) {
@@ -50,7 +50,7 @@ func TestCachedBuildAtomic(t *testing.T) {
 		t.Errorf("%s.tmp left behind (%v)", dir, err)
 	}
 	before := runs
-	if built, err := c.ensure(ctx, full); err != nil || built || runs != before {
+	if built, err := c.Ensure(ctx, full); err != nil || built || runs != before {
 		t.Errorf("cached: built %v, err %v, build ran %d more times; want no build", built, err, runs-before)
 	}
 }

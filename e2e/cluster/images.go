@@ -54,6 +54,11 @@ func writeImage(name string, files []oci.File, cfg v1.ImageConfig, out string) e
 
 // pauseImage builds the pause image archive (a static Go program) into out.
 func pauseImage(ctx context.Context, out string) error {
+	return pauseImageNamed(ctx, PauseImage, out)
+}
+
+// pauseImageNamed is pauseImage tagged name.
+func pauseImageNamed(ctx context.Context, name, out string) error {
 	dir, err := os.MkdirTemp("", "accel-pause-")
 	if err != nil {
 		return err
@@ -76,7 +81,7 @@ func pauseImage(ctx context.Context, out string) error {
 	if err != nil {
 		return err
 	}
-	return writeImage(PauseImage, []oci.File{{Path: "/pause", Mode: 0o755, Data: data}},
+	return writeImage(name, []oci.File{{Path: "/pause", Mode: 0o755, Data: data}},
 		v1.ImageConfig{Entrypoint: []string{"/pause"}}, out)
 }
 

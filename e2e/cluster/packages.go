@@ -24,11 +24,16 @@ func missingPackages(ctx context.Context, pkgs []string) []string {
 	return missing
 }
 
-// installPackages installs missing packages with apt-get. Services the
-// packages ship (etcd) are kept from starting with a temporary
-// policy-rc.d when none exists.
+// installPackages installs the missing debPackages.
 func (c *Cluster) installPackages(ctx context.Context) error {
-	missing := missingPackages(ctx, debPackages)
+	return c.InstallPackages(ctx, debPackages...)
+}
+
+// InstallPackages installs those of pkgs that are missing with apt-get.
+// Services the packages ship (etcd, docker) are kept from starting with a
+// temporary policy-rc.d when none exists.
+func (c *Cluster) InstallPackages(ctx context.Context, pkgs ...string) error {
+	missing := missingPackages(ctx, pkgs)
 	if len(missing) == 0 {
 		return nil
 	}
@@ -59,7 +64,7 @@ func (c *Cluster) installPackages(ctx context.Context) error {
 			return fmt.Errorf("%w: install them as root: apt-get install %s", err, strings.Join(missing, " "))
 		}
 	}
-	if m := missingPackages(ctx, debPackages); len(m) > 0 {
+	if m := missingPackages(ctx, pkgs); len(m) > 0 {
 		return fmt.Errorf("packages still missing after apt-get: %s", strings.Join(m, " "))
 	}
 	return nil

@@ -35,9 +35,21 @@ func (c *Cluster) foreignKube() []string {
 		}
 		switch name := strings.TrimSpace(string(comm)); name {
 		case compKubelet, compAPIServer, "k3s", "k3s-server", "k3s-agent", "k0s", "kubelite", "rke2":
-			found = append(found, fmt.Sprintf("%s (pid %d)", name, pid))
+			where := ""
+			if inDockerContainer(proc) {
+				where = ", in a Docker container: a kind node (make e2e-kind-down, or kind delete cluster, stops it)"
+			}
+			found = append(found, fmt.Sprintf("%s (pid %d%s)", name, pid, where))
 		}
 		return false
 	})
 	return found
+}
+
+// inDockerContainer reports whether the process at proc (/proc/PID) runs
+// in a Docker container (its cgroup path names docker): a kind node's
+// kubelet does.
+func inDockerContainer(proc string) bool {
+	b, err := os.ReadFile(proc + "/cgroup")
+	return err == nil && (strings.Contains(string(b), "/docker/") || strings.Contains(string(b), "docker-"))
 }
