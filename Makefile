@@ -79,7 +79,7 @@ test: lint
 ## test-kubelet: accel-plugin against k8s.io/kubernetes' device manager, and the local
 ## cluster's unit tests (PKI, configs; they change nothing on the host)
 test-kubelet:
-	cd $(E2E) && $(GO) test -count=1 $(TESTFLAGS) ./kubelet/... ./cluster/...
+	cd $(E2E) && $(GO) test -count=1 $(TESTFLAGS) ./kubelet/... ./cluster/... ./kind/...
 
 ## test-chart: render the chart with several values files and assert on it
 test-chart: $(HELM)

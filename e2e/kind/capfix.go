@@ -40,7 +40,7 @@ func MissingCapabilities() ([]string, error) {
 		return nil, err
 	}
 	var missing []string
-	for _, c := range capability.List() {
+	for _, c := range capability.ListKnown() {
 		if c <= last && !caps.Get(capability.BOUNDING, c) {
 			missing = append(missing, "CAP_"+strings.ToUpper(c.String()))
 		}

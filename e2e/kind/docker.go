@@ -168,10 +168,8 @@ func (k *Kind) saveHostState(ctx context.Context) error {
 // sysctls, no docker0 bridge, no mounts left under dockerd's directories.
 func (k *Kind) stopDocker(ctx context.Context) error {
 	pid, ours := k.ourDockerd()
-	if !ours {
-		if _, err := os.Stat(k.savedRules(false)); err != nil {
-			return nil // not started here
-		}
+	if !ours && !exists(k.savedRules(false)) {
+		return nil // not started here
 	}
 	if ours {
 		_ = syscall.Kill(pid, syscall.SIGTERM)
@@ -208,9 +206,12 @@ func (k *Kind) stopDocker(ctx context.Context) error {
 // the saved rules do not name (docker made them: nat, when nothing had
 // used it) are emptied, their policies ACCEPT.
 func (k *Kind) restoreRules(ctx context.Context, v6 bool) error {
+	if !exists(k.savedRules(v6)) {
+		return nil // nothing saved: no such tables here
+	}
 	saved, err := os.ReadFile(k.savedRules(v6))
 	if err != nil {
-		return nil
+		return err
 	}
 	prog := map[bool]string{false: "iptables", true: "ip6tables"}[v6]
 	restore := exec.CommandContext(ctx, prog+"-restore")
@@ -255,9 +256,12 @@ var builtinChains = map[string][]string{
 
 // restoreSysctls writes back the saved sysctls.
 func (k *Kind) restoreSysctls() error {
+	if !exists(k.savedSysctls()) {
+		return nil
+	}
 	b, err := os.ReadFile(k.savedSysctls())
 	if err != nil {
-		return nil
+		return err
 	}
 	var errs []error
 	for _, line := range strings.Split(string(b), "\n") {
@@ -316,4 +320,9 @@ func isZombie(pid int) bool {
 		return s[i+2] == 'Z'
 	}
 	return false
+}
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }

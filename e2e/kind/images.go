@@ -99,8 +99,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime",
 	if err := d.Start(); err != nil {
 		return fmt.Errorf("start containerd for the node's images: %w", err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- d.Wait() }()
+	var waitErr error
+	exited := make(chan struct{})
+	go func() { waitErr = d.Wait(); close(exited) }()
 	defer func() {
 		_ = d.Process.Signal(os.Interrupt)
 		select {
@@ -121,8 +122,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime",
 			break
 		}
 		select {
-		case err := <-exited:
-			return fmt.Errorf("containerd for the node's images exited (%v): see %s", err, logPath)
+		case <-exited:
+			return fmt.Errorf("containerd for the node's images exited (%w): see %s", waitErr, logPath)
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(100 * time.Millisecond):

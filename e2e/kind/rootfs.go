@@ -83,8 +83,11 @@ func kindModuleDir(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("go mod download %s@%s: %w", kindModule, KindVersion, err)
 	}
 	var m struct{ Dir, Error string }
-	if err := json.Unmarshal(out, &m); err != nil || m.Dir == "" {
-		return "", fmt.Errorf("go mod download %s@%s: %s (%v)", kindModule, KindVersion, m.Error, err)
+	if err := json.Unmarshal(out, &m); err != nil {
+		return "", fmt.Errorf("go mod download %s@%s: %w", kindModule, KindVersion, err)
+	}
+	if m.Dir == "" {
+		return "", fmt.Errorf("go mod download %s@%s: %s", kindModule, KindVersion, m.Error)
 	}
 	return m.Dir, nil
 }

@@ -4,6 +4,9 @@
 // monitors, health (on the node and in the pod's status), restarts and a
 // clean uninstall. The device story runs twice: devices handed over as
 // bind mounts, then through CDI (cdi.enabled), which a pod must not notice.
+// Those stories want a single-node cluster and skip on a bigger one;
+// TestMultiNode is the story of a cluster with two workers or more (make
+// e2e-kind's second topology) and skips on a smaller one.
 //
 // It needs a cluster and is configured by the environment (`make e2e` sets
 // it for the local cluster, `make e2e-kind` for kind):

@@ -96,7 +96,8 @@ echo "holding $ACCEL_VISIBLE_DEVICES"; exec sleep 3600`
 	step("pods on different nodes reach each other (the CNI routes between the nodes' pod CIDRs)")
 	e.createPod("web", `mkdir -p /www && echo "served from $(hostname)" > /www/index.html && exec httpd -f -p 8080 -h /www`, onNodeNamed(workers[0]))
 	web := e.awaitPhase("web", corev1.PodRunning, 2*time.Minute)
-	e.createPod("client", fmt.Sprintf(`until wget -q -T 2 -O - http://%s:8080/; do sleep 1; done; exec sleep 3600`, web.Status.PodIP),
+	// nc, not wget: the static busybox's wget crashes in its resolver (glibc NSS in a static binary).
+	e.createPod("client", fmt.Sprintf(`until printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 2 %s 8080; do sleep 1; done; exec sleep 3600`, web.Status.PodIP),
 		onNodeNamed(workers[1]))
 	e.awaitRunning("client", "served from web")
 

@@ -67,7 +67,7 @@ func parseSpec(arg string) (spec, error) {
 
 func run(base, out string, args []string) error {
 	if base == "" || out == "" || len(args) == 0 {
-		return errors.New("usage: components --base BASE.tar --out OUT.tar REF=BINARY[=ENTRYPOINT]...")
+		return errors.New("usage: components --base BASE.tar --out OUT.tar REF=BINARY[=ENTRYPOINT] (one or more)")
 	}
 	baseLayer, err := tarball.LayerFromFile(base, tarball.WithCompressionLevel(gzip.BestSpeed))
 	if err != nil {
