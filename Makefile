@@ -166,7 +166,7 @@ kind-build: kindcluster
 ## that image. KIND_TOPOLOGIES picks (default "single multi"); KIND_KEEP=1 leaves the last cluster up.
 KIND_TOPOLOGIES ?= single multi
 e2e-kind: image kindcluster $(HELM)
-	@set -e; [ -n "$(KIND_KEEP)" ] || trap '$(KINDCLUSTER) down' EXIT; \
+	@set -e; [ -n "$(KIND_KEEP)" ] || trap '$(KINDCLUSTER) down' EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; \
 	image="$${KIND_NODE_IMAGE:-}"; \
 	if [ -z "$$image" ] && $(KINDCLUSTER) registry-reachable 2>/dev/null; then image=stock; fi; \
 	for t in $(KIND_TOPOLOGIES); do \
@@ -174,7 +174,7 @@ e2e-kind: image kindcluster $(HELM)
 	  cp=$$($(KINDCLUSTER) node --topology $$t); \
 	  run=.; [ $$t = multi ] && run=TestMultiNode; \
 	  echo "== e2e-kind: the suite on the $$t topology ($$kc)"; \
-	  (cd $(E2E) && ACCEL_E2E_KUBECONFIG=$$kc ACCEL_E2E_HELM=$(HELM) ACCEL_E2E_IMAGE=$(IMAGE) \
+	  (cd $(E2E) && ACCEL_E2E_KUBECONFIG=$$kc ACCEL_E2E_TOPOLOGY=$$t ACCEL_E2E_HELM=$(HELM) ACCEL_E2E_IMAGE=$(IMAGE) \
 	    ACCEL_E2E_RESTART_KUBELET="docker exec $$cp systemctl restart kubelet" \
 	    ACCEL_E2E_CTR="docker exec $$cp ctr -n k8s.io" \
 	    $(GO) test -count=1 -v -timeout 20m -run "$$run" ./suite/); \

@@ -71,7 +71,9 @@ func RunRuncWrapper(args []string) error {
 // specFile finds, in runc's arguments, the file naming the capabilities:
 // the bundle's config.json for create and run (--bundle/-b, default the
 // working directory), the --process/-p file for exec. proc tells which
-// (a process file is the spec's "process" object alone).
+// (a process file is the spec's "process" object alone). Only the
+// command's options are read: they end at the container ID (the first
+// argument that is neither an option nor an option's value) or at "--".
 func specFile(args []string) (file string, proc bool) {
 	cmd := -1
 	for i, a := range args {
@@ -83,32 +85,37 @@ func specFile(args []string) (file string, proc bool) {
 	if cmd < 0 {
 		return "", false
 	}
-	flag := func(long, short string) string {
-		for i := cmd + 1; i < len(args); i++ {
-			a := args[i]
-			switch {
-			case a == "--":
-				return ""
-			case a == long || a == short:
-				if i+1 < len(args) {
-					return args[i+1]
-				}
-			case strings.HasPrefix(a, long+"="):
-				return strings.TrimPrefix(a, long+"=")
-			case strings.HasPrefix(a, short+"="):
-				return strings.TrimPrefix(a, short+"=")
-			}
+	want := map[bool][2]string{false: {"bundle", "b"}, true: {"process", "p"}}[args[cmd] == "exec"]
+	found := ""
+	for i := cmd + 1; i < len(args); i++ {
+		a := args[i]
+		if a == "--" || !strings.HasPrefix(a, "-") {
+			break // the container ID: what follows is not runc's
 		}
-		return ""
+		name, val, inline := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if !inline && runcValueFlags[name] && i+1 < len(args) {
+			i++
+			val = args[i]
+		}
+		if name == want[0] || name == want[1] {
+			found = val
+		}
 	}
 	if args[cmd] == "exec" {
-		return flag("--process", "-p"), true
+		return found, true
 	}
-	bundle := flag("--bundle", "-b")
-	if bundle == "" {
-		bundle = "."
+	if found == "" {
+		found = "."
 	}
-	return filepath.Join(bundle, "config.json"), false
+	return filepath.Join(found, "config.json"), false
+}
+
+// runcValueFlags are the options of runc create, run and exec that take a
+// value (runc 1.1's, as go-runc passes them).
+var runcValueFlags = map[string]bool{
+	"bundle": true, "b": true, "console-socket": true, "pid-file": true, "preserve-fds": true,
+	"process": true, "p": true, "cwd": true, "env": true, "e": true, "user": true, "u": true,
+	"additional-gids": true, "g": true, "process-label": true, "apparmor": true, "cap": true, "c": true, "cgroup": true,
 }
 
 // dropCapabilities removes missing from every capability set in file (a

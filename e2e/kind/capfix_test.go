@@ -22,6 +22,12 @@ func TestSpecFile(t *testing.T) {
 		{[]string{"exec", "-p=/q.json", "id"}, "/q.json", true},
 		{[]string{"exec", "id", "sh"}, "", true},
 		{[]string{"start", "id"}, "", false},
+		{[]string{"create", "--pid-file", "/p", "--bundle", "/b", "id"}, "/b/config.json", false},
+		{[]string{"create", "-bundle=/g", "id"}, "/g/config.json", false},
+		{[]string{"create", "--no-pivot", "id", "--bundle", "/not-runcs"}, "config.json", false},
+		{[]string{"exec", "--cwd", "/", "-p", "/p.json", "--detach", "id"}, "/p.json", true},
+		{[]string{"exec", "id", "sh", "-p", "x"}, "", true},
+		{[]string{"exec", "--env", "-p=no", "id"}, "", true},
 		{[]string{"--version"}, "", false},
 	} {
 		file, proc := specFile(tc.args)

@@ -108,11 +108,21 @@ func (k *Kind) Up(ctx context.Context, o UpOptions) (string, error) {
 			}
 		}
 	}
-	if have {
-		if _, err := os.Stat(kubeconfig); err != nil {
-			if err := k.run(ctx, kindBin, "export", "kubeconfig", "--name", t.Cluster, "--kubeconfig", kubeconfig); err != nil {
+	if have && image != "" {
+		// Made from another node image (an older build, or stock): make it
+		// again from this one.
+		running, err := k.dockerOut(ctx, "inspect", "--format", "{{.Config.Image}}", t.Cluster+"-control-plane")
+		if err != nil || strings.TrimSpace(running) != image {
+			k.logf("kind cluster %s runs node image %q, not %s: deleting it", t.Cluster, strings.TrimSpace(running), image)
+			if err := k.run(ctx, kindBin, "delete", "cluster", "--name", t.Cluster); err != nil {
 				return "", err
 			}
+			have = false
+		}
+	}
+	if have {
+		if err := k.run(ctx, kindBin, "export", "kubeconfig", "--name", t.Cluster, "--kubeconfig", kubeconfig); err != nil {
+			return "", err
 		}
 	} else {
 		fixes, err := DetectHostFixes()
@@ -136,9 +146,12 @@ func (k *Kind) Up(ctx context.Context, o UpOptions) (string, error) {
 		}
 		tc := time.Now()
 		if err := k.run(ctx, kindBin, args...); err != nil {
+			// Also after Ctrl-C: the half-made cluster goes.
+			cleanup, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+			defer cancel()
 			logs := filepath.Join(k.o.LogDir, "kind-"+t.Cluster)
-			_ = k.run(ctx, kindBin, "export", "logs", logs, "--name", t.Cluster)
-			_ = k.run(ctx, kindBin, "delete", "cluster", "--name", t.Cluster)
+			_ = k.run(cleanup, kindBin, "export", "logs", logs, "--name", t.Cluster)
+			_ = k.run(cleanup, kindBin, "delete", "cluster", "--name", t.Cluster)
 			return "", fmt.Errorf("%w (the nodes' logs: %s)", err, logs)
 		}
 		k.logf("kind cluster %s created (%d node(s), %s)", t.Cluster, t.Nodes, time.Since(tc).Round(time.Second))
@@ -156,6 +169,23 @@ func (k *Kind) Up(ctx context.Context, o UpOptions) (string, error) {
 	return kubeconfig, nil
 }
 
+// Image makes sure docker has the node image (starting dockerd as Up does
+// when none answers) and returns its name.
+func (k *Kind) Image(ctx context.Context) (string, error) {
+	if err := requireRoot(); err != nil {
+		return "", err
+	}
+	unlock, err := lockFile(filepath.Clean(k.o.RunDir) + ".lock")
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
+	if err := k.ensureDocker(ctx); err != nil {
+		return "", err
+	}
+	return k.NodeImage(ctx)
+}
+
 // Down deletes this provider's kind clusters and, when it started dockerd,
 // stops it and puts the host back as it was. It does nothing when nothing
 // is up.
@@ -170,15 +200,17 @@ func (k *Kind) Down(ctx context.Context) error {
 	defer unlock()
 	var errs []error
 	if k.dockerUp(ctx) {
+		// A failure here must not keep dockerd from stopping and the host
+		// from being put back: the errors are joined.
 		kindBin, err := k.KindBinary(ctx)
-		if err != nil {
-			return err
-		}
-		names, err := k.clusters(ctx, kindBin)
 		errs = append(errs, err)
-		for _, name := range names {
-			if isOurs(name) {
-				errs = append(errs, k.run(ctx, kindBin, "delete", "cluster", "--name", name))
+		if err == nil {
+			names, err := k.clusters(ctx, kindBin)
+			errs = append(errs, err)
+			for _, name := range names {
+				if isOurs(name) {
+					errs = append(errs, k.run(ctx, kindBin, "delete", "cluster", "--name", name))
+				}
 			}
 		}
 		if _, ours := k.ourDockerd(); ours {

@@ -15,7 +15,8 @@ import (
 func TestRenderConfig(t *testing.T) {
 	for _, top := range Topologies {
 		path := filepath.Join("..", top.Config)
-		for _, fixes := range []HostFixes{{}, {CgroupV1: true, MissingCaps: []string{"CAP_SYS_RESOURCE"}}} {
+		for _, fixes := range []HostFixes{{}, {CgroupV1: true}, {MissingCaps: []string{"CAP_SYS_RESOURCE"}},
+			{CgroupV1: true, MissingCaps: []string{"CAP_SYS_RESOURCE"}}} {
 			out, err := renderConfig(path, top.Cluster, fixes)
 			if err != nil {
 				t.Fatalf("%s: %v", path, err)
@@ -27,14 +28,17 @@ func TestRenderConfig(t *testing.T) {
 			if cfg.Kind != "Cluster" || cfg.Name != top.Cluster || len(cfg.Nodes) != top.Nodes {
 				t.Errorf("%s: kind %q name %q nodes %d; want Cluster %q %d", path, cfg.Kind, cfg.Name, len(cfg.Nodes), top.Cluster, top.Nodes)
 			}
-			wantPatches := 0
+			kubeadm, containerd := 0, 0
 			if fixes.CgroupV1 {
-				wantPatches = 1
+				kubeadm = 1
 			}
-			if len(cfg.KubeadmConfigPatches) != wantPatches || (wantPatches == 1 && !strings.Contains(cfg.KubeadmConfigPatches[0], "failCgroupV1: false")) {
+			if len(fixes.MissingCaps) > 0 {
+				containerd = 1
+			}
+			if len(cfg.KubeadmConfigPatches) != kubeadm || (kubeadm == 1 && !strings.Contains(cfg.KubeadmConfigPatches[0], "failCgroupV1: false")) {
 				t.Errorf("%s with %+v: kubeadm patches %q", path, fixes, cfg.KubeadmConfigPatches)
 			}
-			if len(cfg.ContainerdConfigPatches) != wantPatches || (wantPatches == 1 && !strings.Contains(cfg.ContainerdConfigPatches[0], "restrict_oom_score_adj = true")) {
+			if len(cfg.ContainerdConfigPatches) != containerd || (containerd == 1 && !strings.Contains(cfg.ContainerdConfigPatches[0], "restrict_oom_score_adj = true")) {
 				t.Errorf("%s with %+v: containerd patches %q", path, fixes, cfg.ContainerdConfigPatches)
 			}
 		}
@@ -56,17 +60,6 @@ func TestRenderConfig(t *testing.T) {
 	}
 	if _, err := renderConfig(filepath.Join(dir, "missing.yaml"), "x", HostFixes{}); err == nil {
 		t.Error("a missing config: no error")
-	}
-}
-
-func TestDetectHostFixes(t *testing.T) {
-	f, err := DetectHostFixes()
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, statErr := os.Stat("/sys/fs/cgroup/cgroup.controllers")
-	if f.CgroupV1 != (statErr != nil) {
-		t.Errorf("CgroupV1 = %v, but /sys/fs/cgroup/cgroup.controllers: %v", f.CgroupV1, statErr)
 	}
 }
 

@@ -24,6 +24,9 @@ func (k *Kind) savedRules(v6 bool) string {
 }
 func (k *Kind) savedSysctls() string { return filepath.Join(k.o.RunDir, "sysctl.orig") }
 
+// absentSysctl records a sysctl that did not exist before dockerd started.
+const absentSysctl = "absent"
+
 // dockerSysctls are what dockerd changes on the host (forwarding for its
 // bridges, br_netfilter's bridge-nf-call-*).
 var dockerSysctls = []string{
@@ -39,21 +42,7 @@ func (k *Kind) dockerUp(ctx context.Context) bool {
 }
 
 // ourDockerd is the PID of the dockerd this provider started, if it runs.
-func (k *Kind) ourDockerd() (int, bool) {
-	b, err := os.ReadFile(k.dockerPIDFile())
-	if err != nil {
-		return 0, false
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || pid <= 0 {
-		return 0, false
-	}
-	comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
-	if err != nil || strings.TrimSpace(string(comm)) != "dockerd" {
-		return 0, false
-	}
-	return pid, true
-}
+func (k *Kind) ourDockerd() (int, bool) { return pidFrom(k.dockerPIDFile(), "dockerd") }
 
 // ensureDocker makes sure a Docker engine answers: the machine's if one
 // runs, else dockerd (Debian's docker.io) started here, after saving the
@@ -115,7 +104,7 @@ func (k *Kind) ensureDocker(ctx context.Context) error {
 	k.logf("started dockerd (pid %d, log %s)", pid, logPath)
 	deadline := time.Now().Add(90 * time.Second)
 	for !k.dockerUp(ctx) {
-		if err := syscall.Kill(pid, 0); err != nil {
+		if err := syscall.Kill(pid, 0); err != nil || isZombie(pid) {
 			return fmt.Errorf("dockerd exited at start: see %s", logPath)
 		}
 		if time.Now().After(deadline) {
@@ -156,8 +145,15 @@ func (k *Kind) saveHostState(ctx context.Context) error {
 	}
 	var b strings.Builder
 	for _, s := range dockerSysctls {
-		if v, err := os.ReadFile("/proc/sys/" + s); err == nil {
+		v, err := os.ReadFile("/proc/sys/" + s)
+		switch {
+		case err == nil:
 			fmt.Fprintf(&b, "%s=%s\n", s, strings.TrimSpace(string(v)))
+		case errors.Is(err, os.ErrNotExist):
+			// br_netfilter not loaded yet: dockerd loads it, and its
+			// bridge-nf-call-* default to 1. Down sets them to 0, which is
+			// what an absent module does.
+			fmt.Fprintf(&b, "%s=%s\n", s, absentSysctl)
 		}
 	}
 	return os.WriteFile(k.savedSysctls(), []byte(b.String()), 0o600)
@@ -171,15 +167,24 @@ func (k *Kind) stopDocker(ctx context.Context) error {
 	if !ours && !exists(k.savedRules(false)) {
 		return nil // not started here
 	}
+	if !ours && k.dockerUp(ctx) {
+		// A record of an earlier start whose Down did not finish, and a
+		// dockerd that is not ours: its bridge, mounts and rules are not
+		// ours to undo.
+		return fmt.Errorf("a dockerd this provider did not start is running, and %s holds the host state saved before an earlier start of ours: stop that dockerd and run down again, or remove %s if the host is as it should be",
+			k.o.RunDir, k.o.RunDir)
+	}
 	if ours {
-		_ = syscall.Kill(pid, syscall.SIGTERM)
-		deadline := time.Now().Add(60 * time.Second)
-		for syscall.Kill(pid, 0) == nil && !isZombie(pid) {
-			if time.Now().After(deadline) {
-				_ = syscall.Kill(pid, syscall.SIGKILL)
-				break
+		// dockerd's own containerd (it started one: none ran) goes with it
+		// on SIGTERM; after a SIGKILL it is stopped by its PID file.
+		child, _ := pidFrom("/var/run/docker/containerd/containerd.pid", "containerd")
+		if err := stopPID(pid, 60*time.Second); err != nil {
+			return err
+		}
+		if child > 0 {
+			if err := stopPID(child, 30*time.Second); err != nil {
+				return err
 			}
-			time.Sleep(100 * time.Millisecond)
 		}
 		k.logf("stopped dockerd (pid %d)", pid)
 	}
@@ -269,6 +274,12 @@ func (k *Kind) restoreSysctls() error {
 		if !ok {
 			continue
 		}
+		if val == absentSysctl {
+			if !strings.HasPrefix(key, "net/bridge/") {
+				continue
+			}
+			val = "0"
+		}
 		if cur, err := os.ReadFile("/proc/sys/" + key); err == nil && strings.TrimSpace(string(cur)) == val {
 			continue
 		}
@@ -325,4 +336,47 @@ func isZombie(pid int) bool {
 func exists(path string) bool {
 	_, err := os.Stat(path)
 	return err == nil
+}
+
+// pidFrom reads a PID file and returns the PID if that process runs the
+// command comm.
+func pidFrom(path, comm string) (int, bool) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return 0, false
+	}
+	c, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	if err != nil || strings.TrimSpace(string(c)) != comm {
+		return 0, false
+	}
+	return pid, true
+}
+
+// stopPID sends SIGTERM and waits up to grace for the process to end (a
+// zombie counts as ended), then SIGKILL and waits again.
+func stopPID(pid int, grace time.Duration) error {
+	gone := func() bool { return syscall.Kill(pid, 0) != nil || isZombie(pid) }
+	wait := func(d time.Duration) bool {
+		deadline := time.Now().Add(d)
+		for !gone() {
+			if time.Now().After(deadline) {
+				return false
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		return true
+	}
+	_ = syscall.Kill(pid, syscall.SIGTERM)
+	if wait(grace) {
+		return nil
+	}
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+	if wait(10 * time.Second) {
+		return nil
+	}
+	return fmt.Errorf("pid %d did not end after SIGKILL", pid)
 }

@@ -17,12 +17,12 @@ import (
 // docker that lacks the image (a fresh data root) gets it from here in
 // seconds.
 func (k *Kind) nodeTar() string {
-	return k.dir("kind-node-" + cluster.KubeVersion + "-r" + recipe + ".tar")
+	return k.dir("kind-node-" + cluster.KubeVersion + "-" + nodeKey() + ".tar")
 }
 
 // baseTar is the component images' shared layer.
 func (k *Kind) baseTar() string {
-	return k.dir("kind-images-base-" + DebianSuite + "-r" + recipe + ".tar")
+	return k.dir("kind-images-base-" + DebianSuite + "-" + baseKey() + ".tar")
 }
 
 // Build builds everything the node image is made of into the cache
@@ -95,7 +95,15 @@ func (k *Kind) ensureNodeTar(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	defer os.RemoveAll(work)
+	defer func() {
+		// An interrupted mmdebstrap may leave its /proc, /sys and /dev
+		// mounts in the rootfs: unmount before removing, never through them.
+		if err := unmountUnder(work); err != nil {
+			k.logf("%v: leaving %s in place", err, work)
+			return
+		}
+		os.RemoveAll(work)
+	}()
 
 	t1 := time.Now()
 	if err := k.ensureBaseTar(ctx); err != nil {
@@ -133,6 +141,7 @@ func (k *Kind) ensureNodeTar(ctx context.Context) (string, error) {
 	if err := os.Rename(tmp, out); err != nil {
 		return "", err
 	}
+	k.removeStale("kind-node-*.tar", out)
 	k.logf("node file system %s made (%s; all parts %s)", out, time.Since(t2).Round(time.Second), time.Since(t0).Round(time.Second))
 	return out, nil
 }
@@ -149,7 +158,22 @@ func (k *Kind) ensureBaseTar(ctx context.Context) error {
 		os.Remove(tmp)
 		return err
 	}
-	return os.Rename(tmp, out)
+	if err := os.Rename(tmp, out); err != nil {
+		return err
+	}
+	k.removeStale("kind-images-base-*.tar", out)
+	return nil
+}
+
+// removeStale removes the cache's files matching glob other than keep:
+// file systems of an earlier recipe (hundreds of MB each).
+func (k *Kind) removeStale(glob, keep string) {
+	old, _ := filepath.Glob(filepath.Join(k.o.CacheDir, glob))
+	for _, f := range old {
+		if f != keep && !strings.HasSuffix(f, ".tmp") {
+			_ = os.Remove(f)
+		}
+	}
 }
 
 // docker runs a docker command; its error carries the command's output.

@@ -11,6 +11,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
+	"time"
 
 	"github.com/accel-device-plugin/accel-device-plugin/e2e/cluster"
 )
@@ -59,6 +61,10 @@ func (k *Kind) runLogged(ctx context.Context, log, name string, args ...string) 
 	fmt.Fprintf(f, "+ %s %s\n", name, strings.Join(args, " "))
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Stdout, cmd.Stderr = f, f
+	// Cancelled: SIGTERM first, so that mmdebstrap unmounts what it
+	// mounted in the rootfs; SIGKILL only if it does not end.
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = 30 * time.Second
 	if err := cmd.Run(); err != nil {
 		return fmt.Errorf("%s %s: %w (log: %s)", name, firstArgs(args), err, path)
 	}

@@ -1,6 +1,12 @@
 package kind
 
-import "github.com/accel-device-plugin/accel-device-plugin/e2e/cluster"
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+
+	"github.com/accel-device-plugin/accel-device-plugin/e2e/cluster"
+)
 
 // Versions of what the node image carries. The Kubernetes version is the
 // local cluster's (cluster.KubeVersion); etcd, CoreDNS and pause are the
@@ -22,13 +28,35 @@ const (
 	// runs on a cgroup v1 host (kind's own base, trixie, has systemd 257).
 	DebianSuite = "bookworm"
 	// recipe names this package's way of assembling the image: bump it when
-	// that changes, so that cached images are rebuilt.
+	// that changes in a way the versions and lists below do not show.
 	recipe = "1"
 )
 
-// NodeImageName is the node image's tag: the versions it holds.
+// NodeImageName is the node image's tag: the Kubernetes version and a
+// hash of everything else it is made of (nodeKey).
 func NodeImageName() string {
-	return "localhost/accel-kind-node:" + cluster.KubeVersion + "-r" + recipe
+	return "localhost/accel-kind-node:" + cluster.KubeVersion + "-" + nodeKey()
+}
+
+// nodeKey is a short hash of what the node image is made of: every
+// version, the package lists, the CNI manifest and recipe. The cached file
+// systems and the image are named by it, so a change to any of them makes
+// a new one.
+func nodeKey() string {
+	return shortHash(recipe, cluster.KubeVersion, cluster.ContainerdVersion, KindVersion, EtcdVersion, etcdImageTag,
+		CoreDNSVersion, CrictlVersion, CNIPluginsVersion, KubeRouterVersion, pauseKubeadmTag, pauseKindTag, DebianSuite,
+		nodePackages, basePackages, cniPlugins, kubeRouterManifest)
+}
+
+// baseKey is the hash of what the component images' shared layer is made of.
+func baseKey() string { return shortHash(recipe, DebianSuite, basePackages) }
+
+func shortHash(parts ...any) string {
+	h := sha256.New()
+	for _, p := range parts {
+		fmt.Fprintf(h, "%q\n", p)
+	}
+	return hex.EncodeToString(h.Sum(nil))[:12]
 }
 
 // KubeRouterImage is the CNI's image, built from its Go module.

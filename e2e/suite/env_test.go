@@ -82,10 +82,16 @@ func newEnvOn(t *testing.T, anyNodes bool) *env {
 	if err != nil {
 		t.Fatalf("list nodes: %v", err)
 	}
+	// ACCEL_E2E_TOPOLOGY (make e2e-kind sets it) says which cluster this
+	// is meant to be: a mismatch is an error, not a skip. Unset, a story
+	// skips on a cluster of the other shape.
+	topology := os.Getenv("ACCEL_E2E_TOPOLOGY")
 	switch {
-	case anyNodes:
 	case len(nodes.Items) == 0:
 		t.Fatal("the cluster has no nodes")
+	case anyNodes:
+	case len(nodes.Items) > 1 && topology == "single":
+		t.Fatalf("ACCEL_E2E_TOPOLOGY=single, but the cluster has %d nodes", len(nodes.Items))
 	case len(nodes.Items) > 1:
 		t.Skipf("this story wants a single-node cluster; this one has %d nodes (TestMultiNode is the story for it)", len(nodes.Items))
 	default:

@@ -3,6 +3,7 @@ package suite
 import (
 	"context"
 	"fmt"
+	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -11,6 +12,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 )
 
@@ -26,6 +28,9 @@ func TestMultiNode(t *testing.T) {
 	e := newEnvAnyNodes(t)
 	nodes := e.nodeNames()
 	workers := e.workerNames()
+	if len(workers) < 2 && os.Getenv("ACCEL_E2E_TOPOLOGY") == "multi" {
+		t.Fatalf("ACCEL_E2E_TOPOLOGY=multi, but the cluster has %d worker nodes (want 2 or more)", len(workers))
+	}
 	if len(workers) < 2 {
 		t.Skipf("the multi-node story wants two worker nodes or more; this cluster has %d (make e2e-kind runs it on its second topology)", len(workers))
 	}
@@ -271,31 +276,59 @@ func (e *env) pluginPodDeletionIsLocal(node string, nodes []string) {
 	if !ok {
 		e.t.Fatalf("no plugin pod on %s", node)
 	}
-	before := map[string]string{}
-	for _, n := range nodes {
-		before[n] = e.onNode(n).allocatableOf()
-	}
 	nl, err := e.cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
 	if err != nil {
 		e.t.Fatal(err)
+	}
+	before := map[string]string{} // at the list's resource version, where the watch starts
+	for i := range nl.Items {
+		before[nl.Items[i].Name] = allocatableString(&nl.Items[i])
+	}
+	for _, n := range nodes {
+		if _, ok := before[n]; !ok {
+			e.t.Fatalf("node %s is not in the list", n)
+		}
 	}
 	w, err := e.cs.CoreV1().Nodes().Watch(ctx, metav1.ListOptions{ResourceVersion: nl.ResourceVersion})
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	defer w.Stop()
-	changes := make(chan string, 100)
+	// The watch reports other nodes' allocatable changes; a sentinel (an
+	// annotation patched on node itself, which the check leaves out) marks
+	// the end: once the watch has delivered it, it has delivered every
+	// update before it.
+	const sentinel = "accel-e2e/watch-sentinel"
+	type result struct {
+		changes []string
+		err     error
+	}
+	done := make(chan result, 1)
 	go func() {
-		defer close(changes)
+		var r result
 		for ev := range w.ResultChan() {
+			if ev.Type == watch.Error {
+				r.err = fmt.Errorf("the node watch failed: %v", ev.Object)
+				done <- r
+				return
+			}
 			n, ok := ev.Object.(*corev1.Node)
-			if !ok || ev.Type != watch.Modified || n.Name == node {
+			if !ok || ev.Type != watch.Modified {
+				continue
+			}
+			if n.Name == node {
+				if n.Annotations[sentinel] != "" {
+					done <- r
+					return
+				}
 				continue
 			}
 			if got := allocatableString(n); got != before[n.Name] {
-				changes <- fmt.Sprintf("%s: %s → %s", n.Name, before[n.Name], got)
+				r.changes = append(r.changes, fmt.Sprintf("%s: %s → %s", n.Name, before[n.Name], got))
 			}
 		}
+		r.err = fmt.Errorf("the node watch ended before the sentinel")
+		done <- r
 	}()
 	zero := int64(0)
 	if err := e.cs.CoreV1().Pods(namespace).Delete(ctx, old.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
@@ -309,16 +342,20 @@ func (e *env) pluginPodDeletionIsLocal(node string, nodes []string) {
 		got := e.onNode(node).allocatableOf()
 		return got == before[node], got
 	})
-	// The watch has seen every update up to now: node objects of the other
-	// nodes that changed did so in this window.
-	cancel()
-	for c := range changes {
-		e.t.Errorf("while %s's plugin pod was replaced, another node's allocatable changed: %s", node, c)
+	patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, sentinel, time.Now().Format(time.RFC3339Nano))
+	if _, err := e.cs.CoreV1().Nodes().Patch(ctx, node, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		e.t.Fatalf("annotate %s: %v", node, err)
 	}
-	for _, n := range nodes {
-		if got := e.onNode(n).allocatableOf(); n != node && got != before[n] {
-			e.t.Errorf("after %s's plugin pod was replaced, %s's allocatable is %s, was %s", node, n, got, before[n])
-		}
+	defer func() {
+		unset := fmt.Sprintf(`{"metadata":{"annotations":{%q:null}}}`, sentinel)
+		_, _ = e.cs.CoreV1().Nodes().Patch(context.Background(), node, types.MergePatchType, []byte(unset), metav1.PatchOptions{})
+	}()
+	r := <-done
+	if r.err != nil {
+		e.t.Fatal(r.err)
+	}
+	for _, c := range r.changes {
+		e.t.Errorf("while %s's plugin pod was replaced, another node's allocatable changed: %s", node, c)
 	}
 }
 

@@ -76,7 +76,7 @@ func run(ctx context.Context, cmd string, args []string) error {
 	case "build":
 		return k.Build(ctx)
 	case "image":
-		name, err := k.NodeImage(ctx)
+		name, err := k.Image(ctx)
 		if err != nil {
 			return err
 		}
