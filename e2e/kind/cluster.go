@@ -57,10 +57,7 @@ func RegistryReachable(ctx context.Context) bool {
 // cluster runs. Clusters of the other topologies are deleted first: one
 // runs at a time.
 func (k *Kind) Up(ctx context.Context, o UpOptions) (string, error) {
-	if err := requireRoot(); err != nil {
-		return "", err
-	}
-	unlock, err := lockFile(filepath.Clean(k.o.RunDir) + ".lock")
+	unlock, err := k.begin()
 	if err != nil {
 		return "", err
 	}
@@ -172,10 +169,7 @@ func (k *Kind) Up(ctx context.Context, o UpOptions) (string, error) {
 // Image makes sure docker has the node image (starting dockerd as Up does
 // when none answers) and returns its name.
 func (k *Kind) Image(ctx context.Context) (string, error) {
-	if err := requireRoot(); err != nil {
-		return "", err
-	}
-	unlock, err := lockFile(filepath.Clean(k.o.RunDir) + ".lock")
+	unlock, err := k.begin()
 	if err != nil {
 		return "", err
 	}
@@ -190,10 +184,7 @@ func (k *Kind) Image(ctx context.Context) (string, error) {
 // stops it and puts the host back as it was. It does nothing when nothing
 // is up.
 func (k *Kind) Down(ctx context.Context) error {
-	if err := requireRoot(); err != nil {
-		return err
-	}
-	unlock, err := lockFile(filepath.Clean(k.o.RunDir) + ".lock")
+	unlock, err := k.begin()
 	if err != nil {
 		return err
 	}
@@ -219,6 +210,15 @@ func (k *Kind) Down(ctx context.Context) error {
 	}
 	errs = append(errs, k.stopDocker(ctx))
 	return errors.Join(errs...)
+}
+
+// begin is how Up, Image and Down start: root checked, and the provider's
+// lock held until unlock (one of them runs at a time, between processes).
+func (k *Kind) begin() (unlock func(), err error) {
+	if err := requireRoot(); err != nil {
+		return nil, err
+	}
+	return lockFile(filepath.Clean(k.o.RunDir) + ".lock")
 }
 
 // isOurs tells this provider's clusters (Topologies) from others.

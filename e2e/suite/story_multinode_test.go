@@ -245,25 +245,6 @@ func (e *env) awaitHoldersOn(node, id string, want ...string) {
 	})
 }
 
-// holdersIn is the sorted pod/use pairs accel_device_holder names for id
-// in a /metrics page.
-func holdersIn(metrics, id string) []string {
-	var got []string
-	for _, line := range strings.Split(metrics, "\n") {
-		if !strings.HasPrefix(line, "accel_device_holder{") || !strings.Contains(line, `id="`+id+`"`) {
-			continue
-		}
-		label := func(k string) string {
-			_, v, _ := strings.Cut(line, k+`="`)
-			v, _, _ = strings.Cut(v, `"`)
-			return v
-		}
-		got = append(got, label("pod")+"/"+label("use"))
-	}
-	slices.Sort(got)
-	return got
-}
-
 // pluginPodDeletionIsLocal deletes node's plugin pod and watches every
 // node until node has a new ready plugin pod advertising its devices
 // again: no other node's accel.io/ac or accel.io/ac-monitor allocatable may

@@ -434,19 +434,26 @@ func (e *env) awaitHolders(id string, want ...string) {
 		if err != nil {
 			return false, err.Error()
 		}
-		var got []string
-		for _, line := range strings.Split(string(raw), "\n") {
-			if !strings.HasPrefix(line, "accel_device_holder{") || !strings.Contains(line, `id="`+id+`"`) {
-				continue
-			}
-			label := func(k string) string {
-				_, v, _ := strings.Cut(line, k+`="`)
-				v, _, _ = strings.Cut(v, `"`)
-				return v
-			}
-			got = append(got, label("pod")+"/"+label("use"))
-		}
-		slices.Sort(got)
+		got := holdersIn(string(raw), id)
 		return slices.Equal(got, want), fmt.Sprintf("holders %v, want %v", got, want)
 	})
+}
+
+// holdersIn is the sorted pod/use pairs accel_device_holder names for id
+// in a /metrics page.
+func holdersIn(metrics, id string) []string {
+	var got []string
+	for _, line := range strings.Split(metrics, "\n") {
+		if !strings.HasPrefix(line, "accel_device_holder{") || !strings.Contains(line, `id="`+id+`"`) {
+			continue
+		}
+		label := func(k string) string {
+			_, v, _ := strings.Cut(line, k+`="`)
+			v, _, _ = strings.Cut(v, `"`)
+			return v
+		}
+		got = append(got, label("pod")+"/"+label("use"))
+	}
+	slices.Sort(got)
+	return got
 }
