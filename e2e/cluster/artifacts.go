@@ -97,3 +97,10 @@ func joinNames(names []string) string {
 // ModuleDir is the e2e module's root: Options.ModuleDir, or found from the
 // working directory upwards.
 func (c *Cluster) ModuleDir() (string, error) { return c.moduleDir() }
+
+// UnmountTree unmounts every mount at or below dir, deepest first (the
+// kind provider's clean-up of dockerd's and mmdebstrap's leftovers).
+func UnmountTree(dir string) error { return unmountTree(dir) }
+
+// IsZombie reports whether pid has exited (a zombie, or gone).
+func IsZombie(pid int) bool { return isZombie(pid) }

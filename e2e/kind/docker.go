@@ -1,7 +1,6 @@
 package kind
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/accel-device-plugin/accel-device-plugin/e2e/cluster"
 )
 
 // What Up saves before it starts dockerd, for Down to put back.
@@ -290,48 +291,17 @@ func (k *Kind) restoreSysctls() error {
 	return errors.Join(errs...)
 }
 
-// unmountUnder unmounts every mount point under the directories, deepest
-// first (what a stopped dockerd may leave: network namespaces, overlays).
+// unmountUnder unmounts every mount at or below each of dirs (what a
+// stopped dockerd may leave: network namespaces, overlays).
 func unmountUnder(dirs ...string) error {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	var points []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 {
-			continue
-		}
-		mp := fields[4]
-		for _, d := range dirs {
-			if mp == d || strings.HasPrefix(mp, d+"/") {
-				points = append(points, mp)
-			}
-		}
-	}
 	var errs []error
-	for i := len(points) - 1; i >= 0; i-- {
-		if err := syscall.Unmount(points[i], syscall.MNT_DETACH); err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOENT) {
-			errs = append(errs, fmt.Errorf("unmount %s: %w", points[i], err))
-		}
+	for _, d := range dirs {
+		errs = append(errs, cluster.UnmountTree(d))
 	}
 	return errors.Join(errs...)
 }
 
-func isZombie(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return true
-	}
-	s := string(b)
-	if i := strings.LastIndexByte(s, ')'); i >= 0 && i+2 < len(s) {
-		return s[i+2] == 'Z'
-	}
-	return false
-}
+func isZombie(pid int) bool { return cluster.IsZombie(pid) }
 
 func exists(path string) bool {
 	_, err := os.Stat(path)
