@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"math"
@@ -21,11 +22,13 @@ import (
 const maxMemoryGiB = 1 << 20
 
 func runSim(args []string, stderr io.Writer) error {
-	fs := newFlagSet("sim", "sim --devices N --dir DIR [flags]", stderr)
-	devices := fs.Int("devices", 4, "number of simulated devices at start (0-256; more can be hot-plugged with \"sim ctl add\")")
+	fs := newFlagSet("sim", "sim [--devices N | --driver NAME:N,...] --dir DIR [flags]\n\nSimulated drivers (all register on one accel core):\n"+fakedev.DriverHelp(), stderr)
+	devices := fs.Int("devices", 4, "number of simulated devices at start, of the default driver fakedev (0-256; more can be hot-plugged with \"sim ctl add\")")
+	driverMix := fs.String("driver", "", "devices at start by driver, NAME[:COUNT][,NAME[:COUNT]...], e.g. fakedev:2,fakenpu:2 (a name alone: one device); replaces --devices")
 	dir := fs.String("dir", "/run/accel/dev", "empty directory to mount the device nodes on (created if missing)")
 	seed := fs.String("seed", "accel-sim", "seed of the device serials: same seed and slot, same serial on every run")
-	model := fs.String("model", "Simulated Accel SA-1", "model name the devices report")
+	model := fs.String("model", "", "model name every device reports (default: each driver's own, \"Simulated Accel SA-1\" and \"Simulated NPU SN-1\")")
+	throughput := fs.Float64("throughput", fakedev.DefaultThroughput, "bytes a device's job moves per second (fakenpu: multiply-accumulates), so jobs take real time")
 	memGiB := fs.Uint64("memory-gib", 16, fmt.Sprintf("memory per device, GiB (1-%d)", maxMemoryGiB))
 	numa := fs.Int("numa-nodes", 1, "spread devices round-robin over this many NUMA nodes")
 	resetDur := fs.Duration("reset-duration", 100*time.Millisecond, "how long a reset keeps a device in_reset")
@@ -45,6 +48,19 @@ func runSim(args []string, stderr io.Writer) error {
 	}
 	if *devices < 0 || *devices > accel.MaxDevices {
 		return fmt.Errorf("--devices %d is out of range: want 0 to %d", *devices, accel.MaxDevices)
+	}
+	mix := []fakedev.DriverCount{{Driver: fakedev.DriverName, Count: *devices}}
+	if flagSet(fs, "driver") {
+		if flagSet(fs, "devices") {
+			return fmt.Errorf("--devices and --driver both say how many devices to start: give one (--driver %s:%d)", fakedev.DriverName, *devices)
+		}
+		var err error
+		if mix, err = fakedev.ParseDriverMix(*driverMix); err != nil {
+			return fmt.Errorf("--driver: %w", err)
+		}
+	}
+	if !(*throughput >= 1 && *throughput <= 1<<50) {
+		return fmt.Errorf("--throughput %g is out of range: want 1 to %d bytes per second", *throughput, int64(1<<50))
 	}
 	if *numa < 1 || *numa > 64 {
 		return fmt.Errorf("--numa-nodes %d is out of range: want 1 to 64", *numa)
@@ -87,12 +103,17 @@ func runSim(args []string, stderr io.Writer) error {
 	})
 	sim := fakedev.New(reg, fakedev.Config{
 		Seed: *seed, Model: *model, MemoryTotal: *memGiB << 30, NUMANodes: *numa,
-		ResetDuration: *resetDur, Logger: log,
+		ResetDuration: *resetDur, Throughput: *throughput, Logger: log,
 	})
-	for range *devices {
-		if _, err := sim.Add(); err != nil {
+	started := 0
+	for _, dc := range mix {
+		if dc.Count == 0 {
+			continue
+		}
+		if _, err := sim.AddDriver(dc.Driver, dc.Count); err != nil {
 			return err
 		}
+		started += dc.Count
 	}
 	srv, err := devfs.Mount(*dir, reg, devfs.Options{
 		ComputeMode: devfs.Mode(cmode), DirMode: devfs.Mode(dmode), GID: uint32(*gid), Control: sim, Logger: log,
@@ -100,7 +121,7 @@ func runSim(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log.Info("simulator running", "dir", srv.Dir(), "devices", *devices, "seed", *seed,
+	log.Info("simulator running", "dir", srv.Dir(), "devices", started, "seed", *seed,
 		"control", fmt.Sprintf("accel-plugin sim ctl --dir %s COMMAND", srv.Dir()))
 
 	unmounted := make(chan struct{})
@@ -133,4 +154,11 @@ func runSimCtl(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintln(stdout, out)
 	return nil
+}
+
+// flagSet reports whether the flag name was given on the command line.
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }

@@ -22,6 +22,17 @@
  *   if (ioctl(fd, ACCEL_IOCTL_INFO, &info) == 0 && info.version >= 1)
  *       printf("%s %s\n", info.name, info.serial);
  *
+ * Mapping device memory: a driver's buffers live in the compute node's
+ * mapping space, from ACCEL_MAP_BASE up to ACCEL_MAP_BASE + memory_total,
+ * page-aligned; a driver command gives a buffer's offset and mmap(...,
+ * MAP_SHARED, fd, offset) of the compute node reaches its memory. The
+ * simulator serves it through the page cache (FUSE): mmap itself always
+ * succeeds, and an access to an offset outside the client's buffers gets
+ * SIGBUS (reads) or EIO from msync/fsync/close (writes). Buffer sizes
+ * count in whole pages in memory_used. A job's submit makes the device
+ * see what the CPU wrote through a mapping, and its completion makes the
+ * CPU see what the device wrote: no msync is needed.
+ *
  * errno: EBUSY compute node held; EMFILE too many open monitor files (per
  * process and device, or per device); EAGAIN device resetting; EPERM device
  * malfunctioning / needs reset, or driver command on the monitor node;
@@ -37,7 +48,9 @@
 #define ACCEL_DRIVER_CMD_BASE    0x40 /* 0x40-0x9F: driver-specific, compute node only */
 #define ACCEL_DRIVER_CMD_END     0xA0
 
-#define ACCEL_INFO_VERSION       1
+#define ACCEL_MAP_BASE           0x100000000ULL /* first buffer offset */
+
+#define ACCEL_INFO_VERSION       2 /* 2: jobs_completed, busy_ns */
 #define ACCEL_INFO_FLAG_COMPUTE_IN_USE (1u << 0)
 
 enum accel_status {
@@ -61,12 +74,12 @@ struct accel_info {
 	                        * live process that inherited it); 0 if none or unknown */
 	__u32 monitor_clients; /* open files of the monitor node */
 	__u32 reset_count;     /* completed resets */
-	__u32 reserved0;
+	__u32 jobs_completed;  /* jobs the device finished, wrapping at 2^32 (version >= 2) */
 	char  name[32];        /* "acN" */
 	char  driver[32];
 	char  model[64];
 	char  serial[64];      /* stable identity */
-	__u8  reserved1[8];
+	__u64 busy_ns;         /* time spent running jobs, ns (version >= 2) */
 };
 
 #define ACCEL_IOCTL_INFO _IOR(ACCEL_IOCTL_BASE, 0x00, struct accel_info)

@@ -25,9 +25,6 @@ func (s *stubDriver) Identity() Identity {
 }
 func (s *stubDriver) Open(*File) error { s.mu.Lock(); s.opens++; s.mu.Unlock(); return nil }
 func (s *stubDriver) Release(*File)    { s.mu.Lock(); s.releases++; s.mu.Unlock() }
-func (s *stubDriver) MemoryUsed() uint64 {
-	return 42
-}
 func (s *stubDriver) Command(f *File, cmd uint32, in, out []byte) error {
 	if IoctlNR(cmd) == DriverCommandBase {
 		return nil
@@ -177,9 +174,12 @@ func TestComputeExclusiveMonitorShared(t *testing.T) {
 		}
 		monitors = append(monitors, m)
 	}
+	if _, err := d.Alloc(holder, 42); err != nil {
+		t.Fatal(err)
+	}
 	info := d.Info()
-	if !info.ComputeInUse || info.HolderPID != 100 || info.MonitorClients != 100 || info.MemoryUsed != 42 {
-		t.Fatalf("info = %+v; want compute held by pid 100, 100 monitor clients, 42 bytes used", info)
+	if !info.ComputeInUse || info.HolderPID != 100 || info.MonitorClients != 100 || info.MemoryUsed != PageSize {
+		t.Fatalf("info = %+v; want compute held by pid 100, 100 monitor clients, one page (42 bytes rounded up) used", info)
 	}
 	for _, m := range monitors {
 		m.Release()

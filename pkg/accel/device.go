@@ -16,6 +16,8 @@ type Device struct {
 	name  string
 	id    Identity
 	drv   Driver
+	mem   *memory
+	eng   engine
 
 	mu         sync.Mutex
 	status     Status
@@ -71,7 +73,9 @@ func (d *Device) Info() Info {
 		info.HolderPID = d.holder.pid
 	}
 	d.mu.Unlock()
-	info.MemoryUsed = d.drv.MemoryUsed()
+	info.MemoryUsed = d.MemoryUsed()
+	busy, jobs := d.Usage()
+	info.BusyTime, info.JobsCompleted = busy, jobs
 	return info
 }
 

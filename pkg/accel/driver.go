@@ -11,12 +11,17 @@ type Identity struct {
 	Serial      string
 	MemoryTotal uint64
 	NUMANode    int // -1 when unknown
+	// MaxBuffers caps the buffers one client holds at once (default
+	// DefaultMaxBuffers); see Device.Alloc.
+	MaxBuffers int
 }
 
 // Driver is the ops table a device driver gives the core at probe time.
 //
 // The core calls these methods without holding its own locks, so a driver
-// may call back into its Device (for example SetStatus). Open and Release
+// may call back into its Device (for example SetStatus). Device memory and
+// jobs are the core's: a driver allocates buffers (Device.Alloc) and
+// submits work (Device.Submit) from its commands. Open and Release
 // are called for the compute node only: monitor clients are the core's
 // business and never reach the driver.
 type Driver interface {
@@ -26,10 +31,10 @@ type Driver interface {
 	// (preferably a syscall.Errno) refuses the open.
 	Open(f *File) error
 	// Release is called when the last descriptor of f is closed, before
-	// another client can open the compute node. It frees what f held.
+	// another client can open the compute node, and after f's jobs ended
+	// (see Device.Submit). It frees what the driver keeps for f; the core
+	// then frees f's buffers.
 	Release(f *File)
-	// MemoryUsed reports the dynamic memory use for the info query.
-	MemoryUsed() uint64
 	// Command runs a driver-specific ioctl (numbers DriverCommandBase up to
 	// DriverCommandEnd) on the compute file f. in holds the caller's
 	// argument and out, pre-sized from the command number, receives the

@@ -156,6 +156,7 @@ func (d *Device) Open(ctx context.Context, kind NodeKind, pid int32) (*File, err
 		d.mu.Lock()
 		f.closed = true
 		d.mu.Unlock()
+		d.releaseMemory(f)
 		d.dropFile(f)
 		var errno syscall.Errno
 		if errors.As(err, &errno) {
@@ -237,9 +238,18 @@ func (f *File) Release() {
 	d.mu.Unlock()
 	f.use.Unlock()
 	if f.kind == NodeCompute {
+		d.releaseJobs(f)
 		d.drv.Release(f)
+		d.releaseMemory(f)
 	}
 	d.dropFile(f)
+}
+
+// isClosed reports whether f was released.
+func (f *File) isClosed() bool {
+	f.dev.mu.Lock()
+	defer f.dev.mu.Unlock()
+	return f.closed
 }
 
 // dropFile removes a closed f from the device's open-file bookkeeping and

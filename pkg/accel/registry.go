@@ -79,8 +79,9 @@ type Registry struct {
 	pubMu sync.Mutex
 	hooks []func(Event)
 
-	mu    sync.Mutex
-	slots []*Device // by index; a removed device keeps its slot until gone
+	mu      sync.Mutex
+	slots   []*Device // by index; a removed device keeps its slot until gone
+	syncers []MappingSyncer
 
 	events *eventLog
 }
@@ -134,7 +135,7 @@ func (r *Registry) Register(drv Driver) (*Device, error) {
 		r.mu.Unlock()
 		return nil, fmt.Errorf("register %s device %s: all %d indices in use: %w", id.Driver, id.Serial, len(r.slots), syscall.ENOSPC)
 	}
-	d := &Device{reg: r, index: index, name: ComputeName(index), id: id, drv: drv}
+	d := &Device{reg: r, index: index, name: ComputeName(index), id: id, drv: drv, mem: newMemory(id.MemoryTotal, id.MaxBuffers)}
 	r.slots[index] = d
 	r.mu.Unlock()
 	r.log.Info("device registered", "device", d.name, "serial", id.Serial, "driver", id.Driver)

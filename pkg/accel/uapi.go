@@ -39,13 +39,16 @@ package accel
 //	                              or unknown (see below)
 //	    44    4  monitor_clients  open descriptions of the monitor node
 //	    48    4  reset_count      completed resets since the device appeared
-//	    52    4  reserved0        zero
+//	    52    4  jobs_completed   jobs the device finished (v2; wraps at 2^32)
 //	    56   32  name             "acN"
 //	    88   32  driver           driver name, e.g. "fakedev"
 //	   120   64  model            marketing/model name
 //	   184   64  serial           stable serial number (the device's identity)
-//	   248    8  reserved1        zero
+//	   248    8  busy_ns          nanoseconds the device spent running jobs (v2)
 //
+// Version 2 gave the last reserved fields to the job engine's accounting
+// (see jobs.go): a version 1 writer left them zero, and a reader of a
+// version 1 struct reports 0 for both.
 // holder_pid names the process (thread group, as the daemon's pid
 // namespace sees it) that holds the compute file now: the opener, or a
 // process that inherited the descriptor (fork, SCM_RIGHTS) and used it, or
@@ -77,6 +80,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"strings"
+	"time"
 	"unicode/utf8"
 )
 
@@ -106,8 +110,12 @@ const (
 // InfoSize is sizeof(struct accel_info).
 const InfoSize = 256
 
-// InfoVersion is the layout version this package writes.
-const InfoVersion = 1
+// InfoVersion is the layout version this package writes: 2 added
+// jobs_completed and busy_ns.
+const InfoVersion = 2
+
+// infoMinVersion is the oldest layout this package reads.
+const infoMinVersion = 1
 
 // InfoFlagComputeInUse is set in Info flags while the compute node is held.
 const InfoFlagComputeInUse = 1 << 0
@@ -207,6 +215,11 @@ type Info struct {
 	MemoryUsed     uint64 `json:"memory_used"`
 	NUMANode       int32  `json:"numa_node"`
 	ResetCount     uint32 `json:"reset_count"`
+	// JobsCompleted counts jobs finished (successfully or not); the
+	// struct carries its low 32 bits.
+	JobsCompleted uint64 `json:"jobs_completed"`
+	// BusyTime is the time the device spent running jobs.
+	BusyTime time.Duration `json:"busy_ns"`
 }
 
 // MarshalBinary encodes i as struct accel_info (InfoSize bytes).
@@ -234,6 +247,8 @@ func (i *Info) encode(b []byte) {
 	le.PutUint32(b[40:], uint32(i.HolderPID))
 	le.PutUint32(b[44:], i.MonitorClients)
 	le.PutUint32(b[48:], i.ResetCount)
+	le.PutUint32(b[52:], uint32(i.JobsCompleted))
+	le.PutUint64(b[248:], uint64(max(i.BusyTime, 0)))
 	putString(b[56:56+infoNameLen], i.Name)
 	putString(b[88:88+infoDriverLen], i.Driver)
 	putString(b[120:120+infoModelLen], i.Model)
@@ -253,8 +268,8 @@ func (i *Info) UnmarshalBinary(b []byte) error {
 	if size < InfoSize || len(b) < InfoSize {
 		return fmt.Errorf("accel info: size %d (buffer %d), want at least %d", size, len(b), InfoSize)
 	}
-	if version < InfoVersion {
-		return fmt.Errorf("accel info: version %d, want at least %d", version, InfoVersion)
+	if version < infoMinVersion {
+		return fmt.Errorf("accel info: version %d, want at least %d", version, infoMinVersion)
 	}
 	status := Status(le.Uint32(b[12:]))
 	if status > StatusRemoved {
@@ -285,6 +300,10 @@ func (i *Info) UnmarshalBinary(b []byte) error {
 		Driver:         strs[1],
 		Model:          strs[2],
 		Serial:         strs[3],
+	}
+	if version >= 2 {
+		i.JobsCompleted = uint64(le.Uint32(b[52:]))
+		i.BusyTime = time.Duration(min(le.Uint64(b[248:]), 1<<63-1))
 	}
 	return nil
 }

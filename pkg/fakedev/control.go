@@ -17,7 +17,8 @@ const MaxControlLine = 1024
 
 // ControlUsage lists the commands Control accepts.
 const ControlUsage = `commands (one per line; words separated by spaces or tabs):
-  add [COUNT]                        hot-plug COUNT new devices, 1 to 256 (default 1);
+  add [COUNT] [DRIVER]               hot-plug COUNT new devices, 1 to 256 (default 1), of
+                                     DRIVER (fakedev or fakenpu; default fakedev);
                                      all of them or none (ENOSPC when they do not fit)
   remove DEVICE                      hot-unplug DEVICE (e.g. ac1)
   fault DEVICE [malfunction|needs-reset]  inject a fault (default malfunction)
@@ -31,6 +32,7 @@ does not fit, EAGAIN while the device resets.`
 type controlOp struct {
 	verb   string // add, remove, fault, recover, reset
 	count  int    // add
+	driver string // add
 	device string // every verb but add
 	fault  Fault  // fault
 }
@@ -40,7 +42,7 @@ type controlOp struct {
 func controlArgs(verb string) (minArgs, maxArgs int, usage string, ok bool) {
 	switch verb {
 	case "add":
-		return 0, 1, "add [COUNT]", true
+		return 0, 2, "add [COUNT] [DRIVER]", true
 	case "remove":
 		return 1, 1, "remove DEVICE", true
 	case "fault":
@@ -120,13 +122,23 @@ func parseControl(line string) (controlOp, error) {
 		return controlOp{}, fmt.Errorf("%s: too many arguments (usage: %s): %w", op.verb, usage, syscall.EINVAL)
 	}
 	if op.verb == "add" {
-		op.count = 1
-		if len(args) == 1 {
+		op.count, op.driver = 1, DriverName
+		if len(args) > 0 && strings.ContainsRune("0123456789+-", rune(args[0][0])) {
 			c, err := parseCount(args[0])
 			if err != nil {
 				return controlOp{}, err
 			}
-			op.count = c
+			op.count, args = c, args[1:]
+		}
+		switch {
+		case len(args) > 1 || (len(args) == 1 && strings.ContainsRune("0123456789+-", rune(args[0][0]))):
+			return controlOp{}, fmt.Errorf("add: too many arguments (usage: %s): %w", usage, syscall.EINVAL)
+		case len(args) == 1:
+			if _, err := lookupDriver(args[0]); err != nil {
+				return controlOp{}, fmt.Errorf("add: %s is neither a COUNT (a number from 1 to %d without sign or leading zeros) nor a driver %v: %w",
+					quote(args[0]), accel.MaxDevices, DriverNames(), syscall.EINVAL)
+			}
+			op.driver = args[0]
 		}
 		return op, nil
 	}
@@ -210,7 +222,7 @@ func (s *Sim) Control(ctx context.Context, line string) (string, error) {
 	}
 	switch op.verb {
 	case "add":
-		devs, err := s.AddN(op.count)
+		devs, err := s.AddDriver(op.driver, op.count)
 		if err != nil {
 			return "", fmt.Errorf("add: %w", err)
 		}

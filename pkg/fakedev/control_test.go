@@ -147,7 +147,7 @@ func TestControlGrammar(t *testing.T) {
 		{"add 1x", syscall.EINVAL, `got "1x"`},
 		{"add 1.5", syscall.EINVAL, "COUNT must be a number"},
 		{"add 0x10", syscall.EINVAL, "COUNT must be a number"},
-		{"add zero", syscall.EINVAL, "COUNT must be a number"},
+		{"add zero", syscall.EINVAL, "neither a COUNT"},
 		{"add 300", syscall.ENOSPC, "exceeds the limit of 256 devices"},
 		{"ADD", syscall.EINVAL, `unknown command "ADD"`},
 		{"Fault ac0", syscall.EINVAL, `unknown command "Fault"`},

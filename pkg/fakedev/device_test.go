@@ -39,8 +39,8 @@ func TestMemAllocCountLimit(t *testing.T) {
 	if err := f.Ioctl(IoctlMemAlloc, EncodeMemAlloc(1), out); !errors.Is(err, syscall.ENOSPC) {
 		t.Fatalf("allocation %d: %v, want ENOSPC", DefaultMaxAllocations+1, err)
 	}
-	if got := d.Info().MemoryUsed; got != DefaultMaxAllocations {
-		t.Fatalf("memory used %d, want %d", got, DefaultMaxAllocations)
+	if got := d.Info().MemoryUsed; got != DefaultMaxAllocations*accel.PageSize {
+		t.Fatalf("memory used %d, want %d pages", got, DefaultMaxAllocations)
 	}
 	if err := f.Ioctl(IoctlMemFree, EncodeMemFree(first), nil); err != nil {
 		t.Fatal(err)

@@ -68,19 +68,20 @@ func TestHotPlugNeverReusesSerial(t *testing.T) {
 }
 
 func TestMemoryCommands(t *testing.T) {
-	_, reg := newSim(t, 1, Config{MemoryTotal: 1000})
+	page := accel.PageSize
+	_, reg := newSim(t, 1, Config{MemoryTotal: 10 * page})
 	d := reg.Devices()[0]
 	f, err := d.Open(context.Background(), accel.NodeCompute, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
 	out := make([]byte, 16)
-	if err := f.Ioctl(IoctlMemAlloc, EncodeMemAlloc(600), out); err != nil {
+	if err := f.Ioctl(IoctlMemAlloc, EncodeMemAlloc(6*page-100), out); err != nil {
 		t.Fatal(err)
 	}
 	h := DecodeMemAlloc(out)
-	if got := d.Info().MemoryUsed; got != 600 {
-		t.Fatalf("memory used %d, want 600", got)
+	if got := d.Info().MemoryUsed; got != 6*page {
+		t.Fatalf("memory used %d, want 6 pages (the size rounded up)", got)
 	}
 	for _, tc := range []struct {
 		name string
@@ -88,7 +89,7 @@ func TestMemoryCommands(t *testing.T) {
 		in   []byte
 		want syscall.Errno
 	}{
-		{"alloc beyond total", IoctlMemAlloc, EncodeMemAlloc(401), syscall.ENOMEM},
+		{"alloc beyond total", IoctlMemAlloc, EncodeMemAlloc(4*page + 1), syscall.ENOMEM},
 		{"alloc of zero bytes", IoctlMemAlloc, EncodeMemAlloc(0), syscall.EINVAL},
 		{"free of an unknown handle", IoctlMemFree, EncodeMemFree(h + 1), syscall.EINVAL},
 		{"unknown driver command", accel.IOW(accel.DriverCommandBase+9, 8), make([]byte, 8), syscall.ENOTTY},
@@ -97,7 +98,7 @@ func TestMemoryCommands(t *testing.T) {
 			t.Errorf("%s: got %v, want %v", tc.name, err, tc.want)
 		}
 	}
-	if err := f.Ioctl(IoctlMemAlloc, EncodeMemAlloc(400), out); err != nil {
+	if err := f.Ioctl(IoctlMemAlloc, EncodeMemAlloc(4*page), out); err != nil {
 		t.Fatalf("alloc of exactly the rest: %v", err)
 	}
 	if err := f.Ioctl(IoctlMemFree, EncodeMemFree(h), nil); err != nil {

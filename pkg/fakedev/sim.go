@@ -21,7 +21,8 @@ import (
 type Config struct {
 	// Seed makes serials differ between simulated machines (default "accel-sim").
 	Seed string
-	// Model is the model name every device reports (default "Simulated Accel SA-1").
+	// Model, if set, is the model name every device reports; empty: each
+	// driver's own ("Simulated Accel SA-1", "Simulated NPU SN-1").
 	Model string
 	// MemoryTotal is each device's memory in bytes (default 16 GiB).
 	MemoryTotal uint64
@@ -35,19 +36,26 @@ type Config struct {
 	// ENOSPC, so that a client allocating one byte at a time cannot grow
 	// the simulator's handle table without bound.
 	MaxAllocations int
+	// Throughput is how many bytes a device's job moves per second (a
+	// fakenpu device: multiply-accumulates, one per weight byte), which
+	// makes jobs take real time (default DefaultThroughput).
+	Throughput float64
 	// Logger receives structured logs (default: discard).
 	Logger *slog.Logger
 }
 
 // DefaultMaxAllocations is Config.MaxAllocations' default.
-const DefaultMaxAllocations = 4096
+const DefaultMaxAllocations = accel.DefaultMaxBuffers
+
+// DefaultThroughput is Config.Throughput's default: 1 GiB/s.
+const DefaultThroughput = 1 << 30
 
 func (c *Config) setDefaults() {
 	if c.Seed == "" {
 		c.Seed = "accel-sim"
 	}
-	if c.Model == "" {
-		c.Model = "Simulated Accel SA-1"
+	if c.Throughput <= 0 {
+		c.Throughput = DefaultThroughput
 	}
 	if c.MemoryTotal == 0 {
 		c.MemoryTotal = 16 << 30
@@ -106,7 +114,8 @@ func New(reg *accel.Registry, cfg Config) *Sim {
 	return &Sim{reg: reg, cfg: cfg, log: cfg.Logger}
 }
 
-// Add hot-plugs one new device and returns it.
+// Add hot-plugs one new device of the default driver (fakedev) and
+// returns it.
 func (s *Sim) Add() (*accel.Device, error) {
 	devs, err := s.AddN(1)
 	if err != nil {
@@ -115,14 +124,22 @@ func (s *Sim) Add() (*accel.Device, error) {
 	return devs[0], nil
 }
 
-// AddN hot-plugs n new devices, all or none. n must be 1 to
+// AddN hot-plugs n new devices of the default driver; see AddDriver.
+func (s *Sim) AddN(n int) ([]*accel.Device, error) { return s.AddDriver(DriverName, n) }
+
+// AddDriver hot-plugs n new devices of the simulated driver name (EINVAL
+// for an unknown one; see DriverNames), all or none. n must be 1 to
 // accel.MaxDevices (EINVAL below, ENOSPC above); ENOSPC also when fewer
 // indices are free, decided before anything is registered where the
 // registry's present devices tell (an index held by a removed device that
 // still has open files is found only by trying, and then the devices
 // added so far are unplugged again). Nothing is allocated in proportion
 // to n before it is checked.
-func (s *Sim) AddN(n int) ([]*accel.Device, error) {
+func (s *Sim) AddDriver(name string, n int) ([]*accel.Device, error) {
+	drv, err := lookupDriver(name)
+	if err != nil {
+		return nil, err
+	}
 	switch {
 	case n < 1:
 		return nil, fmt.Errorf("hot-plug %d devices: want at least 1: %w", n, syscall.EINVAL)
@@ -141,7 +158,7 @@ func (s *Sim) AddN(n int) ([]*accel.Device, error) {
 	}
 	devs := make([]*accel.Device, 0, n)
 	for range n {
-		d, err := s.reg.Register(newDevice(s.cfg, s.nextSlot))
+		d, err := s.reg.Register(newDevice(s.cfg, drv, s.nextSlot))
 		if err != nil {
 			for _, added := range devs {
 				_ = s.reg.Unregister(added)

@@ -125,7 +125,8 @@ type Server struct {
 	srv   *fuse.Server
 	root  *rootNode
 
-	holders *holders // who holds each open compute file
+	holders *holders  // who holds each open compute file
+	maps    *mappings // keeps mappings of compute nodes coherent
 
 	mounted time.Time // timestamps of the sys files
 
@@ -217,7 +218,7 @@ func Mount(dir string, reg *accel.Registry, opts Options) (*Server, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{dir: abs, reg: reg, opts: opts, modes: m, log: opts.Logger, mounted: time.Now(), ctx: ctx, cancel: cancel,
-		holders: newHolders()}
+		holders: newHolders(), maps: newMappings()}
 	s.root = &rootNode{srv: s, nodes: make(map[string]*fs.Inode)}
 
 	entryTimeout := time.Second
@@ -246,6 +247,7 @@ func Mount(dir string, reg *accel.Registry, opts Options) (*Server, error) {
 		return nil, fmt.Errorf("stat the new mount %s: %w", abs, err)
 	}
 	s.holders.mounted(st.Dev)
+	reg.AttachMappings(s.maps)
 	if err := closeOnExecFUSE(); err != nil {
 		s.log.Warn("cannot mark /dev/fuse close-on-exec; child processes may keep the mount alive", "err", err)
 	}

@@ -410,7 +410,7 @@ func TestInfoFromC(t *testing.T) {
 	for key, want := range map[string]string{
 		"sizeof": strconv.Itoa(accel.InfoSize), "size": "0", "version": "4", "index": "8", "status": "12",
 		"memory_total": "16", "memory_used": "24", "numa_node": "32", "flags": "36", "holder_pid": "40",
-		"monitor_clients": "44", "reset_count": "48", "name": "56", "driver": "88", "model": "120", "serial": "184",
+		"monitor_clients": "44", "reset_count": "48", "jobs_completed": "52", "busy_ns": "248", "name": "56", "driver": "88", "model": "120", "serial": "184",
 		"ACCEL_IOCTL_INFO":               fmt.Sprintf("%#x", accel.IoctlInfo),
 		"ACCEL_IOCTL_BASE":               fmt.Sprintf("%#x", accel.IoctlType),
 		"ACCEL_DRIVER_CMD_BASE":          fmt.Sprintf("%#x", accel.DriverCommandBase),
@@ -438,7 +438,7 @@ func TestInfoFromC(t *testing.T) {
 	got := runKV(t, bin, m.path("ac1_monitor"))
 	info := infoOf(t, m.path("ac1"))
 	for key, want := range map[string]string{
-		"size": "256", "version": "1", "name": "ac1", "serial": info.Serial, "driver": "fakedev",
+		"size": "256", "version": strconv.Itoa(accel.InfoVersion), "name": "ac1", "serial": info.Serial, "driver": "fakedev",
 		"model": info.Model, "status": "0", "index": "1", "memory_total": strconv.FormatUint(info.MemoryTotal, 10),
 		"numa_node": "1", "compute_in_use": "1", "holder_pid": strconv.Itoa(os.Getpid()), "monitor_clients": "1",
 	} {

@@ -82,6 +82,9 @@ func runHelper(mode, path string) int {
 	if code, ok := runHardeningHelper(mode, path); ok {
 		return code
 	}
+	if code, ok := runMmapHelper(mode, path); ok {
+		return code
+	}
 	fmt.Fprintf(os.Stderr, "unknown helper mode %q\n", mode)
 	return 2
 }

@@ -75,6 +75,7 @@ func (r *rootNode) onEvent(ev accel.Event) {
 	case accel.EventRemoved:
 		r.hide(ev.Name)
 		r.hide(accel.MonitorName(ev.Index))
+		r.srv.maps.forget()
 	}
 }
 
@@ -151,14 +152,20 @@ var (
 // size; with a size of 0 they would read nothing.
 const MonitorReadSize = 512
 
-// Getattr reports the node's permissions; a compute node has size 0, a
-// monitor node MonitorReadSize.
+// Getattr reports the node's permissions; a compute node's size is the
+// end of its device's mapping space (the kernel lets a mapping reach only
+// that far), a monitor node's MonitorReadSize.
 func (n *devNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	out.Mode = syscall.S_IFREG | n.mode
 	out.Gid = n.gid
 	out.Nlink = 1
+	out.Size = n.dev.MapSpaceEnd()
+	// Blocks in use are the device memory in use, so du tells the truth
+	// about a file whose size is only an address space.
+	out.Blksize = uint32(accel.PageSize)
+	out.Blocks = n.dev.MemoryUsed() / 512
 	if n.kind == accel.NodeMonitor {
-		out.Size = MonitorReadSize
+		out.Size, out.Blocks = MonitorReadSize, 1
 	}
 	out.SetTimes(nil, &n.born, &n.born)
 	return 0
@@ -172,16 +179,24 @@ func (n *devNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32
 	if err != nil {
 		return nil, 0, toErrno(err)
 	}
-	if n.kind == accel.NodeCompute {
-		n.srv.holders.opened(f, n.name, n.StableAttr().Ino, pid)
+	if n.kind == accel.NodeMonitor {
+		return &devHandle{f: f, holders: n.srv.holders}, fuse.FOPEN_DIRECT_IO, 0
 	}
-	return &devHandle{f: f, holders: n.srv.holders}, fuse.FOPEN_DIRECT_IO, 0
+	n.srv.holders.opened(f, n.name, n.StableAttr().Ino, pid)
+	n.srv.maps.track(n.dev, &n.Inode)
+	// No FOPEN_DIRECT_IO: the compute node's data goes through the page
+	// cache, which is what lets a client mmap its device memory (the
+	// kernel refuses a shared mapping of a direct-I/O file). Without
+	// FOPEN_KEEP_CACHE the kernel drops the node's cached pages at every
+	// open, so a client never sees what an earlier one left there.
+	return &devHandle{f: f, holders: n.srv.holders, maps: n.srv.maps}, 0, 0
 }
 
 // devHandle is one open file description of a device node.
 type devHandle struct {
 	f       *accel.File
 	holders *holders
+	maps    *mappings // compute files only
 
 	mu      sync.Mutex
 	summary []byte // monitor read() text, fixed at the read at offset 0
@@ -192,6 +207,8 @@ var (
 	_ = (fs.FileReleaser)((*devHandle)(nil))
 	_ = (fs.FileIoctler)((*devHandle)(nil))
 	_ = (fs.FileReader)((*devHandle)(nil))
+	_ = (fs.FileWriter)((*devHandle)(nil))
+	_ = (fs.FileFsyncer)((*devHandle)(nil))
 )
 
 // Flush is sent on every close(); see accel.File.Flush.
@@ -209,6 +226,9 @@ func (h *devHandle) Release(ctx context.Context) syscall.Errno {
 		h.holders.released(h.f)
 	}
 	h.f.Release()
+	if h.maps != nil {
+		h.maps.released(h.f.Device())
+	}
 	return 0
 }
 
@@ -233,13 +253,21 @@ func (h *devHandle) Ioctl(ctx context.Context, cmd uint32, arg uint64, input, ou
 // from offset off (the kernel passes the descriptor's position), so a
 // small buffer reads the text in pieces. The text is taken anew by a read
 // at offset 0 and stays fixed for the reads after it, so the pieces fit
-// together. The compute node has no read().
+// together.
+//
+// On the compute node, reads come from the page cache filling a page of a
+// mapping (or a read(2)): they return the client's device memory at that
+// offset of the mapping space, always the full length asked for (a short
+// reply would make the kernel shrink the file); see accel.File.ReadMapped.
 func (h *devHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	if h.f.Kind() != accel.NodeMonitor {
-		return nil, syscall.EINVAL
-	}
 	if off < 0 {
 		return nil, syscall.EINVAL
+	}
+	if h.f.Kind() == accel.NodeCompute {
+		if err := h.f.ReadMapped(dest, uint64(off)); err != nil {
+			return nil, toErrno(err)
+		}
+		return fuse.ReadResultData(dest), 0
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -259,15 +287,32 @@ func (h *devHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Read
 	return fuse.ReadResultData(dest[:n]), 0
 }
 
+// Write stores what the page cache writes back from a mapping of the
+// compute node (or a write(2)) into the client's device memory; see
+// accel.File.WriteMapped. The monitor node is read-only.
+func (h *devHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	if h.f.Kind() != accel.NodeCompute || off < 0 {
+		return 0, syscall.EINVAL
+	}
+	if err := h.f.WriteMapped(data, uint64(off)); err != nil {
+		return 0, toErrno(err)
+	}
+	return uint32(len(data)), 0
+}
+
+// Fsync succeeds: a write is in device memory when it is answered, so
+// msync and fsync have nothing left to wait for.
+func (h *devHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno { return 0 }
+
 // Summary is the one-line human summary a monitor node's read() returns.
 func Summary(i accel.Info) string {
 	holder := "free"
 	if i.ComputeInUse {
 		holder = fmt.Sprintf("held by pid %d", i.HolderPID)
 	}
-	return fmt.Sprintf("%s %s: %s %s serial %s, memory %s/%s, numa %d, compute %s, %d monitor client(s), %d reset(s)",
+	return fmt.Sprintf("%s %s: %s %s serial %s, memory %s/%s, numa %d, compute %s, %d monitor client(s), %d reset(s), %d job(s), busy %s",
 		i.Name, i.Status, i.Driver, i.Model, i.Serial, humanBytes(i.MemoryUsed), humanBytes(i.MemoryTotal),
-		i.NUMANode, holder, i.MonitorClients, i.ResetCount)
+		i.NUMANode, holder, i.MonitorClients, i.ResetCount, i.JobsCompleted, i.BusyTime.Round(time.Millisecond))
 }
 
 func humanBytes(b uint64) string {

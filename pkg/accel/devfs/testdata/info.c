@@ -25,7 +25,7 @@ int main(int argc, char **argv)
 		printf("sizeof=%zu\n", sizeof(struct accel_info));
 		OFF(size); OFF(version); OFF(index); OFF(status); OFF(memory_total);
 		OFF(memory_used); OFF(numa_node); OFF(flags); OFF(holder_pid);
-		OFF(monitor_clients); OFF(reset_count); OFF(name); OFF(driver);
+		OFF(monitor_clients); OFF(reset_count); OFF(jobs_completed); OFF(busy_ns); OFF(name); OFF(driver);
 		OFF(model); OFF(serial);
 		printf("ACCEL_IOCTL_INFO=%#lx\n", (unsigned long)ACCEL_IOCTL_INFO);
 		printf("ACCEL_IOCTL_BASE=%#x\n", ACCEL_IOCTL_BASE);

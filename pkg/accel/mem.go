@@ -1,0 +1,440 @@
+package accel
+
+import (
+	"cmp"
+	"fmt"
+	"os"
+	"slices"
+	"sort"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// The core's memory manager: every device's memory is handed out here, in
+// buffers that belong to one compute file, as DRM's GEM does for graphics
+// and accel drivers. Drivers decide when to allocate (their own commands)
+// and the core decides everything else:
+//
+//   - a buffer has a handle, unique on its device and never reused, so a
+//     handle of an earlier client never names a later client's buffer;
+//   - a buffer has a page-aligned place in the compute node's mapping
+//     space (MapBase up to MapBase + memory_total): mmap of the compute
+//     node at that offset reaches the buffer's memory, as GEM's fake
+//     offsets do. Places are reused once a buffer is freed;
+//   - sizes are rounded up to whole pages, and memory_used is the sum of
+//     the rounded sizes of live buffers (a freed buffer that a job still
+//     uses counts until the job is done): it never exceeds memory_total;
+//   - a client holds at most Identity.MaxBuffers buffers at once (ENOSPC
+//     past it), so no client grows the daemon's tables without bound;
+//   - everything a file holds is freed when it is released.
+//
+// Memory is backed by anonymous mappings of the daemon, made when a buffer
+// is first written (a buffer never written reads as zeros and costs no
+// memory), and given back to the system when the buffer is freed.
+
+// MapBase is where the compute node's mapping space begins: the offset of
+// the first buffer. As with DRM's DRM_FILE_PAGE_OFFSET_START, offset 0 is
+// never a buffer, so a client that maps without asking for an offset gets
+// an error instead of someone's memory.
+const MapBase = 1 << 32
+
+// DefaultMaxBuffers is how many buffers one client may hold by default.
+const DefaultMaxBuffers = 4096
+
+// PageSize is the granule of buffer sizes and offsets: the system's page
+// size, at least 4 KiB.
+var PageSize = uint64(max(os.Getpagesize(), 4096))
+
+// Buffer is one allocation of device memory.
+type Buffer struct {
+	mem    *memory
+	owner  *File
+	handle uint64
+	offset uint64 // in the mapping space; 0 once freed
+	size   uint64 // requested
+	span   uint64 // size rounded up to pages: what memory_used counts
+
+	refs int // guarded by mem.mu: the handle's reference and each job's
+
+	// dataMu guards data's contents (and its creation): device-side work
+	// holds it while it runs, page-cache reads and writes briefly.
+	dataMu sync.RWMutex
+	data   []byte // nil until first written
+}
+
+// Handle returns the buffer's handle.
+func (b *Buffer) Handle() uint64 { return b.handle }
+
+// Size returns the size the client asked for.
+func (b *Buffer) Size() uint64 { return b.size }
+
+// MapOffset returns the buffer's offset in the compute node's mapping
+// space: what a client passes to mmap.
+func (b *Buffer) MapOffset() uint64 { return b.offset }
+
+// MapSize returns the buffer's size rounded up to whole pages: how much of
+// the mapping space it takes.
+func (b *Buffer) MapSize() uint64 { return b.span }
+
+// AccessBuffers runs fn over the memory of bufs (Size bytes each, in the
+// order given), for device-side work: fn may read and change it. Each
+// distinct buffer is locked once, in handle order, so a buffer may appear
+// more than once (an in-place operation) and two calls never deadlock;
+// page-cache reads and writes of the buffers wait meanwhile. Memory never
+// written reads as zeros.
+func AccessBuffers(bufs []*Buffer, fn func(data [][]byte) error) error {
+	uniq := make([]*Buffer, 0, len(bufs))
+	for _, b := range bufs {
+		if !slices.Contains(uniq, b) {
+			uniq = append(uniq, b)
+		}
+	}
+	slices.SortFunc(uniq, func(a, b *Buffer) int { return cmp.Compare(a.handle, b.handle) })
+	for _, b := range uniq {
+		b.dataMu.Lock()
+		defer b.dataMu.Unlock()
+		if err := b.backLocked(); err != nil {
+			return err
+		}
+	}
+	data := make([][]byte, len(bufs))
+	for i, b := range bufs {
+		data[i] = b.data[:b.size]
+	}
+	return fn(data)
+}
+
+// backLocked makes the buffer's memory if it has none yet; b.dataMu is
+// held for writing.
+func (b *Buffer) backLocked() error {
+	if b.data != nil {
+		return nil
+	}
+	data, err := unix.Mmap(-1, 0, int(b.span), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	if err != nil {
+		return fmt.Errorf("back buffer %d (%d bytes): %w", b.handle, b.span, syscall.ENOMEM)
+	}
+	b.data = data
+	return nil
+}
+
+// unback gives the buffer's memory back; no one can reach b any more.
+func (b *Buffer) unback() {
+	b.dataMu.Lock()
+	defer b.dataMu.Unlock()
+	if b.data != nil {
+		_ = unix.Munmap(b.data)
+		b.data = nil
+	}
+}
+
+// memory is one device's memory manager.
+type memory struct {
+	total      uint64
+	maxBuffers int
+
+	mu         sync.Mutex
+	used       uint64
+	nextHandle uint64
+	byFile     map[*File]map[uint64]*Buffer
+	placed     []*Buffer // live buffers by offset: the mapping space's map
+}
+
+func newMemory(total uint64, maxBuffers int) *memory {
+	if maxBuffers <= 0 {
+		maxBuffers = DefaultMaxBuffers
+	}
+	return &memory{total: total, maxBuffers: maxBuffers, byFile: make(map[*File]map[uint64]*Buffer)}
+}
+
+// MapSpaceEnd is the end of d's mapping space: no buffer reaches past it,
+// and it is the compute node's file size.
+func (d *Device) MapSpaceEnd() uint64 { return MapBase + roundPage(d.mem.total) }
+
+// MemoryUsed returns the bytes of live buffers (rounded to pages).
+func (d *Device) MemoryUsed() uint64 {
+	d.mem.mu.Lock()
+	defer d.mem.mu.Unlock()
+	return d.mem.used
+}
+
+func roundPage(n uint64) uint64 {
+	if n > ^uint64(0)-PageSize {
+		return ^uint64(0) &^ (PageSize - 1)
+	}
+	return (n + PageSize - 1) &^ (PageSize - 1)
+}
+
+// Alloc allocates a buffer of size bytes for the compute file f. It fails
+// with EINVAL for size 0 or a file that is not an open compute file of d,
+// ENOMEM when the rounded size does not fit the free memory, and ENOSPC
+// when f already holds its device's limit of buffers.
+func (d *Device) Alloc(f *File, size uint64) (*Buffer, error) {
+	if f == nil || f.dev != d || f.kind != NodeCompute {
+		return nil, fmt.Errorf("alloc on %s: not a compute file of this device: %w", d.name, syscall.EINVAL)
+	}
+	if size == 0 {
+		return nil, fmt.Errorf("alloc on %s: size 0: %w", d.name, syscall.EINVAL)
+	}
+	m := d.mem
+	span := roundPage(size)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	bufs, ok := m.byFile[f]
+	if !ok {
+		if f.isClosed() {
+			return nil, fmt.Errorf("alloc on %s: file released: %w", d.name, syscall.EBADF)
+		}
+		bufs = make(map[uint64]*Buffer)
+		m.byFile[f] = bufs
+	}
+	switch {
+	case size > m.total || span > m.total-m.used:
+		return nil, fmt.Errorf("alloc %d bytes on %s: %d of %d bytes free: %w", size, d.name, m.total-m.used, m.total, syscall.ENOMEM)
+	case len(bufs) >= m.maxBuffers:
+		return nil, fmt.Errorf("alloc on %s: the client already holds its limit of %d buffers: %w", d.name, m.maxBuffers, syscall.ENOSPC)
+	}
+	// First fit in the mapping space. The live buffers' spans sum to at
+	// most total - span, so a hole of span bytes exists below
+	// MapBase + total.
+	off, at := uint64(MapBase), len(m.placed)
+	for i, p := range m.placed {
+		if p.offset-off >= span {
+			at = i
+			break
+		}
+		off = p.offset + p.span
+	}
+	m.nextHandle++
+	b := &Buffer{mem: m, owner: f, handle: m.nextHandle, offset: off, size: size, span: span, refs: 1}
+	m.placed = append(m.placed, nil)
+	copy(m.placed[at+1:], m.placed[at:])
+	m.placed[at] = b
+	bufs[b.handle] = b
+	m.used += span
+	return b, nil
+}
+
+// LookupBuffer returns f's buffer with handle h: ENOENT when f holds no
+// such buffer (another client's handle, a freed one, one never made), as
+// GEM's object lookup answers.
+func (d *Device) LookupBuffer(f *File, h uint64) (*Buffer, error) {
+	m := d.mem
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if b, ok := m.byFile[f][h]; ok {
+		return b, nil
+	}
+	return nil, fmt.Errorf("buffer %d on %s: this client holds no buffer with that handle: %w", h, d.name, syscall.ENOENT)
+}
+
+// Free frees f's buffer with handle h: EINVAL when f holds no such buffer
+// (so a second free of a handle fails), as GEM's handle close answers. A
+// CPU write still cached in a mapping of it is written back first, and
+// the buffer's place in the mapping space is free at once; its memory is
+// freed when the last job using it completes.
+func (d *Device) Free(f *File, h uint64) error {
+	b, err := d.LookupBuffer(f, h)
+	if err != nil {
+		return fmt.Errorf("free buffer %d on %s: this client holds no buffer with that handle: %w", h, d.name, syscall.EINVAL)
+	}
+	d.syncMapping(b) // outside every lock: see MappingSyncer
+	m := d.mem
+	m.mu.Lock()
+	if m.byFile[f][h] != b { // freed meanwhile by a concurrent call
+		m.mu.Unlock()
+		return fmt.Errorf("free buffer %d on %s: already freed: %w", h, d.name, syscall.EINVAL)
+	}
+	delete(m.byFile[f], h)
+	m.unplaceLocked(b)
+	last := m.unrefLocked(b)
+	m.mu.Unlock()
+	if last {
+		b.unback()
+	}
+	return nil
+}
+
+// unplaceLocked removes b from the mapping space.
+func (m *memory) unplaceLocked(b *Buffer) {
+	i := sort.Search(len(m.placed), func(i int) bool { return m.placed[i].offset >= b.offset })
+	if i < len(m.placed) && m.placed[i] == b {
+		m.placed = append(m.placed[:i], m.placed[i+1:]...)
+	}
+	b.offset = 0
+}
+
+// unrefLocked drops one reference and reports whether it was the last;
+// the memory is then no longer used.
+func (m *memory) unrefLocked(b *Buffer) bool {
+	b.refs--
+	if b.refs > 0 {
+		return false
+	}
+	m.used -= b.span
+	return true
+}
+
+// ref takes a reference for a job; unref drops it.
+func (b *Buffer) ref() {
+	b.mem.mu.Lock()
+	b.refs++
+	b.mem.mu.Unlock()
+}
+
+func (b *Buffer) unref() {
+	b.mem.mu.Lock()
+	last := b.mem.unrefLocked(b)
+	b.mem.mu.Unlock()
+	if last {
+		b.unback()
+	}
+}
+
+// releaseMemory frees everything f holds; f is closed.
+func (d *Device) releaseMemory(f *File) {
+	m := d.mem
+	m.mu.Lock()
+	bufs := m.byFile[f]
+	delete(m.byFile, f)
+	var gone []*Buffer
+	for _, b := range bufs {
+		m.unplaceLocked(b)
+		if m.unrefLocked(b) {
+			gone = append(gone, b)
+		}
+	}
+	m.mu.Unlock()
+	for _, b := range gone {
+		b.unback()
+	}
+}
+
+// Buffers returns how many buffers f holds.
+func (d *Device) Buffers(f *File) int {
+	d.mem.mu.Lock()
+	defer d.mem.mu.Unlock()
+	return len(d.mem.byFile[f])
+}
+
+// ReadMapped fills p with what f's mapping of the compute node shows at
+// offset off: the contents of f's buffers, and zeros between them (a page
+// cache read may run past a buffer's end). It fails with EIO when no byte
+// of the range lies in one of f's buffers: an access to memory the client
+// was never given.
+func (f *File) ReadMapped(p []byte, off uint64) error {
+	return f.mapped(p, off, false)
+}
+
+// WriteMapped stores p, written through f's mapping of the compute node at
+// offset off, into f's buffers. Bytes that fall outside them are dropped
+// and the write fails with EIO, so the client's msync, fsync or close
+// reports the stray write.
+func (f *File) WriteMapped(p []byte, off uint64) error {
+	return f.mapped(p, off, true)
+}
+
+func (f *File) mapped(p []byte, off uint64, write bool) error {
+	d := f.dev
+	if f.kind != NodeCompute || f.isClosed() {
+		return syscall.EBADF
+	}
+	end := off + uint64(len(p))
+	if end < off {
+		return syscall.EINVAL
+	}
+	m := d.mem
+	m.mu.Lock()
+	i := sort.Search(len(m.placed), func(i int) bool { return m.placed[i].offset+m.placed[i].span > off })
+	var hits []*Buffer
+	for ; i < len(m.placed) && m.placed[i].offset < end; i++ {
+		if b := m.placed[i]; b.owner == f {
+			b.refs++ // kept alive while copying, without m.mu
+			hits = append(hits, b)
+		}
+	}
+	m.mu.Unlock()
+	defer func() {
+		for _, b := range hits {
+			b.unref()
+		}
+	}()
+	if !write {
+		clear(p)
+	}
+	covered := uint64(0)
+	for _, b := range hits {
+		lo, hi := max(off, b.offset), min(end, b.offset+b.span)
+		covered += hi - lo
+		dst := p[lo-off : hi-off]
+		src := lo - b.offset
+		if write {
+			b.dataMu.Lock()
+			err := b.backLocked()
+			if err == nil {
+				copy(b.data[src:], dst)
+			}
+			b.dataMu.Unlock()
+			if err != nil {
+				return err
+			}
+		} else {
+			b.dataMu.RLock()
+			if b.data != nil {
+				copy(dst, b.data[src:])
+			}
+			b.dataMu.RUnlock()
+		}
+	}
+	if (write && covered < uint64(len(p))) || (!write && covered == 0 && len(p) > 0) {
+		what := "read"
+		if write {
+			what = "write"
+		}
+		d.reg.log.Debug("mapped access outside the client's buffers", "device", d.name, "op", what, "offset", off, "len", len(p), "in_buffers", covered)
+		return syscall.EIO
+	}
+	return nil
+}
+
+// MappingSyncer keeps CPU mappings of compute nodes coherent with device
+// memory (package devfs: the kernel's page cache of the node). The core
+// calls Sync before device work reads a buffer (so that the CPU's cached
+// writes reach device memory) and after device work wrote one (so that the
+// CPU reads the new contents), and before a buffer is freed. Sync writes
+// back the CPU's pending writes to [off, off+size) of d's compute node and
+// drops its cached copy of the range.
+//
+// The core calls Sync without holding any of its locks, and Sync may wait
+// for the node's reads and writes (ReadMapped, WriteMapped) to be served:
+// it must never be called with a lock those need.
+type MappingSyncer interface {
+	Sync(d *Device, off, size uint64) error
+}
+
+// AttachMappings adds a syncer of CPU mappings; see MappingSyncer.
+func (r *Registry) AttachMappings(s MappingSyncer) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.syncers = append(r.syncers, s)
+}
+
+// syncMapping syncs b's range of the mapping space in every syncer.
+func (d *Device) syncMapping(b *Buffer) {
+	d.mem.mu.Lock()
+	off, span := b.offset, b.span
+	d.mem.mu.Unlock()
+	if off == 0 {
+		return // freed: no mapping shows it any more
+	}
+	d.reg.mu.Lock()
+	syncers := d.reg.syncers
+	d.reg.mu.Unlock()
+	for _, s := range syncers {
+		if err := s.Sync(d, off, span); err != nil {
+			d.reg.log.Warn("syncing a mapping with device memory failed", "device", d.name, "buffer", b.handle, "offset", off, "err", err)
+		}
+	}
+}

@@ -1,0 +1,270 @@
+package accel
+
+import (
+	"bytes"
+	"context"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// memDriver is a stub whose devices have total bytes of memory and room
+// for maxBuffers buffers per client.
+type memDriver struct {
+	stubDriver
+	total      uint64
+	maxBuffers int
+}
+
+func (m *memDriver) Identity() Identity {
+	id := m.stubDriver.Identity()
+	id.MemoryTotal, id.MaxBuffers = m.total, m.maxBuffers
+	return id
+}
+
+func memDevice(t *testing.T, total uint64, maxBuffers int) (*Device, *File) {
+	t.Helper()
+	r := newTestRegistry(t, Options{})
+	d, err := r.Register(&memDriver{stubDriver: stubDriver{serial: "M"}, total: total, maxBuffers: maxBuffers})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := mustOpen(t, d, NodeCompute)
+	return d, f
+}
+
+// The memory manager refuses every bad input with its own errno, and what
+// it accepts keeps memory_used the sum of the rounded sizes.
+func TestMemoryBadInputs(t *testing.T) {
+	d, f := memDevice(t, 5*PageSize, 3)
+	mon := mustOpen(t, d, NodeMonitor)
+
+	_, err := d.Alloc(f, 0)
+	wantErrno(t, "alloc of 0 bytes", err, syscall.EINVAL)
+	_, err = d.Alloc(mon, 1)
+	wantErrno(t, "alloc on the monitor file", err, syscall.EINVAL)
+	_, err = d.Alloc(f, 5*PageSize+1)
+	wantErrno(t, "alloc beyond memory_total", err, syscall.ENOMEM)
+	_, err = d.Alloc(f, ^uint64(0))
+	wantErrno(t, "alloc of 2^64-1 bytes (would wrap when rounded)", err, syscall.ENOMEM)
+
+	a, err := d.Alloc(f, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.MapSize() != PageSize || a.MapOffset() != MapBase || a.MapOffset()%PageSize != 0 {
+		t.Fatalf("1-byte buffer: offset %#x size %d, want a page at MapBase", a.MapOffset(), a.MapSize())
+	}
+	b, err := d.Alloc(f, 2*PageSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := d.MemoryUsed(); got != 3*PageSize {
+		t.Fatalf("memory_used %d, want 3 pages (1 byte rounded up, and 2 pages)", got)
+	}
+	_, err = d.Alloc(f, 2*PageSize+1)
+	wantErrno(t, "alloc of 3 pages with 2 free", err, syscall.ENOMEM)
+	if _, err := d.Alloc(f, PageSize); err != nil {
+		t.Fatal(err)
+	}
+	_, err = d.Alloc(f, 1)
+	wantErrno(t, "fourth buffer past the limit of 3", err, syscall.ENOSPC)
+
+	if err := d.Free(f, a.Handle()); err != nil {
+		t.Fatal(err)
+	}
+	wantErrno(t, "double free", d.Free(f, a.Handle()), syscall.EINVAL)
+	wantErrno(t, "free of a handle never made", d.Free(f, 999), syscall.EINVAL)
+	_, err = d.LookupBuffer(f, a.Handle())
+	wantErrno(t, "lookup of a freed handle", err, syscall.ENOENT)
+
+	// A freed place is reused: first fit.
+	c, err := d.Alloc(f, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MapOffset() != MapBase || c.Handle() == a.Handle() {
+		t.Fatalf("buffer after a free: offset %#x handle %d, want the freed place and a new handle", c.MapOffset(), c.Handle())
+	}
+	if b.MapOffset() != MapBase+PageSize || d.MapSpaceEnd() != MapBase+5*PageSize {
+		t.Fatalf("second buffer at %#x, mapping space ends at %#x", b.MapOffset(), d.MapSpaceEnd())
+	}
+
+	// Release frees everything, and the next client cannot use the
+	// earlier client's handles.
+	f.Release()
+	if got := d.MemoryUsed(); got != 0 {
+		t.Fatalf("memory_used after release = %d, want 0", got)
+	}
+	g := mustOpen(t, d, NodeCompute)
+	_, err = d.LookupBuffer(g, b.Handle())
+	wantErrno(t, "lookup of the earlier client's handle", err, syscall.ENOENT)
+	wantErrno(t, "free of the earlier client's handle", d.Free(g, b.Handle()), syscall.EINVAL)
+	_, err = d.Alloc(f, 1)
+	wantErrno(t, "alloc on a released file", err, syscall.EBADF)
+}
+
+// Mapped reads and writes reach only the client's buffers: zeros between
+// them, EIO for a range outside all of them (another client's offsets
+// included), and a write that strays past a buffer stores what fits and
+// reports EIO.
+func TestMappedAccess(t *testing.T) {
+	d, f := memDevice(t, 1<<20, 0)
+	a, _ := d.Alloc(f, 100)
+	b, _ := d.Alloc(f, PageSize)
+	data := bytes.Repeat([]byte{7}, 100)
+	if err := f.WriteMapped(data, a.MapOffset()); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 3*PageSize)
+	if err := f.ReadMapped(got, a.MapOffset()); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got[:100], data) || !bytes.Equal(got[100:], make([]byte, len(got)-100)) {
+		t.Fatalf("read back %v..., want 100 sevens then zeros (b never written, then the gap)", got[:8])
+	}
+	wantErrno(t, "read at offset 0", f.ReadMapped(make([]byte, 8), 0), syscall.EIO)
+	wantErrno(t, "read past every buffer", f.ReadMapped(make([]byte, 8), b.MapOffset()+PageSize), syscall.EIO)
+	wantErrno(t, "read wrapping the offset space", f.ReadMapped(make([]byte, 8), ^uint64(0)-3), syscall.EINVAL)
+
+	stray := bytes.Repeat([]byte{9}, 2*int(PageSize))
+	wantErrno(t, "write running past the last buffer", f.WriteMapped(stray, b.MapOffset()), syscall.EIO)
+	if err := f.ReadMapped(got[:PageSize], b.MapOffset()); err != nil || got[0] != 9 || got[PageSize-1] != 9 {
+		t.Fatalf("the part of the stray write inside b was not kept: %v %v", got[:4], err)
+	}
+
+	mon := mustOpen(t, d, NodeMonitor)
+	wantErrno(t, "read through the monitor file", mon.ReadMapped(got, a.MapOffset()), syscall.EBADF)
+	f.Release()
+	g := mustOpen(t, d, NodeCompute)
+	wantErrno(t, "read of the earlier client's offset", g.ReadMapped(got, a.MapOffset()), syscall.EIO)
+	wantErrno(t, "read through a released file", f.ReadMapped(got, a.MapOffset()), syscall.EBADF)
+}
+
+// recordingSyncer records the ranges the core syncs.
+type recordingSyncer struct {
+	mu     sync.Mutex
+	ranges [][2]uint64
+}
+
+func (r *recordingSyncer) Sync(d *Device, off, size uint64) error {
+	r.mu.Lock()
+	r.ranges = append(r.ranges, [2]uint64{off, size})
+	r.mu.Unlock()
+	return nil
+}
+
+// A job runs over the client's buffers, its result is waited for once,
+// and the device's busy time and job count come from it; its buffers are
+// synced before it is queued and the one it wrote after it ran.
+func TestJobRunsAndIsAccounted(t *testing.T) {
+	d, f := memDevice(t, 1<<20, 0)
+	sync := &recordingSyncer{}
+	d.reg.AttachMappings(sync)
+	src, _ := d.Alloc(f, 8)
+	dst, _ := d.Alloc(f, 8)
+	if err := f.WriteMapped([]byte{1, 2, 3, 4, 5, 6, 7, 8}, src.MapOffset()); err != nil {
+		t.Fatal(err)
+	}
+	const runFor = 20 * time.Millisecond
+	seq, err := d.Submit(f, Job{Reads: []*Buffer{src}, Writes: []*Buffer{dst}, Duration: runFor, Run: func() (uint64, error) {
+		return 42, AccessBuffers([]*Buffer{src, dst}, func(m [][]byte) error {
+			for i := range m[0] {
+				m[1][i] = m[0][i] * 2
+			}
+			return nil
+		})
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := d.Wait(context.Background(), f, seq, 10*time.Second)
+	if err != nil || res.Err != nil || res.Value != 42 || res.RunTime < runFor {
+		t.Fatalf("wait: %+v, %v; want value 42 after at least %s", res, err, runFor)
+	}
+	got := make([]byte, 8)
+	if err := f.ReadMapped(got, dst.MapOffset()); err != nil || !bytes.Equal(got, []byte{2, 4, 6, 8, 10, 12, 14, 16}) {
+		t.Fatalf("dst = %v, %v", got, err)
+	}
+	info := d.Info()
+	if info.JobsCompleted != 1 || info.BusyTime < runFor || info.BusyTime != res.RunTime {
+		t.Fatalf("info: %d jobs, busy %s; want 1 job and the job's run time %s", info.JobsCompleted, info.BusyTime, res.RunTime)
+	}
+	want := [][2]uint64{{src.MapOffset(), PageSize}, {dst.MapOffset(), PageSize}, {dst.MapOffset(), PageSize}}
+	sync.mu.Lock()
+	if len(sync.ranges) != 3 || sync.ranges[0] != want[0] || sync.ranges[1] != want[1] || sync.ranges[2] != want[2] {
+		t.Errorf("synced %v, want %v (src and dst before, dst after)", sync.ranges, want)
+	}
+	sync.mu.Unlock()
+	_, err = d.Wait(context.Background(), f, seq, time.Second)
+	wantErrno(t, "second wait of a job", err, syscall.EINVAL)
+	_, err = d.Wait(context.Background(), f, 12345, time.Second)
+	wantErrno(t, "wait of a job never submitted", err, syscall.EINVAL)
+}
+
+// The job engine's bad inputs and limits: buffers of another client, the
+// per-client limit of jobs not waited for, a wait that times out, a
+// buffer freed while its job runs, a device not operational, a client
+// released with jobs queued.
+func TestJobLimits(t *testing.T) {
+	d, f := memDevice(t, 1<<20, 0)
+	buf, _ := d.Alloc(f, 8)
+	gate := make(chan struct{})
+	blocked := Job{Reads: []*Buffer{buf}, Run: func() (uint64, error) { <-gate; return 0, nil }}
+	quick := Job{Reads: []*Buffer{buf}, Run: func() (uint64, error) { return 1, nil }}
+
+	_, err := d.Submit(f, Job{Reads: []*Buffer{buf}})
+	wantErrno(t, "job without Run", err, syscall.EINVAL)
+	first, err := d.Submit(f, blocked)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = d.Wait(context.Background(), f, first, time.Millisecond)
+	wantErrno(t, "wait for a blocked job", err, syscall.ETIMEDOUT)
+	if err := d.Free(f, buf.Handle()); err != nil {
+		t.Fatal(err)
+	}
+	if got := d.MemoryUsed(); got != PageSize {
+		t.Fatalf("memory_used with the freed buffer still in a job = %d, want a page", got)
+	}
+	for i := 1; i < MaxJobsPerFile; i++ {
+		if _, err := d.Submit(f, quick); err != nil {
+			t.Fatalf("job %d: %v", i+1, err)
+		}
+	}
+	_, err = d.Submit(f, quick)
+	wantErrno(t, "job past MaxJobsPerFile not waited for", err, syscall.ENOSPC)
+	close(gate)
+	if res, err := d.Wait(context.Background(), f, first, 10*time.Second); err != nil || res.Err != nil {
+		t.Fatalf("first job: %+v %v", res, err)
+	}
+
+	other := mustOpen(t, mustRegister(t, d.reg, "other"), NodeCompute)
+	otherBuf, err := other.Device().Alloc(other, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = d.Submit(f, Job{Reads: []*Buffer{otherBuf}, Run: quick.Run})
+	wantErrno(t, "job over another client's buffer", err, syscall.EINVAL)
+
+	// Release cancels queued jobs and frees everything.
+	f.Release()
+	if got := d.MemoryUsed(); got != 0 {
+		t.Fatalf("memory_used after release = %d, want 0", got)
+	}
+
+	g := mustOpen(t, d, NodeCompute)
+	b2, _ := d.Alloc(g, 8)
+	if err := d.SetStatus(StatusMalfunction); err != nil {
+		t.Fatal(err)
+	}
+	seq, err := d.Submit(g, Job{Reads: []*Buffer{b2}, Run: quick.Run})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := d.Wait(context.Background(), g, seq, 10*time.Second)
+	if err != nil || res.Err != syscall.EIO {
+		t.Fatalf("job on a malfunctioning device: %+v %v, want EIO", res, err)
+	}
+}
