@@ -496,7 +496,7 @@ func TestDefaults(t *testing.T) {
 	})
 	wantArgs(t, "sim", sc.Args, []string{
 		"sim", "--dir=/run/accel/dev", "--devices=4", "--numa-nodes=1", "--seed=$(NODE_NAME)",
-		"--model=Simulated Accel SA-1", "--memory-gib=16", "--reset-duration=100ms",
+		"--memory-gib=16", "--memory-budget-mib=128", "--throughput=1073741824", "--reset-duration=100ms",
 		"--compute-mode=0666", "--dir-mode=0700", "--gid=0",
 		"--monitor-opens-per-process=64", "--monitor-opens-per-device=4096", "--log-level=info",
 	})
@@ -614,6 +614,19 @@ func TestSimulatorDisabled(t *testing.T) {
 	wantHostPathMount(t, plugin, "/run/accel", "/run/accel", corev1.HostPathDirectoryOrCreate, true, propagation(corev1.MountPropagationHostToContainer))
 }
 
+// A mixed node: the simulator starts devices of both drivers, with each
+// driver's own model.
+func TestSimulatorDrivers(t *testing.T) {
+	r := render(t, "--set", "simulator.drivers=fakedev:2\\,fakenpu:2")
+	_, sim := daemonSets(t, r)
+	args := onlyContainer(t, sim).Args
+	if !slices.Contains(args, "--driver=fakedev:2,fakenpu:2") || slices.ContainsFunc(args, func(a string) bool {
+		return strings.HasPrefix(a, "--devices=") || strings.HasPrefix(a, "--model=")
+	}) {
+		t.Errorf("sim args %q, want --driver=fakedev:2,fakenpu:2 and neither --devices nor --model", args)
+	}
+}
+
 func TestCustomValues(t *testing.T) {
 	r := render(t, "custom.yaml")
 	plugin, sim := daemonSets(t, r)
@@ -627,7 +640,7 @@ func TestCustomValues(t *testing.T) {
 	})
 	wantArgs(t, "sim", sc.Args, []string{
 		"sim", "--dir=/var/run/xaccel/nodes", "--devices=16", "--numa-nodes=2", "--seed=lab-seed",
-		"--model=Test Model X", "--memory-gib=32", "--reset-duration=2s",
+		"--model=Test Model X", "--memory-gib=32", "--memory-budget-mib=128", "--throughput=1073741824", "--reset-duration=2s",
 		"--compute-mode=0660", "--dir-mode=0750", "--gid=1234", // "750" in the values: four digits on the command line
 		"--monitor-opens-per-process=8", "--monitor-opens-per-device=128",
 		"--log-level=warn", // the shared logLevel; plugin.logLevel is the plugin's own
@@ -900,6 +913,11 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		{[]string{"--set", "simulator.updateStrategy.type=Recreate"}, []string{"'/simulator/updateStrategy/type'", "OnDelete"}},
 		{[]string{"--set", "simulator.logLevel=trace"}, []string{"'/simulator/logLevel'"}},
 		{[]string{"--set", "simulator.bogus=1"}, []string{"'/simulator'", "'bogus' not allowed"}},
+		{[]string{"--set", "simulator.drivers=fakegpu:2"}, []string{"'/simulator/drivers'"}},
+		{[]string{"--set", "simulator.drivers=fakedev:01"}, []string{"'/simulator/drivers'"}},
+		{[]string{"--set", "simulator.drivers=fakedev:2;fakenpu"}, []string{"'/simulator/drivers'"}},
+		{[]string{"--set", "simulator.memoryBudgetMiB=-1"}, []string{"'/simulator/memoryBudgetMiB'", "minimum"}},
+		{[]string{"--set", "simulator.throughput=0"}, []string{"'/simulator/throughput'", "minimum"}},
 		{[]string{"--set", "plugin.monitorSlots=-1"}, []string{"'/plugin/monitorSlots'", "minimum"}},
 		{[]string{"--set", "plugin.monitorSlots=1025"}, []string{"'/plugin/monitorSlots'", "maximum"}},
 		{[]string{"--set", "plugin.resourcePrefix=Bad_Prefix"}, []string{"'/plugin/resourcePrefix'", "Bad_Prefix"}},

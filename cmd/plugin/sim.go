@@ -30,6 +30,7 @@ func runSim(args []string, stderr io.Writer) error {
 	model := fs.String("model", "", "model name every device reports (default: each driver's own, \"Simulated Accel SA-1\" and \"Simulated NPU SN-1\")")
 	throughput := fs.Float64("throughput", fakedev.DefaultThroughput, "bytes a device's job moves per second (fakenpu: multiply-accumulates), so jobs take real time")
 	memGiB := fs.Uint64("memory-gib", 16, fmt.Sprintf("memory per device, GiB (1-%d)", maxMemoryGiB))
+	budgetMiB := fs.Uint64("memory-budget-mib", 1024, "device memory all devices' buffers may hold together, MiB (0: no cap). Simulated device memory is the simulator's own memory: keep this below the simulator's memory limit, or a client filling its device gets the simulator killed; past it an allocation fails with ENOMEM")
 	numa := fs.Int("numa-nodes", 1, "spread devices round-robin over this many NUMA nodes")
 	resetDur := fs.Duration("reset-duration", 100*time.Millisecond, "how long a reset keeps a device in_reset")
 	computeMode := fs.String("compute-mode", "0666", "permission of compute nodes, 3 octal digits with an optional leading 0, at most 0777 (0000 is honoured; e.g. 0660 with --gid)")
@@ -61,6 +62,9 @@ func runSim(args []string, stderr io.Writer) error {
 	}
 	if !(*throughput >= 1 && *throughput <= 1<<50) {
 		return fmt.Errorf("--throughput %g is out of range: want 1 to %d bytes per second", *throughput, int64(1<<50))
+	}
+	if *budgetMiB > maxMemoryGiB<<10 {
+		return fmt.Errorf("--memory-budget-mib %d is out of range: want 0 to %d", *budgetMiB, uint64(maxMemoryGiB<<10))
 	}
 	if *numa < 1 || *numa > 64 {
 		return fmt.Errorf("--numa-nodes %d is out of range: want 1 to 64", *numa)
@@ -99,7 +103,7 @@ func runSim(args []string, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	reg := accel.NewRegistry(accel.Options{
-		MonitorOpensPerProcess: *perProc, MonitorOpensPerDevice: *perDev, Logger: log,
+		MonitorOpensPerProcess: *perProc, MonitorOpensPerDevice: *perDev, MemoryBudget: *budgetMiB << 20, Logger: log,
 	})
 	sim := fakedev.New(reg, fakedev.Config{
 		Seed: *seed, Model: *model, MemoryTotal: *memGiB << 30, NUMANodes: *numa,

@@ -130,10 +130,37 @@ func (b *Buffer) unback() {
 	}
 }
 
+// budget is the registry-wide cap on memory held by buffers (see
+// Options.MemoryBudget).
+type budget struct {
+	limit uint64 // 0: none
+
+	mu   sync.Mutex
+	used uint64
+}
+
+// take reserves n bytes, reporting false when they do not fit.
+func (b *budget) take(n uint64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.limit > 0 && n > b.limit-b.used {
+		return false
+	}
+	b.used += n
+	return true
+}
+
+func (b *budget) give(n uint64) {
+	b.mu.Lock()
+	b.used -= n
+	b.mu.Unlock()
+}
+
 // memory is one device's memory manager.
 type memory struct {
 	total      uint64
 	maxBuffers int
+	budget     *budget
 
 	mu         sync.Mutex
 	used       uint64
@@ -142,11 +169,11 @@ type memory struct {
 	placed     []*Buffer // live buffers by offset: the mapping space's map
 }
 
-func newMemory(total uint64, maxBuffers int) *memory {
+func newMemory(total uint64, maxBuffers int, b *budget) *memory {
 	if maxBuffers <= 0 {
 		maxBuffers = DefaultMaxBuffers
 	}
-	return &memory{total: total, maxBuffers: maxBuffers, byFile: make(map[*File]map[uint64]*Buffer)}
+	return &memory{total: total, maxBuffers: maxBuffers, budget: b, byFile: make(map[*File]map[uint64]*Buffer)}
 }
 
 // MapSpaceEnd is the end of d's mapping space: no buffer reaches past it,
@@ -195,6 +222,8 @@ func (d *Device) Alloc(f *File, size uint64) (*Buffer, error) {
 		return nil, fmt.Errorf("alloc %d bytes on %s: %d of %d bytes free: %w", size, d.name, m.total-m.used, m.total, syscall.ENOMEM)
 	case len(bufs) >= m.maxBuffers:
 		return nil, fmt.Errorf("alloc on %s: the client already holds its limit of %d buffers: %w", d.name, m.maxBuffers, syscall.ENOSPC)
+	case !m.budget.take(span):
+		return nil, fmt.Errorf("alloc %d bytes on %s: the daemon's memory budget of %d bytes for all devices is used up: %w", size, d.name, m.budget.limit, syscall.ENOMEM)
 	}
 	// First fit in the mapping space. The live buffers' spans sum to at
 	// most total - span, so a hole of span bytes exists below
@@ -274,6 +303,7 @@ func (m *memory) unrefLocked(b *Buffer) bool {
 		return false
 	}
 	m.used -= b.span
+	m.budget.give(b.span)
 	return true
 }
 

@@ -268,3 +268,34 @@ func TestJobLimits(t *testing.T) {
 		t.Fatalf("job on a malfunctioning device: %+v %v, want EIO", res, err)
 	}
 }
+
+// The registry's memory budget caps all devices' buffers together, and a
+// freed buffer gives its share back.
+func TestMemoryBudget(t *testing.T) {
+	r := newTestRegistry(t, Options{MemoryBudget: 3 * PageSize})
+	var files []*File
+	for _, serial := range []string{"A", "B"} {
+		d, err := r.Register(&memDriver{stubDriver: stubDriver{serial: serial}, total: 1 << 20})
+		if err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, mustOpen(t, d, NodeCompute))
+	}
+	a, b := files[0], files[1]
+	if _, err := a.Device().Alloc(a, 2*PageSize); err != nil {
+		t.Fatal(err)
+	}
+	_, err := b.Device().Alloc(b, 2*PageSize)
+	wantErrno(t, "alloc past the budget on another device", err, syscall.ENOMEM)
+	small, err := b.Device().Alloc(b, PageSize)
+	if err != nil {
+		t.Fatalf("alloc within the budget: %v", err)
+	}
+	if err := b.Device().Free(b, small.Handle()); err != nil {
+		t.Fatal(err)
+	}
+	a.Release()
+	if _, err := b.Device().Alloc(b, 3*PageSize); err != nil {
+		t.Fatalf("alloc after the other device's client released: %v", err)
+	}
+}

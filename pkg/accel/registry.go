@@ -62,6 +62,13 @@ type Options struct {
 	// (default DefaultMonitorOpensPerDevice, at most
 	// MaxMonitorOpensPerDevice); the next open fails with EMFILE.
 	MonitorOpensPerDevice int
+	// MemoryBudget caps the device memory of all devices together that
+	// buffers may hold at once, in bytes (0: no cap). Simulated device
+	// memory is the daemon's own memory: without a cap, clients writing
+	// their devices' memory_total would make the daemon use that much,
+	// and an out-of-memory kill would take every device away. Past it an
+	// allocation fails with ENOMEM although memory_total has room.
+	MemoryBudget uint64
 	// Logger receives structured logs (default: discard).
 	Logger *slog.Logger
 }
@@ -84,6 +91,7 @@ type Registry struct {
 	syncers []MappingSyncer
 
 	events *eventLog
+	budget *budget
 }
 
 // NewRegistry returns an empty registry.
@@ -113,6 +121,7 @@ func NewRegistry(opts Options) *Registry {
 		log:    opts.Logger,
 		slots:  make([]*Device, opts.MaxDevices),
 		events: newEventLog(opts.EventBacklog),
+		budget: &budget{limit: opts.MemoryBudget},
 	}
 }
 
@@ -135,7 +144,7 @@ func (r *Registry) Register(drv Driver) (*Device, error) {
 		r.mu.Unlock()
 		return nil, fmt.Errorf("register %s device %s: all %d indices in use: %w", id.Driver, id.Serial, len(r.slots), syscall.ENOSPC)
 	}
-	d := &Device{reg: r, index: index, name: ComputeName(index), id: id, drv: drv, mem: newMemory(id.MemoryTotal, id.MaxBuffers)}
+	d := &Device{reg: r, index: index, name: ComputeName(index), id: id, drv: drv, mem: newMemory(id.MemoryTotal, id.MaxBuffers, r.budget)}
 	r.slots[index] = d
 	r.mu.Unlock()
 	r.log.Info("device registered", "device", d.name, "serial", id.Serial, "driver", id.Driver)

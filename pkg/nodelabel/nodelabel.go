@@ -4,6 +4,8 @@
 //	<prefix>/ac.present    "true" or "false"
 //	<prefix>/ac.count      number of devices (healthy or not)
 //	<prefix>/ac.model      the devices' model (the most common one), as a label value
+//	<prefix>/ac.drivers    the devices' drivers, sorted and joined by ".", e.g.
+//	                       "fakedev.fakenpu" on a node with both simulated drivers
 //	<prefix>/ac.simulated  "true" if any device is simulated
 //
 // It patches only these keys (a JSON merge patch), never other labels, and
@@ -18,7 +20,9 @@ import (
 	"log/slog"
 	"maps"
 	"regexp"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -47,7 +51,7 @@ const (
 
 // Keys returns the label keys the labeler owns.
 func (l *Labeler) Keys() []string {
-	return []string{l.Prefix + "/ac.present", l.Prefix + "/ac.count", l.Prefix + "/ac.model", l.Prefix + "/ac.simulated"}
+	return []string{l.Prefix + "/ac.present", l.Prefix + "/ac.count", l.Prefix + "/ac.model", l.Prefix + "/ac.drivers", l.Prefix + "/ac.simulated"}
 }
 
 // Check verifies that the Node exists and can be read, with an error that
@@ -150,9 +154,13 @@ func (l *Labeler) apply(ctx context.Context, labels map[string]*string) error {
 // Labels computes the owned labels for a set of devices.
 func Labels(prefix string, devices []plugin.Device) map[string]string {
 	models := map[string]int{}
+	drivers := map[string]bool{}
 	simulated := false
 	for _, d := range devices {
 		models[d.Model]++
+		if v := LabelValue(d.Driver); v != "" {
+			drivers[v] = true
+		}
 		simulated = simulated || d.Simulated
 	}
 	model, best := "", 0
@@ -168,6 +176,9 @@ func Labels(prefix string, devices []plugin.Device) map[string]string {
 	}
 	if v := LabelValue(model); v != "" {
 		out[prefix+"/ac.model"] = v
+	}
+	if v := LabelValue(strings.Join(slices.Sorted(maps.Keys(drivers)), ".")); v != "" {
+		out[prefix+"/ac.drivers"] = v
 	}
 	return out
 }

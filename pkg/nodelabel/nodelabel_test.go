@@ -145,6 +145,13 @@ func TestLabels(t *testing.T) {
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("Labels = %v, want %v", got, want)
 	}
+	// A mixed node: both simulated drivers, their models.
+	mixed := []plugin.Device{device(0, "Simulated Accel SA-1", false), device(1, "Simulated NPU SN-1", false), device(2, "Simulated NPU SN-1", false)}
+	mixed[0].Driver, mixed[1].Driver, mixed[2].Driver = "fakedev", "fakenpu", "fakenpu"
+	got = Labels("accel.io", mixed)
+	if got["accel.io/ac.drivers"] != "fakedev.fakenpu" || got["accel.io/ac.model"] != "Simulated_NPU_SN-1" || got["accel.io/ac.count"] != "3" {
+		t.Errorf("mixed node: Labels = %v, want drivers fakedev.fakenpu, the most common model", got)
+	}
 	for in, want := range map[string]string{
 		"Simulated Accel SA-1":  "Simulated_Accel_SA-1",
 		"  (Gaudi 2) ":          "Gaudi_2",

@@ -371,23 +371,24 @@ func TestKernelTelemetry(t *testing.T) {
 		}
 	}
 	for key, want := range map[string]float64{
-		"accel_device_resets_total id=habanalabs-0000-3b-00.0 kind=hard":             2,
-		"accel_device_clock_hertz id=habanalabs-0000-3b-00.0 which=current":          1.8e9,
-		"accel_device_power_watts id=habanalabs-0000-3b-00.0 which=max":              600,
-		"accel_device_busy_seconds_total id=intel_vpu-0000-00-0b.0":                  1.5,
-		"accel_device_memory_used_bytes id=intel_vpu-0000-00-0b.0":                   1 << 20,
-		"accel_device_clock_hertz id=intel_vpu-0000-00-0b.0 which=max":               1.95e9,
-		"accel_device_errors_total id=qaic-0000-01-00.0 kind=correctable":            3,
-		"accel_device_errors_total id=qaic-0000-01-00.0 kind=uncorrectable_nonfatal": 1,
-		"accel_device_errors_total id=qaic-0000-01-00.0 kind=uncorrectable":          0,
-		"accel_device_healthy id=ethosu-4a900000.npu":                                1,
+		"accel_device_resets_total id=habanalabs-0000-3b-00.0 kind=hard":               2,
+		"accel_device_clock_hertz id=habanalabs-0000-3b-00.0 which=current":            1.8e9,
+		"accel_device_power_watts id=habanalabs-0000-3b-00.0 which=max":                600,
+		"accel_device_busy_seconds_total id=intel_vpu-0000-00-0b.0":                    1.5,
+		"accel_device_memory_used_bytes id=intel_vpu-0000-00-0b.0":                     1 << 20,
+		"accel_device_clock_hertz id=intel_vpu-0000-00-0b.0 which=max":                 1.95e9,
+		"accel_device_errors_total id=qaic-0000-01-00.0 kind=correctable":              3,
+		"accel_device_errors_total id=qaic-0000-01-00.0 kind=uncorrectable_nonfatal":   1,
+		"accel_device_errors_total id=qaic-0000-01-00.0 kind=uncorrectable":            0,
+		"accel_device_healthy id=ethosu-4a900000.npu":                                  1,
+		"accel_device_info driver=amdxdna id=amdxdna-0000-c4-00.1 model=pci 1022:17f0": 1,
 	} {
 		if v, ok := got[key]; !ok || v != want {
 			t.Errorf("%s = %v (present %v), want %v", key, v, ok, want)
 		}
 	}
 	for key := range got {
-		if strings.Contains(key, "soft") || (strings.HasPrefix(key, "accel_device_") && strings.Contains(key, "amdxdna") && !strings.Contains(key, "healthy") && !strings.Contains(key, "status")) {
+		if strings.Contains(key, "soft") || (strings.HasPrefix(key, "accel_device_") && strings.Contains(key, "amdxdna") && !strings.Contains(key, "healthy") && !strings.Contains(key, "status") && !strings.HasPrefix(key, "accel_device_info ")) {
 			t.Errorf("unexpected %s: an attribute the device does not have", key)
 		}
 	}

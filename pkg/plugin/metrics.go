@@ -103,6 +103,12 @@ var (
 		"1 for each container kubelet gave the device to (its pod-resources API, asked at scrape time), by use (compute, monitor): "+
 			"join on id to label a device's metrics with the pod that holds it.",
 		[]string{"id", "device", "namespace", "pod", "container", "use"}, nil)
+	infoDesc = prometheus.NewDesc("accel_device_info",
+		"1 for each device, with its driver and model: on a node with several drivers or models, join on id to tell devices apart.",
+		[]string{"id", "device", "driver", "model"}, nil)
+	jobsDesc = prometheus.NewDesc("accel_device_jobs_completed_total",
+		"Jobs the device finished, from its info (the simulated drivers' job engine; the info carries 32 bits, so the count wraps at 2^32).",
+		[]string{"id", "device"}, nil)
 	readableDesc = prometheus.NewDesc("accel_device_info_readable",
 		"1 if this scrape read the device's dynamic facts (compute_in_use, monitor_clients, memory_used) through its monitor node; "+
 			"0 if it could not (daemon not responding or dead, node missing): those series are then absent for the device.",
@@ -134,7 +140,7 @@ type holderSource interface {
 }
 
 func (c *deviceCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{devicesDesc, statusDesc, healthyDesc, computeDesc, monitorDesc, memoryDesc, readableDesc, holderDesc} {
+	for _, d := range []*prometheus.Desc{devicesDesc, statusDesc, healthyDesc, computeDesc, monitorDesc, memoryDesc, readableDesc, holderDesc, infoDesc, jobsDesc} {
 		ch <- d
 	}
 	for _, m := range kernelMetricDescs {
@@ -151,6 +157,13 @@ func gauge(ch chan<- prometheus.Metric, desc *prometheus.Desc, v float64, labels
 	}
 }
 
+// counter is gauge for a counter.
+func counter(ch chan<- prometheus.Metric, desc *prometheus.Desc, v float64, labels ...string) {
+	if m, err := prometheus.NewConstMetric(desc, prometheus.CounterValue, v, labels...); err == nil {
+		ch <- m
+	}
+}
+
 func (c *deviceCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
@@ -163,6 +176,7 @@ func (c *deviceCollector) Collect(ch chan<- prometheus.Metric) {
 			healthy++
 		}
 		gauge(ch, healthyDesc, b, d.ID, d.Name)
+		gauge(ch, infoDesc, 1, d.ID, d.Name, d.Driver, d.Model)
 		for _, st := range []accel.Status{accel.StatusOperational, accel.StatusInReset, accel.StatusMalfunction, accel.StatusNeedsReset, accel.StatusRemoved} {
 			v := 0.0
 			if d.Status == st {
@@ -187,6 +201,8 @@ func (c *deviceCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(ch, computeDesc, inUse, d.ID, d.Name)
 		gauge(ch, monitorDesc, float64(max(int(info.MonitorClients)-1, 0)), d.ID, d.Name)
 		gauge(ch, memoryDesc, float64(info.MemoryUsed), d.ID, d.Name)
+		counter(ch, jobsDesc, float64(info.JobsCompleted), d.ID, d.Name)
+		counter(ch, busyMetric.desc, info.BusyTime.Seconds(), d.ID, d.Name)
 	}
 	c.kernelTelemetry(ctx, ch, snap.Devices)
 	c.holderMetrics(ctx, ch, snap)
@@ -219,7 +235,7 @@ var (
 		"Hardware errors the device reported to its kernel driver (qaic ce_count, ue_count, ue_nonfatal_count), by kind.",
 		prometheus.CounterValue, "kind")
 	busyMetric = newKernelMetric("accel_device_busy_seconds_total",
-		"Time the device was busy, as its kernel driver counts it (ivpu npu_busy_time_us).",
+		"Time the device was busy: running jobs, as the simulated drivers' info reports it (busy_ns), or as its kernel driver counts it (ivpu npu_busy_time_us).",
 		prometheus.CounterValue, "")
 	clockMetric = newKernelMetric("accel_device_clock_hertz",
 		"Device clock frequency from its kernel driver (habanalabs clk_cur_freq_mhz, clk_max_freq_mhz; ivpu npu_current_frequency_mhz, npu_max_frequency_mhz), by which.",

@@ -64,23 +64,29 @@ func TestMetricsAndProbes(t *testing.T) {
 	// The daemon reports ac0's compute node held and three monitor clients:
 	// two others and the plugin's own info read, which the metric leaves
 	// out (opening them through the mount is what devfs tests count).
-	h.mem.change(0, func(dev *memDev) { dev.info.ComputeInUse, dev.info.MonitorClients = true, 3 }, "")
+	h.mem.change(0, func(dev *memDev) {
+		dev.info.ComputeInUse, dev.info.MonitorClients = true, 3
+		dev.info.JobsCompleted, dev.info.BusyTime = 7, 1500*time.Millisecond
+	}, "")
 	h.ctl(t, "fault ac1 malfunction")
 	h.kubelet.awaitList(time.Second, computeRes, 2, 1)
 
 	_, text := get(t, base+"/metrics")
 	want := map[string]string{
-		`accel_devices{health="healthy"}`:                                                              "1",
-		`accel_devices{health="unhealthy"}`:                                                            "1",
-		`accel_plugin_allocations_total{resource="accel.io/ac",result="ok"}`:                           "1",
-		`accel_plugin_allocations_total{resource="accel.io/ac",result="error"}`:                        "1",
-		`accel_plugin_registrations_total{resource="accel.io/ac",result="ok"}`:                         "1",
-		`accel_plugin_registrations_total{resource="accel.io/ac-monitor",result="ok"}`:                 "1",
-		fmt.Sprintf(`accel_device_compute_in_use{device="ac0",id="%s"}`, devID(h, "ac0")):              "1",
-		fmt.Sprintf(`accel_device_compute_in_use{device="ac1",id="%s"}`, devID(h, "ac1")):              "0",
-		fmt.Sprintf(`accel_device_monitor_clients{device="ac0",id="%s"}`, devID(h, "ac0")):             "2",
-		fmt.Sprintf(`accel_device_status{device="ac1",id="%s",status="malfunction"}`, devID(h, "ac1")): "1",
-		fmt.Sprintf(`accel_device_healthy{device="ac1",id="%s"}`, devID(h, "ac1")):                     "0",
+		`accel_devices{health="healthy"}`:                                                                     "1",
+		`accel_devices{health="unhealthy"}`:                                                                   "1",
+		`accel_plugin_allocations_total{resource="accel.io/ac",result="ok"}`:                                  "1",
+		`accel_plugin_allocations_total{resource="accel.io/ac",result="error"}`:                               "1",
+		`accel_plugin_registrations_total{resource="accel.io/ac",result="ok"}`:                                "1",
+		`accel_plugin_registrations_total{resource="accel.io/ac-monitor",result="ok"}`:                        "1",
+		fmt.Sprintf(`accel_device_compute_in_use{device="ac0",id="%s"}`, devID(h, "ac0")):                     "1",
+		fmt.Sprintf(`accel_device_compute_in_use{device="ac1",id="%s"}`, devID(h, "ac1")):                     "0",
+		fmt.Sprintf(`accel_device_monitor_clients{device="ac0",id="%s"}`, devID(h, "ac0")):                    "2",
+		fmt.Sprintf(`accel_device_status{device="ac1",id="%s",status="malfunction"}`, devID(h, "ac1")):        "1",
+		fmt.Sprintf(`accel_device_healthy{device="ac1",id="%s"}`, devID(h, "ac1")):                            "0",
+		fmt.Sprintf(`accel_device_jobs_completed_total{device="ac0",id="%s"}`, devID(h, "ac0")):               "7",
+		fmt.Sprintf(`accel_device_busy_seconds_total{device="ac0",id="%s"}`, devID(h, "ac0")):                 "1.5",
+		fmt.Sprintf(`accel_device_info{device="ac0",driver="memsim",id="%s",model="mem-1"}`, devID(h, "ac0")): "1",
 	}
 	for series, v := range want {
 		if got, ok := metric(text, series); !ok || got != v {
