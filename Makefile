@@ -30,8 +30,13 @@ KUBECTL      := $(TOOLS)/kubectl-v1.37.2/kubectl
 LOCALCLUSTER := bin/localcluster
 KINDCLUSTER  := bin/kindcluster
 E2E_IMAGE_TAR = $(CURDIR)/$(OUT)/accel-device-plugin-$(VERSION).tar
+# The example workload (examples/accel-job.c, static) in an image of its own
+JOB_IMAGE     ?= localhost/accel-job:$(VERSION)
+JOB_IMAGE_TAR  = $(CURDIR)/$(OUT)/accel-job-$(VERSION).tar
+CC            ?= cc
+IMPORTS        = --import $(E2E_IMAGE_TAR) --import $(JOB_IMAGE_TAR)
 
-.PHONY: all build view image test test-kubelet test-chart test-image lint lint-go lint-gofmt lint-golangci lint-helm helm golangci-lint bench demo demo-node demo-down \
+.PHONY: all build view image example test test-kubelet test-chart test-image lint lint-go lint-gofmt lint-golangci lint-helm helm golangci-lint bench demo demo-node demo-down \
 	localcluster cluster-build cluster-up cluster-down kubectl e2e kindcluster kind-build kind-up e2e-kind e2e-kind-down fuzz clean
 
 all: build
@@ -51,6 +56,16 @@ image:
 	  --binary $(CURDIR)/$(OUT)/accel-plugin --image $(IMAGE) \
 	  --out $(CURDIR)/$(OUT)/accel-device-plugin-$(VERSION).tar
 	@echo "image archive: $(OUT)/accel-device-plugin-$(VERSION).tar ($(IMAGE))"
+	$(MAKE) example
+	cd $(IMAGE_TOOL) && SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct 2>/dev/null || echo 0) $(GO) run . \
+	  --binary $(CURDIR)/$(OUT)/accel-job --path /accel-job --title accel-job --image $(JOB_IMAGE) --out $(JOB_IMAGE_TAR)
+	@echo "image archive: $(OUT)/accel-job-$(VERSION).tar ($(JOB_IMAGE))"
+
+## example: examples/accel-job.c, built statically against include/uapi only, into _output/accel-job
+## (run it as `_output/accel-job /path/to/acN`: one job on the device, exit 0 when its answer is right)
+example:
+	@mkdir -p $(OUT)
+	$(CC) -static -O2 -Wall -Wextra -Werror -I include/uapi -o $(OUT)/accel-job examples/accel-job.c
 
 ## helm: build helm from its Go module once (about 3 minutes), cached in $(TOOLS)
 helm: $(HELM)
@@ -117,10 +132,13 @@ FUZZTIME ?= 30s
 fuzz:
 	GO=$(GO) FUZZTIME=$(FUZZTIME) bash scripts/fuzz.sh
 
-## bench: latency benchmarks (FUSE open/close, info ioctl, core, kernel floor,
+## bench: latency benchmarks (FUSE open/close, info ioctl, core, kernel floor, mapped write
+## bandwidth and job round trip of device memory,
 ## Allocate, hot-plug → ListAndWatch, DRA Prepare/Unprepare, DRA hot-plug → ResourceSlice) and the plugin's footprint with 128 devices
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime 20000x ./pkg/accel/...
+	$(GO) test -run '^$$' -bench . -skip 'MappedWrite|JobRoundTrip' -benchtime 20000x ./pkg/accel/...
+	$(GO) test -run '^$$' -bench 'MappedWrite' -benchtime 20x ./pkg/accel/devfs/
+	$(GO) test -run '^$$' -bench 'JobRoundTrip' -benchtime 5000x ./pkg/accel/devfs/
 	$(GO) test -run '^$$' -bench . -benchtime 5000x ./pkg/plugin/
 	$(GO) test -run '^$$' -bench . -benchtime 300x ./pkg/dra/
 	cd $(E2E) && $(GO) test -run '^$$' -bench Footprint -benchtime 1x ./kubelet/
@@ -137,7 +155,7 @@ cluster-build: localcluster $(KUBECTL)
 ## cluster-up: a real single-node cluster on this machine (root; installs Debian packages, builds
 ## Kubernetes v1.37.2 and containerd v2.4.2 once into ~/.cache/accel-device-plugin), with our image imported
 cluster-up: image localcluster
-	$(LOCALCLUSTER) up --import $(E2E_IMAGE_TAR)
+	$(LOCALCLUSTER) up $(IMPORTS)
 
 ## cluster-down: stop it and undo what it changed on the host
 cluster-down: localcluster
@@ -146,7 +164,7 @@ cluster-down: localcluster
 ## e2e: the end-to-end suite on the local cluster (brought up if needed): the device story with
 ## bind mounts, then with CDI (containerd 2), then restarts and uninstall
 e2e: cluster-up $(HELM)
-	cd $(E2E) && ACCEL_E2E_KUBECONFIG=$$($(CURDIR)/$(LOCALCLUSTER) kubeconfig) ACCEL_E2E_HELM=$(HELM) ACCEL_E2E_IMAGE=$(IMAGE) \
+	cd $(E2E) && ACCEL_E2E_KUBECONFIG=$$($(CURDIR)/$(LOCALCLUSTER) kubeconfig) ACCEL_E2E_HELM=$(HELM) ACCEL_E2E_IMAGE=$(IMAGE) ACCEL_E2E_JOB_IMAGE=$(JOB_IMAGE) \
 	  ACCEL_E2E_RESTART_KUBELET="$(CURDIR)/$(LOCALCLUSTER) restart-kubelet" ACCEL_E2E_CTR="$(CURDIR)/$(LOCALCLUSTER) ctr" \
 	  $(GO) test -count=1 -v -timeout 20m ./suite/
 
@@ -170,11 +188,11 @@ e2e-kind: image kindcluster $(HELM)
 	image="$${KIND_NODE_IMAGE:-}"; \
 	if [ -z "$$image" ] && $(KINDCLUSTER) registry-reachable 2>/dev/null; then image=stock; fi; \
 	for t in $(KIND_TOPOLOGIES); do \
-	  kc=$$($(KINDCLUSTER) up --topology $$t --image "$$image" --import $(E2E_IMAGE_TAR)); \
+	  kc=$$($(KINDCLUSTER) up --topology $$t --image "$$image" $(IMPORTS)); \
 	  cp=$$($(KINDCLUSTER) node --topology $$t); \
 	  run=.; [ $$t = multi ] && run=TestMultiNode; \
 	  echo "== e2e-kind: the suite on the $$t topology ($$kc)"; \
-	  (cd $(E2E) && ACCEL_E2E_KUBECONFIG=$$kc ACCEL_E2E_TOPOLOGY=$$t ACCEL_E2E_HELM=$(HELM) ACCEL_E2E_IMAGE=$(IMAGE) \
+	  (cd $(E2E) && ACCEL_E2E_KUBECONFIG=$$kc ACCEL_E2E_TOPOLOGY=$$t ACCEL_E2E_HELM=$(HELM) ACCEL_E2E_IMAGE=$(IMAGE) ACCEL_E2E_JOB_IMAGE=$(JOB_IMAGE) \
 	    ACCEL_E2E_RESTART_KUBELET="docker exec $$cp systemctl restart kubelet" \
 	    ACCEL_E2E_CTR="docker exec $$cp ctr -n k8s.io" \
 	    $(GO) test -count=1 -v -timeout 20m -run "$$run" ./suite/); \
@@ -191,11 +209,11 @@ KIND ?=
 DEMO_KUBECONFIG = $${KUBECONFIG:-$$(if [ -n "$(KIND)" ]; then $(CURDIR)/$(KINDCLUSTER) kubeconfig; else $(CURDIR)/$(LOCALCLUSTER) kubeconfig; fi)}
 demo: $(HELM) $(KUBECTL)
 	@if [ -z "$$KUBECONFIG" ]; then if [ -n "$(KIND)" ]; then $(MAKE) kind-up; else $(MAKE) cluster-up; fi; fi
-	KUBECTL=$(KUBECTL) API=$(API) bash scripts/demo-cluster.sh "$(DEMO_KUBECONFIG)" $(HELM) $(IMAGE)
+	KUBECTL=$(KUBECTL) API=$(API) JOB_IMAGE=$(JOB_IMAGE) bash scripts/demo-cluster.sh "$(DEMO_KUBECONFIG)" $(HELM) $(IMAGE)
 
 ## kind-up: a one-node kind cluster with our image loaded (what `KIND=1 make demo` runs on)
 kind-up: image kindcluster
-	$(KINDCLUSTER) up --import $(E2E_IMAGE_TAR)
+	$(KINDCLUSTER) up $(IMPORTS)
 
 ## demo-down: uninstall the demo; stop the local cluster (KIND=1: the kind cluster) if it was ours
 demo-down: $(HELM) $(KUBECTL) localcluster kindcluster

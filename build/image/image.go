@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"time"
@@ -26,7 +27,8 @@ const (
 
 // options describe one image build.
 type options struct {
-	Binary   string // path of the static ELF to put at /accel-plugin
+	Binary   string // path of the static ELF to put at Path
+	Path     string // where the binary goes in the image, its entrypoint ("" means /accel-plugin)
 	Image    string // name:tag, e.g. localhost/accel-device-plugin:0.1.0
 	Out      string // path of the archive to write
 	Platform string // os/arch[/variant]; "" means the binary's own arch
@@ -164,12 +166,19 @@ func build(o options) (oci.Result, error) {
 	if version == "" {
 		version = ref.Tag
 	}
+	path := o.Path
+	if path == "" {
+		path = entrypoint
+	}
+	if !strings.HasPrefix(path, "/") || strings.Contains(path, "..") || strings.HasSuffix(path, "/") {
+		return oci.Result{}, fmt.Errorf("--path %q: want an absolute file path, e.g. %s", o.Path, entrypoint)
+	}
 	return oci.Write(o.Out, oci.Image{
 		Name:     o.Image,
 		Platform: plat,
-		Files:    []oci.File{{Path: entrypoint, Mode: 0o755, Data: bin}},
+		Files:    []oci.File{{Path: path, Mode: 0o755, Data: bin}},
 		Config: v1.ImageConfig{
-			Entrypoint: []string{entrypoint},
+			Entrypoint: []string{path},
 			Env:        []string{oci.DefaultPath},
 			Labels: map[string]string{
 				labelTitle:   o.Title,
@@ -177,7 +186,7 @@ func build(o options) (oci.Result, error) {
 				labelVersion: version,
 			},
 		},
-		CreatedBy: "COPY accel-plugin " + entrypoint + " # build/image",
+		CreatedBy: "COPY " + filepath.Base(path) + " " + path + " # build/image",
 		Created:   time.Unix(o.Epoch, 0),
 	})
 }

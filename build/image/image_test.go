@@ -562,3 +562,31 @@ func TestCommandAsBuilt(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// --path puts the binary (a C program built with gcc -static, as the
+// example image is) elsewhere, and it is the entrypoint; a relative or
+// directory path is refused.
+func TestPath(t *testing.T) {
+	gcc, err := exec.LookPath("gcc")
+	if err != nil {
+		t.Skip("gcc not found")
+	}
+	dir := t.TempDir()
+	src, bin := filepath.Join(dir, "job.c"), filepath.Join(dir, "accel-job")
+	if err := os.WriteFile(src, []byte("int main(void) { return 0; }\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(gcc, "-static", "-o", bin, src).CombinedOutput(); err != nil {
+		t.Skipf("gcc -static (libc6-dev): %v\n%s", err, out)
+	}
+	_, archive := buildOK(t, options{Binary: bin, Path: "/accel-job"})
+	if !bytes.Contains(archive, []byte(`"Entrypoint":["/accel-job"]`)) {
+		t.Errorf("the image config does not name /accel-job as its entrypoint")
+	}
+	for _, p := range []string{"accel-job", "/bin/", "/a/../b"} {
+		_, err := build(options{Binary: bin, Image: testImage, Out: filepath.Join(dir, "x.tar"), Path: p})
+		if err == nil || !strings.Contains(err.Error(), "--path") {
+			t.Errorf("--path %q: %v, want it refused", p, err)
+		}
+	}
+}

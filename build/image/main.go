@@ -52,7 +52,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("image", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var o options
-	fs.StringVar(&o.Binary, "binary", "", "statically linked accel-plugin (CGO_ENABLED=0) to put at /accel-plugin (required)")
+	fs.StringVar(&o.Binary, "binary", "", "statically linked binary (accel-plugin: CGO_ENABLED=0) to put at --path (required)")
+	fs.StringVar(&o.Path, "path", entrypoint, "where the binary goes in the image: its entrypoint")
 	fs.StringVar(&o.Image, "image", "", "image name and tag, e.g. localhost/accel-device-plugin:0.1.0 (required)")
 	fs.StringVar(&o.Out, "out", "", "archive to write, e.g. _output/accel-device-plugin-0.1.0.tar (required)")
 	fs.StringVar(&o.Platform, "platform", "", "linux/ARCH[/VARIANT] of the image; the binary must match (default: the binary's arch)")

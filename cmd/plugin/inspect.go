@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"text/tabwriter"
+	"time"
 
 	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel"
 	"github.com/accel-device-plugin/accel-device-plugin/pkg/accel/devfsclient"
@@ -55,20 +56,20 @@ func runList(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "DEVICE\tSERIAL\tMODEL\tSTATUS\tNUMA\tMEMORY USED/TOTAL\tCOMPUTE\tMONITORS\tRESETS")
+	fmt.Fprintln(tw, "DEVICE\tDRIVER\tSERIAL\tMODEL\tSTATUS\tNUMA\tMEMORY USED/TOTAL\tCOMPUTE\tMONITORS\tRESETS\tJOBS\tBUSY")
 	for _, i := range indices {
 		info, err := accel.ReadInfo(filepath.Join(*dir, accel.ComputeName(i)))
 		if err != nil {
-			fmt.Fprintf(tw, "%s\t-\t-\terror: %v\t\t\t\t\t\n", accel.ComputeName(i), err)
+			fmt.Fprintf(tw, "%s\t-\t-\t-\terror: %v\t\t\t\t\t\t\t\n", accel.ComputeName(i), err)
 			continue
 		}
 		holder := "free"
 		if info.ComputeInUse {
 			holder = "pid " + strconv.Itoa(int(info.HolderPID))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%.1f/%.1f GiB\t%s\t%d\t%d\n", info.Name, info.Serial, info.Model, info.Status,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%.1f/%.1f GiB\t%s\t%d\t%d\t%d\t%s\n", info.Name, info.Driver, info.Serial, info.Model, info.Status,
 			info.NUMANode, float64(info.MemoryUsed)/(1<<30), float64(info.MemoryTotal)/(1<<30), holder,
-			info.MonitorClients, info.ResetCount)
+			info.MonitorClients, info.ResetCount, info.JobsCompleted, info.BusyTime.Round(time.Microsecond))
 	}
 	if err := tw.Flush(); err != nil {
 		return err

@@ -109,6 +109,11 @@ func runSim(args []string, stderr io.Writer) error {
 		Seed: *seed, Model: *model, MemoryTotal: *memGiB << 30, NUMANodes: *numa,
 		ResetDuration: *resetDur, Throughput: *throughput, Logger: log,
 	})
+	// The mountpoint first: a --dir that cannot be used is the error,
+	// before any device is logged as registered.
+	if err := devfs.CheckMountpoint(*dir); err != nil {
+		return err
+	}
 	started := 0
 	for _, dc := range mix {
 		if dc.Count == 0 {

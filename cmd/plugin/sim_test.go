@@ -47,6 +47,17 @@ func TestSimFlagErrors(t *testing.T) {
 		{[]string{"--memory-gib", "17179869185"}, "--memory-gib 17179869185 is out of range: want 1 to 1048576"},
 		{[]string{"--memory-gib", "18446744073709551615"}, "--memory-gib 18446744073709551615 is out of range: want 1 to 1048576"},
 		{[]string{"--devices", "0", "--memory-gib", "1048576"}, "is not empty"}, // accepted: the mountpoint check is next
+		{[]string{"--driver", "fakedev:2,fakenpu:2"}, "is not empty"},           // accepted
+		{[]string{"--driver", "fakenpu"}, "is not empty"},                       // accepted: one device
+		{[]string{"--devices", "2", "--driver", "fakenpu:1"}, "--devices and --driver both say how many devices to start"},
+		{[]string{"--driver", "fakegpu:1"}, "--driver: driver list \"fakegpu:1\": unknown driver \"fakegpu\" (want one of [fakedev fakenpu])"},
+		{[]string{"--driver", "fakedev:1,fakedev:2"}, "fakedev is named twice"},
+		{[]string{"--driver", "fakedev:x"}, "count \"x\" of fakedev: want a number from 0 to 256"},
+		{[]string{"--driver", "fakedev:200,fakenpu:100"}, "300 devices in all, more than the 256"},
+		{[]string{"--driver", ""}, "empty driver list"},
+		{[]string{"--throughput", "0"}, "--throughput 0 is out of range"},
+		{[]string{"--throughput", "NaN"}, "--throughput NaN is out of range"},
+		{[]string{"--memory-budget-mib", "1073741825"}, "--memory-budget-mib 1073741825 is out of range"},
 	} {
 		// A directory that is not empty: a flag wrongly accepted then
 		// fails at the mountpoint check instead of starting a simulator.

@@ -36,8 +36,12 @@ import (
 //	                 (dst=ok), touch offset 0 (fault0=yes when it faults),
 //	                 write a page past a buffer and msync (stray=EIO)
 //	mmap-fresh PATH  one 1 MiB buffer: fresh=zeros when it reads as zeros
+//	mmap-write PATH  DEVFS_TEST_N rounds of: fill a 64 MiB buffer through
+//	                 its mapping, msync it; prints bytes= and ns= (the
+//	                 rounds' total), and checksum=ok when a device job
+//	                 then sums what the last round wrote
 func runMmapHelper(mode, path string) (int, bool) {
-	if mode != "mmap-job" && mode != "mmap-fresh" {
+	if mode != "mmap-job" && mode != "mmap-fresh" && mode != "mmap-write" {
 		return 0, false
 	}
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
@@ -64,6 +68,9 @@ func runMmapHelper(mode, path string) (int, bool) {
 		off, n := fakedev.DecodeMemMap(m)
 		mem, err := unix.Mmap(int(f.Fd()), int64(off), int(n), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 		return h, mem, err
+	}
+	if mode == "mmap-write" {
+		return mmapWrite(f)
 	}
 	if mode == "mmap-fresh" {
 		_, mem, err := mapBuf()
@@ -120,6 +127,58 @@ func runMmapHelper(mode, path string) (int, bool) {
 	}
 	past[size+1] = 1 // the next page is no buffer's (the last buffer)
 	fmt.Println("stray=" + errName(unix.Msync(past, unix.MS_SYNC)))
+	return 0, true
+}
+
+// mmapWrite is the mmap-write helper mode.
+func mmapWrite(f *os.File) (int, bool) {
+	const size = 64 << 20
+	rounds, _ := strconv.Atoi(os.Getenv("DEVFS_TEST_N"))
+	arg := fakedev.EncodeMemAlloc(size)
+	if err := accel.Ioctl(f, fakedev.IoctlMemAlloc, arg); err != nil {
+		fmt.Println("error=alloc:", err)
+		return 1, true
+	}
+	h := fakedev.DecodeMemAlloc(arg)
+	m := fakedev.EncodeMemMap(h)
+	if err := accel.Ioctl(f, fakedev.IoctlMemMap, m); err != nil {
+		fmt.Println("error=map:", err)
+		return 1, true
+	}
+	off, _ := fakedev.DecodeMemMap(m)
+	mem, err := unix.Mmap(int(f.Fd()), int64(off), size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		fmt.Println("error=mmap:", err)
+		return 1, true
+	}
+	pattern := bytes.Repeat([]byte{1, 0, 0, 0}, 1<<10) // 32-bit words of 1
+	start := time.Now()
+	for r := range max(rounds, 1) {
+		pattern[0] = byte(r + 1)
+		for i := 0; i < size; i += len(pattern) {
+			copy(mem[i:], pattern)
+		}
+		if err := unix.Msync(mem, unix.MS_SYNC); err != nil {
+			fmt.Println("error=msync:", err)
+			return 1, true
+		}
+	}
+	elapsed := time.Since(start)
+	fmt.Printf("bytes=%d\nns=%d\n", int64(size)*int64(max(rounds, 1)), elapsed.Nanoseconds())
+	job := fakedev.JobArgs{Op: fakedev.OpChecksum, Src0: h, Count: size / 4}.Encode()
+	wait := make([]byte, 40)
+	if err := accel.Ioctl(f, fakedev.IoctlJobSubmit, job); err == nil {
+		copy(wait, fakedev.WaitArgs{Seq: fakedev.DecodeJobArgs(job).Seq, TimeoutNS: int64(10 * time.Second)}.Encode())
+		if err := accel.Ioctl(f, fakedev.IoctlJobWait, wait); err == nil {
+			words := uint64(size / 4)
+			want := words + uint64(pattern[0]-1)*(words/1024) // word 0 of every pattern repeat holds the round number
+			if got := fakedev.DecodeWaitArgs(wait).Result; got == want {
+				fmt.Println("checksum=ok")
+			} else {
+				fmt.Printf("checksum=%d, want %d\n", got, want)
+			}
+		}
+	}
 	return 0, true
 }
 
