@@ -4,8 +4,9 @@
  *
  *   accel-job [COMPUTE_NODE [SIZE_KIB]]
  *
- * Opens COMPUTE_NODE (default /dev/accel/<first of $ACCEL_VISIBLE_DEVICES>,
- * what a pod given accel.io/ac finds), reads its info, and by its driver:
+ * Opens COMPUTE_NODE (default: /dev/accel/NAME for every NAME in
+ * $ACCEL_VISIBLE_DEVICES, one after the other: what a pod given accel.io/ac
+ * finds), reads its info, and by its driver:
  *   fakedev  allocates three buffers of SIZE_KIB (default 4096) each, maps
  *            them, fills two, submits a vector add into the third, waits,
  *            checks every word, then checksums the result on the device;
@@ -13,7 +14,7 @@
  *            output vector, runs one fully connected layer with ReLU,
  *            waits and checks every output.
  * It prints what it did and the device's jobs and busy time, and exits 0
- * only when the device's answer is right (1 wrong or failed, 2 usage).
+ * only when every device's answer is right (1 wrong or failed, 2 usage).
  *
  * Built against include/uapi only: cc -static -I include/uapi examples/accel-job.c
  */
@@ -200,23 +201,41 @@ static int run_fakenpu(int fd, size_t kib)
 	return rc;
 }
 
+static int run_one(const char *path, size_t kib)
+{
+	node = path;
+	int fd = open(node, O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return fail("open");
+	struct accel_info info;
+	if (ioctl(fd, ACCEL_IOCTL_INFO, &info) != 0) {
+		close(fd);
+		return fail("ACCEL_IOCTL_INFO");
+	}
+	int rc;
+	if (info.version < 2) {
+		fprintf(stderr, "accel-job: %s: info version %u has no job accounting (want 2)\n", node, info.version);
+		rc = 1;
+	} else {
+		printf("%s: %s %s, serial %s\n", node, info.driver, info.model, info.serial);
+		if (strcmp(info.driver, "fakedev") == 0)
+			rc = run_fakedev(fd, kib);
+		else if (strcmp(info.driver, "fakenpu") == 0)
+			rc = run_fakenpu(fd, kib);
+		else {
+			fprintf(stderr, "accel-job: %s: driver %s has no job this example knows\n", node, info.driver);
+			rc = 1;
+		}
+	}
+	close(fd);
+	return rc;
+}
+
 int main(int argc, char **argv)
 {
-	char def[256];
 	if (argc > 3 || (argc > 1 && argv[1][0] == '-')) {
 		fprintf(stderr, "usage: accel-job [COMPUTE_NODE [SIZE_KIB]]\n");
 		return 2;
-	}
-	if (argc > 1) {
-		node = argv[1];
-	} else {
-		const char *env = getenv("ACCEL_VISIBLE_DEVICES");
-		if (!env || !*env) {
-			fprintf(stderr, "accel-job: no COMPUTE_NODE given and ACCEL_VISIBLE_DEVICES is empty\n");
-			return 2;
-		}
-		snprintf(def, sizeof(def), "/dev/accel/%.*s", (int)strcspn(env, ","), env);
-		node = def;
 	}
 	size_t kib = 4096;
 	if (argc > 2) {
@@ -227,26 +246,27 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	int fd = open(node, O_RDWR | O_CLOEXEC);
-	if (fd < 0)
-		return fail("open");
-	struct accel_info info;
-	if (ioctl(fd, ACCEL_IOCTL_INFO, &info) != 0)
-		return fail("ACCEL_IOCTL_INFO");
-	if (info.version < 2) {
-		fprintf(stderr, "accel-job: %s: info version %u has no job accounting (want 2)\n", node, info.version);
-		return 1;
+	if (argc > 1)
+		return run_one(argv[1], kib);
+	const char *env = getenv("ACCEL_VISIBLE_DEVICES");
+	if (!env || !*env) {
+		fprintf(stderr, "accel-job: no COMPUTE_NODE given and ACCEL_VISIBLE_DEVICES is empty\n");
+		return 2;
 	}
-	printf("%s: %s %s, serial %s\n", node, info.driver, info.model, info.serial);
-	int rc;
-	if (strcmp(info.driver, "fakedev") == 0)
-		rc = run_fakedev(fd, kib);
-	else if (strcmp(info.driver, "fakenpu") == 0)
-		rc = run_fakenpu(fd, kib);
-	else {
-		fprintf(stderr, "accel-job: %s: driver %s has no job this example knows\n", node, info.driver);
-		rc = 1;
+	int rc = 0;
+	for (const char *p = env; *p;) {
+		size_t n = strcspn(p, ",");
+		char path[256];
+		if (n == 0 || n > 64) {
+			fprintf(stderr, "accel-job: ACCEL_VISIBLE_DEVICES=%s: want device names like ac0,ac2\n", env);
+			return 2;
+		}
+		snprintf(path, sizeof(path), "/dev/accel/%.*s", (int)n, p);
+		if (run_one(path, kib) != 0)
+			rc = 1;
+		p += n;
+		if (*p == ',')
+			p++;
 	}
-	close(fd);
 	return rc;
 }

@@ -4,7 +4,10 @@
 # API=dra`) installs the DRA driver instead: the same pods, one of them with
 # a ResourceClaimTemplate, the others still asking for accel.io/ac and
 # accel.io/ac-monitor (served through the DeviceClasses).
-#   [API=devicePlugin|dra] scripts/demo-cluster.sh KUBECONFIG HELM [IMAGE] [BUSYBOX]
+# The node is mixed: two devices of each simulated driver (fakedev, a generic
+# accelerator; fakenpu, a DNN engine) on one accel core, and example pods
+# (examples/accel-job.c, image JOB_IMAGE) compute on them.
+#   [API=devicePlugin|dra] [JOB_IMAGE=...] scripts/demo-cluster.sh KUBECONFIG HELM [IMAGE] [BUSYBOX]
 set -euo pipefail
 export KUBECONFIG=${1:?kubeconfig}
 HELM=${2:?helm binary}
@@ -13,6 +16,7 @@ DEVDIR=/run/accel/dev # the chart's devDir (values.yaml), where the simulator's 
 BUSYBOX=${4:-localhost/busybox:1.36}
 KUBECTL=${KUBECTL:-kubectl}
 API=${API:-devicePlugin}
+JOB_IMAGE=${JOB_IMAGE:-localhost/accel-job:$(cat "$(dirname "$0")/../VERSION")}
 case $API in devicePlugin | dra) ;; *) echo "API must be devicePlugin or dra, got $API" >&2; exit 2 ;; esac
 NS=accel-demo
 CHART=$(cd "$(dirname "$0")/../charts/accel-device-plugin" && pwd)
@@ -31,9 +35,10 @@ logs() {
   printf '%s\n' "$out"
 }
 
-step "Install the chart: simulator (4 devices on 2 NUMA nodes) + $([ "$API" = dra ] && echo "DRA driver" || echo "device plugin")"
+step "Install the chart: simulator (4 devices on 2 NUMA nodes: 2 fakedev, 2 fakenpu) + $([ "$API" = dra ] && echo "DRA driver" || echo "device plugin")"
 "$HELM" upgrade --install accel "$CHART" --namespace "$NS" --create-namespace \
   --set image.repository="${IMAGE%:*}" --set image.tag="${IMAGE##*:}" \
+  --set simulator.drivers='fakedev:2\,fakenpu:2' \
   --set simulator.numaNodes=2 --set api="$API" --wait --timeout 3m >/dev/null
 k -n "$NS" get daemonsets,pods -o wide
 
@@ -139,6 +144,28 @@ await_health Unhealthy
 k -n "$NS" exec "$SIM" -c sim -- /accel-plugin sim ctl --dir "$DEVDIR" reset "$DEV"
 await_health Healthy
 [ "$API" = dra ] && devices | grep -F "$(printf '  %s\t' "$DEV")"
+
+step "The example workload: a pod with the 3 free devices maps each one's memory, submits a job, checks the answer"
+# train holds one device: the other three include both drivers.
+{
+  echo "apiVersion: v1"
+  echo "kind: Pod"
+  echo "metadata: {name: job}"
+  echo "spec:"
+  echo "  restartPolicy: Never"
+  echo "  containers:"
+  echo "  - {name: main, image: $JOB_IMAGE, imagePullPolicy: IfNotPresent, resources: {limits: {accel.io/ac: 3}}}"
+} | k -n "$NS" apply -f - >/dev/null
+k -n "$NS" wait --for=jsonpath='{.status.phase}'=Succeeded pod/job --timeout=2m >/dev/null ||
+  { echo "job did not succeed:"; k -n "$NS" logs job; exit 1; }
+k -n "$NS" logs job | sed 's/^/  /'
+echo "The utilisation the jobs caused, from the devices' info (accel-plugin list in the simulator):"
+k -n "$NS" exec "$SIM" -c sim -- /accel-plugin list --dir "$DEVDIR"
+PLUGIN=$(k -n "$NS" get pods -l app.kubernetes.io/component=plugin -o jsonpath='{.items[0].metadata.name}')
+echo "and the plugin's /metrics:"
+k get --raw "/api/v1/namespaces/$NS/pods/$PLUGIN:9490/proxy/metrics" 2>/dev/null |
+  grep -E '^accel_device_(jobs_completed_total|busy_seconds_total|info)\{' | sed 's/^/  /' ||
+  echo "  (the API server cannot reach the pod network here; read them at http://<pod IP>:9490/metrics)"
 
 step "Report"
 echo "node: $(k get nodes -o jsonpath='{.items[0].metadata.name}')"
