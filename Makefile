@@ -222,10 +222,11 @@ demo-down: $(HELM) $(KUBECTL) localcluster kindcluster
 	  $(HELM) uninstall accel --namespace accel-demo --wait --ignore-not-found
 	@if [ -z "$$KUBECONFIG" ]; then if [ -n "$(KIND)" ]; then $(KINDCLUSTER) down; else $(MAKE) cluster-down; fi; fi
 
-## demo-node: no cluster: 4 simulated devices walked through their behaviour, then the plugin
+## demo-node: no cluster: 4 simulated devices walked through their behaviour (a second driver and
+## the example workload included), then the plugin
 ## registered with kubelet's real device manager (kubelet-view)
-demo-node: build view
-	bash scripts/demo.sh $(BIN) $(VIEW)
+demo-node: build view example
+	bash scripts/demo.sh $(BIN) $(VIEW) $(OUT)/accel-job
 
 clean:
 	rm -rf bin $(OUT)

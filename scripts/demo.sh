@@ -3,6 +3,7 @@
 set -euo pipefail
 BIN=$(realpath "${1:-bin/accel-plugin}")
 VIEW=$(realpath "${2:-bin/kubelet-view}")
+JOB=$(realpath "${3:-_output/accel-job}") # examples/accel-job.c, built by make example
 if [ "$(id -u)" != 0 ]; then
   echo "make demo-node mounts a FUSE file system with allow_other: run it as root (sudo make demo-node)" >&2
   exit 1
@@ -65,6 +66,13 @@ show "$BIN" list --dir "$DEV"
 step "What the event consumer saw"
 wait "$EVENTS_PID" || true
 cat "$WORK/events.txt"
+
+step "A second driver on the same core, and the example workload computing on both"
+show "$BIN" sim ctl --dir "$DEV" add 1 fakenpu
+NPU=$("$BIN" list --dir "$DEV" | awk '$2 == "fakenpu" {print $1; exit}')
+show "$JOB" "$DEV/ac0"
+show "$JOB" "$DEV/$NPU"
+show "$BIN" list --dir "$DEV"
 
 step "The device plugin: accel-plugin serve, registered with kubelet's real device manager"
 echo "kubelet-view runs kubelet's device manager (k8s.io/kubernetes v1.37.2) in a private mount namespace"

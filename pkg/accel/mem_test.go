@@ -3,6 +3,7 @@ package accel
 import (
 	"bytes"
 	"context"
+	"errors"
 	"sync"
 	"syscall"
 	"testing"
@@ -264,7 +265,7 @@ func TestJobLimits(t *testing.T) {
 		t.Fatal(err)
 	}
 	res, err := d.Wait(context.Background(), g, seq, 10*time.Second)
-	if err != nil || res.Err != syscall.EIO {
+	if err != nil || !errors.Is(res.Err, syscall.EIO) {
 		t.Fatalf("job on a malfunctioning device: %+v %v, want EIO", res, err)
 	}
 }

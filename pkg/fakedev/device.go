@@ -2,6 +2,7 @@ package fakedev
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -157,7 +158,8 @@ func jobStatus(err error) int32 {
 	if err == nil {
 		return 0
 	}
-	if errno, ok := err.(syscall.Errno); ok {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
 		return -int32(errno)
 	}
 	return -int32(syscall.EIO)

@@ -102,7 +102,7 @@ func runMmapHelper(mode, path string) (int, bool) {
 	}
 	wait := fakedev.WaitArgs{Seq: fakedev.DecodeJobArgs(job).Seq, TimeoutNS: int64(5 * time.Second)}.Encode()
 	if err := accel.Ioctl(f, fakedev.IoctlJobWait, wait); err != nil || fakedev.DecodeWaitArgs(wait).Status != 0 {
-		return fail("wait", fmt.Errorf("%v, status %d", err, fakedev.DecodeWaitArgs(wait).Status))
+		return fail("wait", fmt.Errorf("%w, status %d", err, fakedev.DecodeWaitArgs(wait).Status))
 	}
 	dst := "ok"
 	for i := 0; i < size; i += 4 {
