@@ -38,20 +38,14 @@ func fakedevCommand(d *Device, f *accel.File, cmd uint32, in, out []byte) error 
 		if err != nil {
 			return err
 		}
-		copy(out, in[:8])
-		le.PutUint64(out[8:], b.MapOffset())
-		le.PutUint64(out[16:], b.Size())
+		mapReply(out, in, b)
 		return nil
 	case IoctlJobSubmit:
 		if len(in) != 48 || len(out) != 48 {
 			return syscall.EINVAL
 		}
 		args := DecodeJobArgs(in)
-		job, err := d.fakedevJob(f, args)
-		if err != nil {
-			return err
-		}
-		seq, err := dev.Submit(f, job)
+		seq, err := submit(f, func() (accel.Job, error) { return d.fakedevJob(f, args) })
 		if err != nil {
 			return err
 		}
@@ -128,6 +122,25 @@ func (d *Device) fakedevJob(f *accel.File, a JobArgs) (accel.Job, error) {
 		}, nil
 	}
 	return accel.Job{}, fmt.Errorf("unknown job op %d (want %d add_u32 or %d checksum): %w", a.Op, OpAddU32, OpChecksum, syscall.EINVAL)
+}
+
+// mapReply answers a map query (fakedev's MEM_MAP, fakenpu's BO_INFO: the
+// same layout after the handle): the request's first 8 bytes, then the
+// buffer's offset and size.
+func mapReply(out, in []byte, b *accel.Buffer) {
+	copy(out, in[:8])
+	binary.LittleEndian.PutUint64(out[8:], b.MapOffset())
+	binary.LittleEndian.PutUint64(out[16:], b.Size())
+}
+
+// submit builds a job with build and submits it for f, returning its
+// sequence number.
+func submit(f *accel.File, build func() (accel.Job, error)) (uint64, error) {
+	job, err := build()
+	if err != nil {
+		return 0, err
+	}
+	return f.Device().Submit(f, job)
 }
 
 // wait runs a wait command (fakedev's and fakenpu's share the layout).

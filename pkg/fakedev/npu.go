@@ -123,9 +123,7 @@ func npuCommand(d *Device, f *accel.File, cmd uint32, in, out []byte) error {
 		if err != nil {
 			return err
 		}
-		copy(out, in[:8])
-		le.PutUint64(out[8:], b.MapOffset())
-		le.PutUint64(out[16:], b.Size())
+		mapReply(out, in, b)
 		return nil
 	case IoctlNPUBOClose:
 		if len(in) != 8 {
@@ -137,11 +135,7 @@ func npuCommand(d *Device, f *accel.File, cmd uint32, in, out []byte) error {
 			return syscall.EINVAL
 		}
 		a := DecodeInferArgs(in)
-		job, err := d.inferJob(f, a)
-		if err != nil {
-			return err
-		}
-		seq, err := dev.Submit(f, job)
+		seq, err := submit(f, func() (accel.Job, error) { return d.inferJob(f, a) })
 		if err != nil {
 			return err
 		}
