@@ -33,7 +33,8 @@ import (
 //	mmap-job PATH    three 1 MiB buffers on the fakedev device: fill two
 //	                 through mappings, add them into the third on the
 //	                 device, check the answer through the third's mapping
-//	                 (dst=ok), touch offset 0 (fault0=yes when it faults),
+//	                 (dst=ok), map at an unaligned offset (unaligned=EINVAL),
+//	                 touch offset 0 (fault0=yes when it faults),
 //	                 write a page past a buffer and msync (stray=EIO)
 //	mmap-fresh PATH  one 1 MiB buffer: fresh=zeros when it reads as zeros
 //	mmap-write PATH  DEVFS_TEST_N rounds of: fill a 64 MiB buffer through
@@ -113,6 +114,11 @@ func runMmapHelper(mode, path string) (int, bool) {
 	}
 	fmt.Println("dst=" + dst)
 
+	// Offsets are page-aligned; the kernel refuses one that is not.
+	off0, _ := fakedev.DecodeMemMap(func() []byte { m := fakedev.EncodeMemMap(h[0]); _ = accel.Ioctl(f, fakedev.IoctlMemMap, m); return m }())
+	if _, err := unix.Mmap(int(f.Fd()), int64(off0)+1, 4096, unix.PROT_READ, unix.MAP_SHARED); err != nil {
+		fmt.Println("unaligned=" + errName(err))
+	}
 	stray, err := unix.Mmap(int(f.Fd()), 0, 4096, unix.PROT_READ, unix.MAP_SHARED)
 	if err != nil {
 		return fail("mmap at 0", err)
@@ -223,7 +229,7 @@ func runMmapClient(t *testing.T, mode, path string) map[string]string {
 func TestMmapDeviceMemory(t *testing.T) {
 	m := mountSim(t, 1)
 	got := runMmapClient(t, "mmap-job", m.path("ac0"))
-	for key, want := range map[string]string{"dst": "ok", "fault0": "yes", "stray": "errno 5 (input/output error)"} {
+	for key, want := range map[string]string{"dst": "ok", "fault0": "yes", "stray": "errno 5 (input/output error)", "unaligned": "EINVAL"} {
 		if got[key] != want {
 			t.Errorf("client: %s = %q, want %q (all: %v)", key, got[key], want, got)
 		}
