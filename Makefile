@@ -65,6 +65,7 @@ image:
 ## (run it as `_output/accel-job /path/to/acN`: one job on the device, exit 0 when its answer is right)
 example:
 	@mkdir -p $(OUT)
+	@command -v $(CC) >/dev/null || { echo "make example: no C compiler $(CC): apt-get install gcc libc6-dev" >&2; exit 1; }
 	$(CC) -static -O2 -Wall -Wextra -Werror -I include/uapi -o $(OUT)/accel-job examples/accel-job.c
 
 ## helm: build helm from its Go module once (about 3 minutes), cached in $(TOOLS)
