@@ -14,6 +14,11 @@
 //   - the common info query and attributes (device.go): status, reset count;
 //   - events (events.go): device added, removed, status changed, delivered in
 //     order to any number of waiting consumers;
+//   - the memory manager (mem.go): buffers of device memory with handles and
+//     page-aligned places in the compute node's mapping space, memory_used,
+//     and a budget for all devices together;
+//   - the job engine (jobs.go): device work drivers submit, run in order,
+//     with the busy time and job count every device reports;
 //   - the uAPI (uapi.go): ioctl numbers and the info struct layout.
 //
 // Drivers plug in through the narrow Driver interface (driver.go). How nodes
