@@ -377,7 +377,7 @@ func checkSound(t *testing.T, r *rendered) {
 		var role rbacv1.Role
 		r.decode(t, "Role", name, &role)
 		if len(role.Rules) != 1 || !slices.Equal(role.Rules[0].APIGroups, []string{"apps"}) ||
-			!slices.Equal(role.Rules[0].Resources, []string{"daemonsets"}) || !slices.Equal(role.Rules[0].Verbs, []string{"get"}) ||
+			!slices.Equal(role.Rules[0].Resources, []string{"daemonsets"}) || !slices.Equal(role.Rules[0].Verbs, []string{"get", "watch"}) ||
 			!slices.Equal(role.Rules[0].ResourceNames, []string{plugin.Name}) || role.Namespace != plugin.Namespace {
 			t.Errorf("%v: Role %s rules %+v, want get on DaemonSet %s/%s only", r.args, name, role.Rules, plugin.Namespace, plugin.Name)
 		}

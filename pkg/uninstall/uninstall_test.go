@@ -5,12 +5,14 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 )
@@ -69,5 +71,42 @@ func TestParseRef(t *testing.T) {
 		if _, err := ParseRef(bad); err == nil {
 			t.Errorf("ParseRef(%q) accepted", bad)
 		}
+	}
+}
+
+// The race measured on kind: helm deletes the DaemonSet, then the
+// ServiceAccount, and the pod's SIGTERM comes after its token is refused.
+// The deletion the watch saw still makes it an uninstall.
+func TestWatchedDeletionWins(t *testing.T) {
+	ds := Ref{"kube-system", "accel-device-plugin"}
+	c := fake.NewClientset(&appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Namespace: ds.Namespace, Name: ds.Name}})
+	watching := make(chan struct{})
+	c.PrependWatchReactor("daemonsets", func(a k8stesting.Action) (bool, watch.Interface, error) {
+		w, err := c.Tracker().Watch(a.GetResource(), a.GetNamespace())
+		close(watching)
+		return true, w, err
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	k := NewCheck(c, ds)
+	if err := k.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	<-watching
+	if err := c.AppsV1().DaemonSets(ds.Namespace).Delete(ctx, ds.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !k.deleted.Load() {
+		if time.Now().After(deadline) {
+			t.Fatal("the watch did not see the deletion within 10s")
+		}
+		time.Sleep(time.Millisecond) // waiting on the watch goroutine's flag
+	}
+	c.PrependReactor("get", "daemonsets", func(k8stesting.Action) (bool, runtime.Object, error) {
+		return true, nil, apierrors.NewUnauthorized("token")
+	})
+	if got, err := k.Uninstalling(ctx); !got || err != nil {
+		t.Fatalf("Uninstalling after a watched deletion, token refused = %v, %v; want true", got, err)
 	}
 }
