@@ -74,6 +74,12 @@ show "$JOB" "$DEV/ac0"
 show "$JOB" "$DEV/$NPU"
 show "$BIN" list --dir "$DEV"
 
+step "Silent data corruption: the device stays operational, the example's check fails"
+show "$BIN" sim ctl --dir "$DEV" fault "$NPU" corrupt
+printf '$ %s\n' "$JOB $DEV/$NPU"
+if "$JOB" "$DEV/$NPU"; then echo "demo: accel-job accepted a wrong answer" >&2; exit 1; fi
+show "$BIN" sim ctl --dir "$DEV" recover "$NPU"
+
 step "The device plugin: accel-plugin serve, registered with kubelet's real device manager"
 echo "kubelet-view runs kubelet's device manager (k8s.io/kubernetes v1.37.2) in a private mount namespace"
 echo "and admits two pods; \$ $(basename "$VIEW") --pod train=accel.io/ac:2 --pod watch=accel.io/ac-monitor:3 -- accel-plugin serve --dev-dir $DEV"

@@ -21,8 +21,10 @@ const ControlUsage = `commands (one per line; words separated by spaces or tabs)
                                      DRIVER (fakedev or fakenpu; default fakedev);
                                      all of them or none (ENOSPC when they do not fit)
   remove DEVICE                      hot-unplug DEVICE (e.g. ac1)
-  fault DEVICE [malfunction|needs-reset]  inject a fault (default malfunction)
-  recover DEVICE                     clear a malfunction
+  fault DEVICE [malfunction|needs-reset|corrupt]
+                                     inject a fault (default malfunction); corrupt
+                                     flips a bit of every job's answer, status unchanged
+  recover DEVICE                     clear a malfunction or corruption
   reset DEVICE                       reset DEVICE and wait until it is back
 DEVICE is a compute node name, acN (not acN_monitor). Errors: EINVAL for a
 malformed command, ENODEV for a device that is not there, ENOSPC when add
@@ -46,7 +48,7 @@ func controlArgs(verb string) (minArgs, maxArgs int, usage string, ok bool) {
 	case "remove":
 		return 1, 1, "remove DEVICE", true
 	case "fault":
-		return 1, 2, "fault DEVICE [malfunction|needs-reset]", true
+		return 1, 2, "fault DEVICE [malfunction|needs-reset|corrupt]", true
 	case "recover":
 		return 1, 1, "recover DEVICE", true
 	case "reset":
@@ -150,8 +152,8 @@ func parseControl(line string) (controlOp, error) {
 		op.fault = FaultMalfunction
 		if len(args) == 2 {
 			op.fault = Fault(args[1])
-			if op.fault != FaultMalfunction && op.fault != FaultNeedsReset {
-				return controlOp{}, fmt.Errorf("unknown fault %s (want %s or %s): %w", quote(args[1]), FaultMalfunction, FaultNeedsReset, syscall.EINVAL)
+			if op.fault != FaultMalfunction && op.fault != FaultNeedsReset && op.fault != FaultCorrupt {
+				return controlOp{}, fmt.Errorf("unknown fault %s (want %s): %w", quote(args[1]), faultKinds, syscall.EINVAL)
 			}
 		}
 	}
@@ -245,6 +247,9 @@ func (s *Sim) Control(ctx context.Context, line string) (string, error) {
 		}
 		if st == accel.StatusNeedsReset && op.fault == FaultMalfunction {
 			return op.device + ": needs-reset (unchanged: a malfunction does not lift a pending reset)", nil
+		}
+		if op.fault == FaultCorrupt {
+			return fmt.Sprintf("%s: corrupt (every job's answer has a bit flipped; status stays %s)", op.device, st), nil
 		}
 		return fmt.Sprintf("%s: %s", op.device, op.fault), nil
 	case "recover":

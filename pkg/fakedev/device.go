@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -73,8 +74,13 @@ type Device struct {
 	drv           driver
 	id            accel.Identity
 	resetDuration time.Duration
-	throughput    float64 // bytes per second a job moves
+	throughput    float64     // bytes per second a job moves
+	corrupt       atomic.Bool // FaultCorrupt injected
 }
+
+// simulated returns the simulated driver of a device this simulator
+// registered.
+func simulated(d *accel.Device) *Device { return d.Driver().(*Device) }
 
 var _ accel.Driver = (*Device)(nil)
 
@@ -126,12 +132,13 @@ func (d *Device) jobDuration(n uint64) time.Duration {
 }
 
 // Reset implements accel.Driver: the simulated hardware takes
-// ResetDuration to come back.
+// ResetDuration to come back, with a corrupt fault cleared.
 func (d *Device) Reset(ctx context.Context) error {
 	t := time.NewTimer(d.resetDuration)
 	defer t.Stop()
 	select {
 	case <-t.C:
+		d.corrupt.Store(false)
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("reset interrupted: %w", ctx.Err())

@@ -9,7 +9,8 @@
 // a seed and its slot number, so it is stable across restarts), a model
 // name, memory that compute clients allocate through driver-specific
 // commands, a NUMA node, and the status transitions of real hardware:
-// injected faults (malfunction, needs-reset), resets that pass through
+// injected faults (malfunction, needs-reset, and corrupt: silent data
+// corruption that leaves the status alone), resets that pass through
 // in_reset and count, and hot-plug and hot-unplug. Errnos follow the
 // habanalabs driver: see package accel's uapi.go.
 package fakedev

@@ -242,3 +242,66 @@ func TestNPUInference(t *testing.T) {
 		t.Errorf("create of 0 bytes: %v, want EINVAL", err)
 	}
 }
+
+// A corrupt fault is silent: the device stays operational and keeps
+// running jobs, but every answer has one bit flipped (the first word
+// written, or the result word), until recover or reset clears it.
+func TestCorruptFault(t *testing.T) {
+	s, reg := newSim(t, 1, Config{ResetDuration: time.Millisecond})
+	d := reg.Devices()[0]
+	f := openCompute(t, d)
+	var h, off [3]uint64
+	for i := range h {
+		h[i] = DecodeMemAlloc(ioctl(t, f, IoctlMemAlloc, EncodeMemAlloc(4096)))
+		off[i], _ = DecodeMemMap(ioctl(t, f, IoctlMemMap, EncodeMemMap(h[i])))
+	}
+	writeWords(t, f, off[0], []uint32{1, 2, 3, 4})
+	writeWords(t, f, off[1], []uint32{10, 20, 30, 40})
+	run := func() (dst []uint32, sum uint64) {
+		t.Helper()
+		for _, a := range []JobArgs{
+			{Op: OpAddU32, Src0: h[0], Src1: h[1], Dst: h[2], Count: 4},
+			{Op: OpChecksum, Src0: h[0], Count: 4},
+		} {
+			job := DecodeJobArgs(ioctl(t, f, IoctlJobSubmit, a.Encode()))
+			w := DecodeWaitArgs(ioctl(t, f, IoctlJobWait, WaitArgs{Seq: job.Seq, TimeoutNS: int64(5 * time.Second)}.Encode()))
+			if w.Status != 0 {
+				t.Fatalf("job %d: status %d; a corrupt device still completes its jobs", a.Op, w.Status)
+			}
+			sum = w.Result
+		}
+		b := make([]byte, 16)
+		if err := f.ReadMapped(b, off[2]); err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 16; i += 4 {
+			dst = append(dst, binary.LittleEndian.Uint32(b[i:]))
+		}
+		return dst, sum
+	}
+	right, wrong := []uint32{11, 22, 33, 44}, []uint32{10, 22, 33, 44}
+	for _, step := range []struct {
+		cmd, says string
+		dst       []uint32
+		sum       uint64
+	}{
+		{"", "", right, 10},
+		{"fault ac0 corrupt", "ac0: corrupt (every job's answer has a bit flipped; status stays operational)", wrong, 11},
+		{"recover ac0", "ac0: operational", right, 10},
+		{"fault ac0 corrupt", "", wrong, 11},
+		{"reset ac0", "ac0: operational after reset (reset_count 1)", right, 10},
+	} {
+		if step.cmd != "" {
+			got, err := s.Control(t.Context(), step.cmd)
+			if err != nil || (step.says != "" && got != step.says) {
+				t.Fatalf("%q: %q, %v; want %q", step.cmd, got, err, step.says)
+			}
+		}
+		if st := d.Status(); st != accel.StatusOperational {
+			t.Fatalf("after %q: status %s, want operational (corruption is silent)", step.cmd, st)
+		}
+		if dst, sum := run(); !slices.Equal(dst, step.dst) || sum != step.sum {
+			t.Fatalf("after %q: add gave %v, checksum %d; want %v and %d", step.cmd, dst, sum, step.dst, step.sum)
+		}
+	}
+}

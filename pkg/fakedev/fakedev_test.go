@@ -127,6 +127,8 @@ func TestControl(t *testing.T) {
 		{"remove ac3", "", syscall.ENODEV},
 		{"fault ac9", "", syscall.ENODEV},
 		{"fault ac0 melted", "", syscall.EINVAL},
+		{"fault ac0 corrupt", "ac0: corrupt (every job's answer has a bit flipped; status stays operational)", 0},
+		{"recover ac0", "ac0: operational", 0},
 		{"add zero", "", syscall.EINVAL},
 		{"reset", "", syscall.EINVAL},
 		{"reset ac0 ac1", "", syscall.EINVAL},

@@ -24,7 +24,7 @@ func FuzzControl(f *testing.F) {
 		"add", "add 1", "add 2", "add 253", "add 254", "add 0", "add -1", "add 1x", "add 01", "add +1",
 		"add 10000000000000", "add 18446744073709551617", "add 256",
 		"remove ac1", "remove ac3", "remove ac0_monitor", "remove ac1 ac1",
-		"fault ac0", "fault ac0 needs-reset", "fault ac0 malfunction", "fault ac0 melted", "fault ac0_monitor",
+		"fault ac0", "fault ac0 needs-reset", "fault ac0 malfunction", "fault ac0 corrupt", "fault ac0 melted", "fault ac0_monitor",
 		"fault ac00", "fault AC0", "fault ac99999999999999999999",
 		"recover ac0", "recover", "reset ac2", "reset ac0 ac1",
 		"", " ", "\t\n", "fault ac0\nremove ac1", "fault\x00ac0", "ADD", "explode ac0", "\xff\xfe",

@@ -45,7 +45,7 @@ func fakedevCommand(d *Device, f *accel.File, cmd uint32, in, out []byte) error 
 			return syscall.EINVAL
 		}
 		args := DecodeJobArgs(in)
-		seq, err := submit(f, func() (accel.Job, error) { return d.fakedevJob(f, args) })
+		seq, err := d.submit(f, func() (accel.Job, error) { return d.fakedevJob(f, args) })
 		if err != nil {
 			return err
 		}
@@ -134,11 +134,26 @@ func mapReply(out, in []byte, b *accel.Buffer) {
 }
 
 // submit builds a job with build and submits it for f, returning its
-// sequence number.
-func submit(f *accel.File, build func() (accel.Job, error)) (uint64, error) {
+// sequence number. While the device has a corrupt fault, the job's answer
+// gets one bit flipped when it has run.
+func (d *Device) submit(f *accel.File, build func() (accel.Job, error)) (uint64, error) {
 	job, err := build()
 	if err != nil {
 		return 0, err
+	}
+	run := job.Run
+	job.Run = func() (uint64, error) {
+		v, err := run()
+		if err != nil || !d.corrupt.Load() {
+			return v, err
+		}
+		if len(job.Writes) == 0 {
+			return v ^ 1, nil
+		}
+		return v, accel.AccessBuffers(job.Writes[:1], func(m [][]byte) error {
+			m[0][0] ^= 1
+			return nil
+		})
 	}
 	return f.Device().Submit(f, job)
 }

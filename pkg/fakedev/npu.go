@@ -135,7 +135,7 @@ func npuCommand(d *Device, f *accel.File, cmd uint32, in, out []byte) error {
 			return syscall.EINVAL
 		}
 		a := DecodeInferArgs(in)
-		seq, err := submit(f, func() (accel.Job, error) { return d.inferJob(f, a) })
+		seq, err := d.submit(f, func() (accel.Job, error) { return d.inferJob(f, a) })
 		if err != nil {
 			return err
 		}

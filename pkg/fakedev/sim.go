@@ -91,7 +91,17 @@ const (
 	FaultMalfunction Fault = "malfunction"
 	// FaultNeedsReset makes the device report needs_reset; only Reset clears it.
 	FaultNeedsReset Fault = "needs-reset"
+	// FaultCorrupt is silent data corruption: the device stays in the
+	// status it has and keeps running jobs, but every job's answer has one
+	// bit flipped (the first word it writes, or its result word when it
+	// writes no buffer). The device cannot tell, so neither status nor
+	// health change; only a workload that checks its answers sees it.
+	// Recover and Reset clear it.
+	FaultCorrupt Fault = "corrupt"
 )
+
+// faultKinds is the list of faults, for errors.
+const faultKinds = "malfunction, needs-reset or corrupt"
 
 // Sim is a simulated bus of fake devices registered into an accel registry.
 // Slots (and so serials) are handed out in order and never reused, so a
@@ -185,7 +195,8 @@ func (s *Sim) Remove(name string) error {
 
 // Inject puts device name into the fault state f. A malfunction injected
 // into a device that needs a reset leaves it needing the reset; a device
-// that is resetting refuses with EAGAIN.
+// that is resetting refuses with EAGAIN. A corrupt fault changes no
+// status (see FaultCorrupt).
 func (s *Sim) Inject(name string, f Fault) error {
 	_, err := s.inject(name, f)
 	return err
@@ -199,8 +210,9 @@ func (s *Sim) inject(name string, f Fault) (accel.Status, error) {
 		want = accel.StatusMalfunction
 	case FaultNeedsReset:
 		want = accel.StatusNeedsReset
+	case FaultCorrupt:
 	default:
-		return 0, fmt.Errorf("unknown fault %s (want %s or %s): %w", quote(string(f)), FaultMalfunction, FaultNeedsReset, syscall.EINVAL)
+		return 0, fmt.Errorf("unknown fault %s (want %s): %w", quote(string(f)), faultKinds, syscall.EINVAL)
 	}
 	d, err := s.lookup(name)
 	if err != nil {
@@ -212,6 +224,9 @@ func (s *Sim) inject(name string, f Fault) (accel.Status, error) {
 	switch st := d.Status(); {
 	case st == accel.StatusInReset:
 		return st, resetting
+	case f == FaultCorrupt:
+		simulated(d).corrupt.Store(true)
+		return st, nil
 	case st == accel.StatusNeedsReset && want == accel.StatusMalfunction:
 		return st, nil
 	}
@@ -224,8 +239,8 @@ func (s *Sim) inject(name string, f Fault) (accel.Status, error) {
 	return want, nil
 }
 
-// Recover clears a malfunction without a reset, as when a transient fault
-// goes away. A device that needs a reset must be reset.
+// Recover clears a malfunction and a corrupt fault without a reset, as when
+// a transient fault goes away. A device that needs a reset must be reset.
 func (s *Sim) Recover(name string) error {
 	d, err := s.lookup(name)
 	if err != nil {
@@ -242,6 +257,7 @@ func (s *Sim) Recover(name string) error {
 		case err != nil:
 			return fmt.Errorf("recover: %w", err)
 		}
+		simulated(d).corrupt.Store(false)
 		return nil
 	case accel.StatusInReset:
 		return resetting

@@ -3,6 +3,7 @@ package devfs
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -303,6 +304,18 @@ func TestExampleAgainstEachDriver(t *testing.T) {
 		info := infoOf(t, m.path(tc.node+"_monitor"))
 		if info.Driver != tc.driver || info.JobsCompleted == 0 || info.BusyTime <= 0 || info.MemoryUsed != 0 {
 			t.Errorf("%s after the example: %+v; want driver %s, jobs and busy time, no memory left", tc.node, info, tc.driver)
+		}
+	}
+	// A device whose answers are wrong (silent corruption: its status
+	// stays operational) fails the example, on either driver.
+	for _, node := range []string{"ac0", "ac1"} {
+		if err := m.sim.Inject(node, fakedev.FaultCorrupt); err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command(bin, m.path(node), "4").CombinedOutput()
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ExitCode() != 1 || !strings.Contains(string(out), ", want ") {
+			t.Errorf("accel-job on %s with wrong answers: %v, want exit 1 naming the wrong value\n%s", node, err, out)
 		}
 	}
 	// From the environment a pod gets, as a pod would run it.
