@@ -18,6 +18,7 @@
  *
  * Built against include/uapi only: cc -static -I include/uapi examples/accel-job.c
  */
+#define _FILE_OFFSET_BITS 64 /* buffer offsets start at 4 GiB: off_t must hold them on 32-bit builds too */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -44,7 +45,8 @@ static int fail(const char *what)
 static double now(void)
 {
 	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
+	if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
+		return 0; /* CLOCK_MONOTONIC is always there on Linux; a time of 0 only misprints */
 	return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
@@ -67,18 +69,27 @@ static int report(int fd, const char *verdict, double secs)
 static int run_fakedev(int fd, size_t kib)
 {
 	__u64 count = kib * 256, bytes = count * 4;
-	struct fakedev_mem_alloc alloc[3];
-	struct fakedev_mem_map mm[3];
-	__u32 *v[3];
+	struct fakedev_mem_alloc alloc[3] = { 0 };
+	struct fakedev_mem_map mm[3] = { 0 };
+	__u32 *v[3] = { NULL, NULL, NULL };
+	int rc = 1;
+	double secs = 0;
 	for (int i = 0; i < 3; i++) {
 		alloc[i] = (struct fakedev_mem_alloc){ .size = bytes };
-		if (ioctl(fd, FAKEDEV_IOCTL_MEM_ALLOC, &alloc[i]) != 0)
-			return fail("FAKEDEV_IOCTL_MEM_ALLOC");
+		if (ioctl(fd, FAKEDEV_IOCTL_MEM_ALLOC, &alloc[i]) != 0) {
+			alloc[i].handle = 0;
+			fail("FAKEDEV_IOCTL_MEM_ALLOC");
+			goto out;
+		}
 		mm[i] = (struct fakedev_mem_map){ .handle = alloc[i].handle };
-		if (ioctl(fd, FAKEDEV_IOCTL_MEM_MAP, &mm[i]) != 0)
-			return fail("FAKEDEV_IOCTL_MEM_MAP");
-		if (!(v[i] = map(fd, mm[i].offset, mm[i].size)))
-			return fail("mmap");
+		if (ioctl(fd, FAKEDEV_IOCTL_MEM_MAP, &mm[i]) != 0) {
+			fail("FAKEDEV_IOCTL_MEM_MAP");
+			goto out;
+		}
+		if (!(v[i] = map(fd, mm[i].offset, mm[i].size))) {
+			fail("mmap");
+			goto out;
+		}
 	}
 	for (__u64 i = 0; i < count; i++) {
 		v[0][i] = (__u32)i;
@@ -88,56 +99,69 @@ static int run_fakedev(int fd, size_t kib)
 	double t0 = now();
 	struct fakedev_job job = { .op = FAKEDEV_OP_ADD_U32, .src0 = alloc[0].handle, .src1 = alloc[1].handle,
 				   .dst = alloc[2].handle, .count = count };
-	if (ioctl(fd, FAKEDEV_IOCTL_JOB_SUBMIT, &job) != 0)
-		return fail("FAKEDEV_IOCTL_JOB_SUBMIT");
+	if (ioctl(fd, FAKEDEV_IOCTL_JOB_SUBMIT, &job) != 0) {
+		fail("FAKEDEV_IOCTL_JOB_SUBMIT");
+		goto out;
+	}
 	struct fakedev_job_wait wait = { .seq = job.seq, .timeout_ns = 10000000000LL };
-	if (ioctl(fd, FAKEDEV_IOCTL_JOB_WAIT, &wait) != 0)
-		return fail("FAKEDEV_IOCTL_JOB_WAIT");
-	double secs = now() - t0;
+	if (ioctl(fd, FAKEDEV_IOCTL_JOB_WAIT, &wait) != 0) {
+		fail("FAKEDEV_IOCTL_JOB_WAIT");
+		goto out;
+	}
+	secs = now() - t0;
 	if (wait.status != 0) {
 		errno = -wait.status;
-		return fail("add job");
+		fail("add job");
+		goto out;
 	}
 	__u64 sum = 0;
 	for (__u64 i = 0; i < count; i++) {
 		__u32 want = (__u32)(4 * i + 7);
 		if (v[2][i] != want) {
 			fprintf(stderr, "accel-job: %s: dst[%" PRIu64 "] = %#x, want %#x\n", node, (uint64_t)i, v[2][i], want);
-			return 1;
+			goto out;
 		}
 		sum += want;
 	}
 	struct fakedev_job ck = { .op = FAKEDEV_OP_CHECKSUM, .src0 = alloc[2].handle, .count = count };
 	struct fakedev_job_wait ckw = { .timeout_ns = 10000000000LL };
-	if (ioctl(fd, FAKEDEV_IOCTL_JOB_SUBMIT, &ck) != 0 || (ckw.seq = ck.seq, ioctl(fd, FAKEDEV_IOCTL_JOB_WAIT, &ckw)) != 0)
-		return fail("checksum job");
+	if (ioctl(fd, FAKEDEV_IOCTL_JOB_SUBMIT, &ck) != 0 || (ckw.seq = ck.seq, ioctl(fd, FAKEDEV_IOCTL_JOB_WAIT, &ckw)) != 0) {
+		fail("checksum job");
+		goto out;
+	}
 	if (ckw.status != 0 || ckw.result != sum) {
 		fprintf(stderr, "accel-job: %s: device checksum %#" PRIx64 " (status %d), want %#" PRIx64 "\n",
 			node, (uint64_t)ckw.result, ckw.status, (uint64_t)sum);
-		return 1;
+		goto out;
 	}
 	printf("fakedev: add of 2 x %" PRIu64 " words checked, checksum %#" PRIx64 " matches\n", (uint64_t)count, (uint64_t)sum);
-	int rc = report(fd, "ok", secs);
+	rc = report(fd, "ok", secs);
+out:
+	/* Unmapped and freed on every path: a mapping would keep the device
+	 * held after close until the process exits. */
 	for (int i = 0; i < 3; i++) {
+		if (v[i] && munmap(v[i], mm[i].size) != 0 && rc == 0)
+			rc = fail("munmap");
 		struct fakedev_mem_free fr = { .handle = alloc[i].handle };
-		munmap(v[i], mm[i].size);
-		if (ioctl(fd, FAKEDEV_IOCTL_MEM_FREE, &fr) != 0)
-			return fail("FAKEDEV_IOCTL_MEM_FREE");
+		if (alloc[i].handle && ioctl(fd, FAKEDEV_IOCTL_MEM_FREE, &fr) != 0 && rc == 0)
+			rc = fail("FAKEDEV_IOCTL_MEM_FREE");
 	}
 	return rc;
 }
 
+/* A fakenpu buffer object of size bytes, mapped; *p stays NULL when the
+ * mapping was not made, *handle 0 when the object was not created. */
 static int npu_bo(int fd, __u64 size, __u32 *handle, void **p, __u64 *mapped)
 {
 	struct fakenpu_bo_create bo = { .size = size };
 	if (ioctl(fd, FAKENPU_IOCTL_BO_CREATE, &bo) != 0)
 		return fail("FAKENPU_IOCTL_BO_CREATE");
+	*handle = bo.handle;
 	struct fakenpu_bo_info info = { .handle = bo.handle };
 	if (ioctl(fd, FAKENPU_IOCTL_BO_INFO, &info) != 0)
 		return fail("FAKENPU_IOCTL_BO_INFO");
 	if (!(*p = map(fd, info.mmap_offset, info.size)))
 		return fail("mmap");
-	*handle = bo.handle;
 	*mapped = info.size;
 	return 0;
 }
@@ -150,29 +174,36 @@ static int run_fakenpu(int fd, size_t kib)
 	__u32 cols = 1024, rows = (__u32)(kib < 4 ? 4 : kib);
 	if (rows > FAKENPU_MAX_DIM)
 		rows = FAKENPU_MAX_DIM;
-	__u32 hx, hw, hy;
-	int8_t *x, *w;
-	int32_t *y;
-	__u64 sx, sw, sy;
-	if (npu_bo(fd, cols, &hx, (void **)&x, &sx) || npu_bo(fd, (__u64)rows * cols, &hw, (void **)&w, &sw) ||
-	    npu_bo(fd, (__u64)rows * 4, &hy, (void **)&y, &sy))
-		return 1;
+	__u32 h[3] = { 0, 0, 0 }; /* input, weights, output */
+	void *p[3] = { NULL, NULL, NULL };
+	__u64 size[3] = { 0, 0, 0 };
+	int rc = 1;
+	if (npu_bo(fd, cols, &h[0], &p[0], &size[0]) || npu_bo(fd, (__u64)rows * cols, &h[1], &p[1], &size[1]) ||
+	    npu_bo(fd, (__u64)rows * 4, &h[2], &p[2], &size[2]))
+		goto out;
+	int8_t *x = p[0], *w = p[1];
+	int32_t *y = p[2];
 	uint32_t seed = 12345;
 	for (__u32 c = 0; c < cols; c++)
 		x[c] = (int8_t)((seed = seed * 1103515245 + 12345) >> 24);
 	for (__u64 i = 0; i < (__u64)rows * cols; i++)
 		w[i] = (int8_t)((seed = seed * 1103515245 + 12345) >> 24);
 	double t0 = now();
-	struct fakenpu_infer job = { .input = hx, .weights = hw, .output = hy, .rows = rows, .cols = cols };
-	if (ioctl(fd, FAKENPU_IOCTL_INFER, &job) != 0)
-		return fail("FAKENPU_IOCTL_INFER");
+	struct fakenpu_infer job = { .input = h[0], .weights = h[1], .output = h[2], .rows = rows, .cols = cols };
+	if (ioctl(fd, FAKENPU_IOCTL_INFER, &job) != 0) {
+		fail("FAKENPU_IOCTL_INFER");
+		goto out;
+	}
 	struct fakenpu_wait wait = { .seq = job.seq, .timeout_ns = 10000000000LL };
-	if (ioctl(fd, FAKENPU_IOCTL_WAIT, &wait) != 0)
-		return fail("FAKENPU_IOCTL_WAIT");
+	if (ioctl(fd, FAKENPU_IOCTL_WAIT, &wait) != 0) {
+		fail("FAKENPU_IOCTL_WAIT");
+		goto out;
+	}
 	double secs = now() - t0;
 	if (wait.status != 0) {
 		errno = -wait.status;
-		return fail("inference");
+		fail("inference");
+		goto out;
 	}
 	__u32 positive = 0;
 	for (__u32 r = 0; r < rows; r++) {
@@ -182,21 +213,21 @@ static int run_fakenpu(int fd, size_t kib)
 		int32_t want = acc > 0 ? (int32_t)acc : 0;
 		if (y[r] != want) {
 			fprintf(stderr, "accel-job: %s: output[%u] = %d, want %d\n", node, r, y[r], want);
-			return 1;
+			goto out;
 		}
 		positive += want > 0;
 	}
 	printf("fakenpu: %llu tiles; %ux%u int8 layer with ReLU checked (%u of %u outputs positive)\n",
 	       (unsigned long long)tiles.value, rows, cols, positive, rows);
-	int rc = report(fd, "ok", secs);
-	munmap(x, sx);
-	munmap(w, sw);
-	munmap(y, sy);
-	__u32 handles[] = { hx, hw, hy };
+	rc = report(fd, "ok", secs);
+out:
+	/* Unmapped and closed on every path (see run_fakedev). */
 	for (int i = 0; i < 3; i++) {
-		struct fakenpu_bo_close cl = { .handle = handles[i] };
-		if (ioctl(fd, FAKENPU_IOCTL_BO_CLOSE, &cl) != 0)
-			return fail("FAKENPU_IOCTL_BO_CLOSE");
+		if (p[i] && munmap(p[i], size[i]) != 0 && rc == 0)
+			rc = fail("munmap");
+		struct fakenpu_bo_close cl = { .handle = h[i] };
+		if (h[i] && ioctl(fd, FAKENPU_IOCTL_BO_CLOSE, &cl) != 0 && rc == 0)
+			rc = fail("FAKENPU_IOCTL_BO_CLOSE");
 	}
 	return rc;
 }
@@ -209,8 +240,9 @@ static int run_one(const char *path, size_t kib)
 		return fail("open");
 	struct accel_info info;
 	if (ioctl(fd, ACCEL_IOCTL_INFO, &info) != 0) {
+		int rc = fail("ACCEL_IOCTL_INFO"); /* before close, which may change errno */
 		close(fd);
-		return fail("ACCEL_IOCTL_INFO");
+		return rc;
 	}
 	int rc;
 	if (info.version < 2) {

@@ -23,7 +23,8 @@
  *       printf("%s %s\n", info.name, info.serial);
  *
  * Mapping device memory: a driver's buffers live in the compute node's
- * mapping space, from ACCEL_MAP_BASE up to ACCEL_MAP_BASE + memory_total,
+ * mapping space, from ACCEL_MAP_BASE up to the compute node's file size
+ * (the space is larger than memory_total: room for fragmentation),
  * page-aligned; a driver command gives a buffer's offset and mmap(...,
  * MAP_SHARED, fd, offset) of the compute node reaches its memory. The
  * simulator serves it through the page cache (FUSE): mmap itself always

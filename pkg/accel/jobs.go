@@ -112,13 +112,12 @@ func (d *Device) Submit(f *File, j Job) (uint64, error) {
 	}
 	e.mu.Unlock()
 
-	// Take the buffers and bring device memory up to date, then queue.
-	// A buffer freed since the check above is still held by the job.
-	for _, b := range j.Reads {
-		b.ref()
-	}
-	for _, b := range j.Writes {
-		b.ref()
+	// Take the buffers (one reference per use, as releaseBuffers drops
+	// them) and bring device memory up to date, then queue. A buffer
+	// freed since the driver looked it up is refused; once taken, a free
+	// leaves its memory to the job.
+	if err := d.mem.refLive(f, append(j.Reads[:len(j.Reads):len(j.Reads)], j.Writes...)); err != nil {
+		return 0, fmt.Errorf("submit on %s: %w", d.name, err)
 	}
 	for _, b := range uniqueBuffers(j) {
 		d.syncMapping(b)
@@ -286,14 +285,18 @@ func (d *Device) Wait(ctx context.Context, f *File, seq uint64, timeout time.Dur
 	if !ok {
 		return JobResult{}, fmt.Errorf("wait on %s: this client has no job %d to wait for: %w", d.name, seq, syscall.EINVAL)
 	}
-	t := time.NewTimer(max(timeout, 0))
-	defer t.Stop()
 	select {
-	case <-jb.done:
-	case <-t.C:
-		return JobResult{}, fmt.Errorf("wait on %s: job %d not done within %s: %w", d.name, seq, timeout, syscall.ETIMEDOUT)
-	case <-ctx.Done():
-		return JobResult{}, syscall.EINTR
+	case <-jb.done: // checked first: a poll (timeout 0) of a finished job must not lose to the timer
+	default:
+		t := time.NewTimer(max(timeout, 0))
+		defer t.Stop()
+		select {
+		case <-jb.done:
+		case <-t.C:
+			return JobResult{}, fmt.Errorf("wait on %s: job %d not done within %s: %w", d.name, seq, timeout, syscall.ETIMEDOUT)
+		case <-ctx.Done():
+			return JobResult{}, syscall.EINTR
+		}
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()

@@ -3,6 +3,7 @@ package accel
 import (
 	"cmp"
 	"fmt"
+	"math/bits"
 	"os"
 	"slices"
 	"sort"
@@ -20,9 +21,9 @@ import (
 //   - a buffer has a handle, unique on its device and never reused, so a
 //     handle of an earlier client never names a later client's buffer;
 //   - a buffer has a page-aligned place in the compute node's mapping
-//     space (MapBase up to MapBase + memory_total): mmap of the compute
-//     node at that offset reaches the buffer's memory, as GEM's fake
-//     offsets do. Places are reused once a buffer is freed;
+//     space (from MapBase, see mapSpace): mmap of the compute node at that
+//     offset reaches the buffer's memory, as GEM's fake offsets do. Places
+//     are reused once a buffer is freed (first fit);
 //   - sizes are rounded up to whole pages, and memory_used is the sum of
 //     the rounded sizes of live buffers (a freed buffer that a job still
 //     uses counts until the job is done): it never exceeds memory_total;
@@ -71,8 +72,12 @@ func (b *Buffer) Handle() uint64 { return b.handle }
 func (b *Buffer) Size() uint64 { return b.size }
 
 // MapOffset returns the buffer's offset in the compute node's mapping
-// space: what a client passes to mmap.
-func (b *Buffer) MapOffset() uint64 { return b.offset }
+// space: what a client passes to mmap (0 once freed).
+func (b *Buffer) MapOffset() uint64 {
+	b.mem.mu.Lock()
+	defer b.mem.mu.Unlock()
+	return b.offset
+}
 
 // MapSize returns the buffer's size rounded up to whole pages: how much of
 // the mapping space it takes.
@@ -159,6 +164,7 @@ func (b *budget) give(n uint64) {
 // memory is one device's memory manager.
 type memory struct {
 	total      uint64
+	space      uint64 // the mapping space's size: see mapSpace
 	maxBuffers int
 	budget     *budget
 
@@ -173,12 +179,32 @@ func newMemory(total uint64, maxBuffers int, b *budget) *memory {
 	if maxBuffers <= 0 {
 		maxBuffers = DefaultMaxBuffers
 	}
-	return &memory{total: total, maxBuffers: maxBuffers, budget: b, byFile: make(map[*File]map[uint64]*Buffer)}
+	return &memory{total: total, space: mapSpace(total), maxBuffers: maxBuffers, budget: b, byFile: make(map[*File]map[uint64]*Buffer)}
+}
+
+// maxMapSpace bounds the mapping space so that its end fits an off_t.
+const maxMapSpace = 1 << 62
+
+// mapSpace is the size of the mapping space of a device with total bytes
+// of memory: total × (log2(pages) + 2), as a fake offset space may be far
+// larger than the memory (GEM's is). Placing buffers first fit in a space
+// only as large as the memory would fail once it fragments (free buffers
+// one and three of four, and no hole holds two); first fit never needs
+// more than about total × log2(pages) (Robson's bound), and a placement
+// that would pass the end anyway is ENOMEM, never a buffer past the file's
+// end.
+func mapSpace(total uint64) uint64 {
+	span := roundPage(total)
+	factor := uint64(bits.Len64(span/PageSize) + 1)
+	if span > maxMapSpace/factor {
+		return maxMapSpace
+	}
+	return span * factor
 }
 
 // MapSpaceEnd is the end of d's mapping space: no buffer reaches past it,
 // and it is the compute node's file size.
-func (d *Device) MapSpaceEnd() uint64 { return MapBase + roundPage(d.mem.total) }
+func (d *Device) MapSpaceEnd() uint64 { return MapBase + d.mem.space }
 
 // MemoryUsed returns the bytes of live buffers (rounded to pages).
 func (d *Device) MemoryUsed() uint64 {
@@ -225,9 +251,7 @@ func (d *Device) Alloc(f *File, size uint64) (*Buffer, error) {
 	case !m.budget.take(span):
 		return nil, fmt.Errorf("alloc %d bytes on %s: the daemon's memory budget of %d bytes for all devices is used up: %w", size, d.name, m.budget.limit, syscall.ENOMEM)
 	}
-	// First fit in the mapping space. The live buffers' spans sum to at
-	// most total - span, so a hole of span bytes exists below
-	// MapBase + total.
+	// First fit in the mapping space (see mapSpace for its size).
 	off, at := uint64(MapBase), len(m.placed)
 	for i, p := range m.placed {
 		if p.offset-off >= span {
@@ -235,6 +259,10 @@ func (d *Device) Alloc(f *File, size uint64) (*Buffer, error) {
 			break
 		}
 		off = p.offset + p.span
+	}
+	if end := MapBase + m.space; off > end || span > end-off {
+		m.budget.give(span)
+		return nil, fmt.Errorf("alloc %d bytes on %s: no hole of %d bytes left in the fragmented mapping space of %d bytes: %w", size, d.name, span, m.space, syscall.ENOMEM)
 	}
 	m.nextHandle++
 	b := &Buffer{mem: m, owner: f, handle: m.nextHandle, offset: off, size: size, span: span, refs: 1}
@@ -277,12 +305,18 @@ func (d *Device) Free(f *File, h uint64) error {
 		return fmt.Errorf("free buffer %d on %s: already freed: %w", h, d.name, syscall.EINVAL)
 	}
 	delete(m.byFile[f], h)
+	off, span := b.offset, b.span
 	m.unplaceLocked(b)
 	last := m.unrefLocked(b)
 	m.mu.Unlock()
 	if last {
 		b.unback()
 	}
+	// A page the client touched between the first sync and the unplace is
+	// cached again: drop it too, or a later buffer placed there would
+	// show it (or take its write-back). Its write-back now fails: the
+	// range holds no buffer.
+	d.syncRange(off, span)
 	return nil
 }
 
@@ -307,13 +341,24 @@ func (m *memory) unrefLocked(b *Buffer) bool {
 	return true
 }
 
-// ref takes a reference for a job; unref drops it.
-func (b *Buffer) ref() {
-	b.mem.mu.Lock()
-	b.refs++
-	b.mem.mu.Unlock()
+// refLive takes a reference on each of bufs for a job of f, all or none:
+// ENOENT when one of them is no longer f's (freed since the driver looked
+// it up), so a job never revives a freed buffer's memory.
+func (m *memory) refLive(f *File, bufs []*Buffer) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, b := range bufs {
+		if m.byFile[f][b.handle] != b {
+			return fmt.Errorf("buffer %d was freed: %w", b.handle, syscall.ENOENT)
+		}
+	}
+	for _, b := range bufs {
+		b.refs++
+	}
+	return nil
 }
 
+// unref drops a reference a job or a mapped access took.
 func (b *Buffer) unref() {
 	b.mem.mu.Lock()
 	last := b.mem.unrefLocked(b)
@@ -378,28 +423,35 @@ func (f *File) mapped(p []byte, off uint64, write bool) error {
 	m := d.mem
 	m.mu.Lock()
 	i := sort.Search(len(m.placed), func(i int) bool { return m.placed[i].offset+m.placed[i].span > off })
-	var hits []*Buffer
+	// The places are read here, under m.mu: a concurrent free unplaces a
+	// buffer (its offset becomes 0) while this copies.
+	type hit struct {
+		b      *Buffer
+		offset uint64
+	}
+	var hits []hit
 	for ; i < len(m.placed) && m.placed[i].offset < end; i++ {
 		if b := m.placed[i]; b.owner == f {
 			b.refs++ // kept alive while copying, without m.mu
-			hits = append(hits, b)
+			hits = append(hits, hit{b, b.offset})
 		}
 	}
 	m.mu.Unlock()
 	defer func() {
-		for _, b := range hits {
-			b.unref()
+		for _, h := range hits {
+			h.b.unref()
 		}
 	}()
 	if !write {
 		clear(p)
 	}
 	covered := uint64(0)
-	for _, b := range hits {
-		lo, hi := max(off, b.offset), min(end, b.offset+b.span)
+	for _, h := range hits {
+		b := h.b
+		lo, hi := max(off, h.offset), min(end, h.offset+b.span)
 		covered += hi - lo
 		dst := p[lo-off : hi-off]
-		src := lo - b.offset
+		src := lo - h.offset
 		if write {
 			b.dataMu.Lock()
 			err := b.backLocked()
@@ -457,14 +509,19 @@ func (d *Device) syncMapping(b *Buffer) {
 	off, span := b.offset, b.span
 	d.mem.mu.Unlock()
 	if off == 0 {
-		return // freed: no mapping shows it any more
+		return // freed: syncRange at the free dropped its pages
 	}
+	d.syncRange(off, span)
+}
+
+// syncRange syncs [off, off+span) of the mapping space in every syncer.
+func (d *Device) syncRange(off, span uint64) {
 	d.reg.mu.Lock()
 	syncers := d.reg.syncers
 	d.reg.mu.Unlock()
 	for _, s := range syncers {
 		if err := s.Sync(d, off, span); err != nil {
-			d.reg.log.Warn("syncing a mapping with device memory failed", "device", d.name, "buffer", b.handle, "offset", off, "err", err)
+			d.reg.log.Warn("syncing a mapping with device memory failed", "device", d.name, "offset", off, "size", span, "err", err)
 		}
 	}
 }

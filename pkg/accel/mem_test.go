@@ -88,7 +88,8 @@ func TestMemoryBadInputs(t *testing.T) {
 	if c.MapOffset() != MapBase || c.Handle() == a.Handle() {
 		t.Fatalf("buffer after a free: offset %#x handle %d, want the freed place and a new handle", c.MapOffset(), c.Handle())
 	}
-	if b.MapOffset() != MapBase+PageSize || d.MapSpaceEnd() != MapBase+5*PageSize {
+	// 5 pages of memory: a mapping space of 5 × (log2(5) + 2) = 20 pages.
+	if b.MapOffset() != MapBase+PageSize || d.MapSpaceEnd() != MapBase+20*PageSize {
 		t.Fatalf("second buffer at %#x, mapping space ends at %#x", b.MapOffset(), d.MapSpaceEnd())
 	}
 
@@ -229,6 +230,12 @@ func TestJobLimits(t *testing.T) {
 	if got := d.MemoryUsed(); got != PageSize {
 		t.Fatalf("memory_used with the freed buffer still in a job = %d, want a page", got)
 	}
+	// A job over a buffer freed after the driver looked it up is refused:
+	// it must not revive the freed memory (which would count it twice).
+	_, err = d.Submit(f, quick)
+	wantErrno(t, "job over a freed buffer", err, syscall.ENOENT)
+	buf2, _ := d.Alloc(f, 8)
+	quick = Job{Reads: []*Buffer{buf2}, Writes: []*Buffer{buf2}, Run: func() (uint64, error) { return 1, nil }}
 	for i := 1; i < MaxJobsPerFile; i++ {
 		if _, err := d.Submit(f, quick); err != nil {
 			t.Fatalf("job %d: %v", i+1, err)
@@ -239,6 +246,21 @@ func TestJobLimits(t *testing.T) {
 	close(gate)
 	if res, err := d.Wait(context.Background(), f, first, 10*time.Second); err != nil || res.Err != nil {
 		t.Fatalf("first job: %+v %v", res, err)
+	}
+	// Polls (timeout 0) of finished jobs give each job's result, never
+	// ETIMEDOUT: the device runs jobs in order, so once the last is done
+	// every earlier one is.
+	last := first + MaxJobsPerFile - 1
+	if res, err := d.Wait(context.Background(), f, last, 10*time.Second); err != nil || res.Value != 1 {
+		t.Fatalf("last job: %+v %v", res, err)
+	}
+	for seq := first + 1; seq < last; seq++ {
+		if res, err := d.Wait(context.Background(), f, seq, 0); err != nil || res.Value != 1 {
+			t.Fatalf("poll of finished job %d: %+v %v", seq, res, err)
+		}
+	}
+	if got := d.MemoryUsed(); got != PageSize {
+		t.Fatalf("memory_used with one live buffer after its jobs = %d, want a page", got)
 	}
 
 	other := mustOpen(t, mustRegister(t, d.reg, "other"), NodeCompute)
@@ -298,5 +320,100 @@ func TestMemoryBudget(t *testing.T) {
 	a.Release()
 	if _, err := b.Device().Alloc(b, 3*PageSize); err != nil {
 		t.Fatalf("alloc after the other device's client released: %v", err)
+	}
+}
+
+// First fit in a fragmented mapping space: the space is larger than the
+// memory, so a buffer that fits the free memory finds a place inside the
+// file; when none is left the alloc is ENOMEM and takes nothing.
+func TestMappingSpaceFragmented(t *testing.T) {
+	d, f := memDevice(t, 4*PageSize, 0)
+	var bufs []*Buffer
+	for range 4 {
+		b, err := d.Alloc(f, PageSize)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bufs = append(bufs, b)
+	}
+	for _, i := range []int{0, 2} {
+		if err := d.Free(f, bufs[i].Handle()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	two, err := d.Alloc(f, 2*PageSize)
+	if err != nil {
+		t.Fatalf("2 pages with 2 free in two holes of one page: %v", err)
+	}
+	if end := two.MapOffset() + two.MapSize(); end > d.MapSpaceEnd() {
+		t.Fatalf("buffer at %#x..%#x past the mapping space's end %#x", two.MapOffset(), end, d.MapSpaceEnd())
+	}
+	if err := f.WriteMapped([]byte{1}, two.MapOffset()+two.MapSize()-1); err != nil {
+		t.Fatalf("write to the buffer's last byte: %v", err)
+	}
+
+	// A space with no hole left (made small here: the real one holds
+	// first fit's worst case) refuses the alloc and gives its share back.
+	if err := f.Device().Free(f, two.Handle()); err != nil {
+		t.Fatal(err)
+	}
+	d.mem.space = 4 * PageSize // [free, B, free, D]
+	used := d.MemoryUsed()
+	_, err = d.Alloc(f, 2*PageSize)
+	wantErrno(t, "alloc with no hole of 2 pages", err, syscall.ENOMEM)
+	if got := d.MemoryUsed(); got != used || d.mem.budget.used != used {
+		t.Fatalf("after the refused alloc: memory_used %d, budget used %d, want %d", got, d.mem.budget.used, used)
+	}
+	if _, err := d.Alloc(f, PageSize); err != nil {
+		t.Fatalf("a page into a one-page hole: %v", err)
+	}
+}
+
+func TestMapSpace(t *testing.T) {
+	for _, tc := range []struct{ total, want uint64 }{
+		{1, 2 * PageSize},             // 1 page × (0 + 2)
+		{5 * PageSize, 20 * PageSize}, // 5 × (2 + 2)
+		{16 << 30, (16 << 30) * 24},   // 2^22 pages × (22 + 2)
+		{1 << 61, maxMapSpace},        // saturated
+		{^uint64(0), maxMapSpace},     // rounding saturates first
+	} {
+		if got := mapSpace(tc.total); got != tc.want {
+			t.Errorf("mapSpace(%d) = %d, want %d", tc.total, got, tc.want)
+		}
+	}
+}
+
+// Mapped reads and offset queries while the same client frees and
+// allocates: no race (go test -race), no panic, and every read either
+// succeeds or is EIO (the range held no buffer at that moment).
+func TestMappedAccessWhileFreeing(t *testing.T) {
+	d, f := memDevice(t, 1<<20, 0)
+	b, err := d.Alloc(f, PageSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	off := b.MapOffset()
+	done := make(chan error)
+	go func() {
+		p := make([]byte, 2*PageSize)
+		for range 2000 {
+			if err := f.ReadMapped(p, off); err != nil && !errors.Is(err, syscall.EIO) {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	for range 2000 {
+		if err := d.Free(f, b.Handle()); err != nil {
+			t.Fatal(err)
+		}
+		if b, err = d.Alloc(f, PageSize); err != nil {
+			t.Fatal(err)
+		}
+		_ = b.MapOffset()
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("read while freeing: %v", err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -126,9 +127,15 @@ func (d *Device) Command(f *accel.File, cmd uint32, in, out []byte) error {
 	return d.drv.command(d, f, cmd, in, out)
 }
 
-// jobDuration is how long the simulated hardware takes to move n bytes.
+// jobDuration is how long the simulated hardware takes to move n bytes,
+// at most math.MaxInt64 ns (a job of 16 GiB at 1 byte/s is 544 years: the
+// float is far above what converts to an int64).
 func (d *Device) jobDuration(n uint64) time.Duration {
-	return time.Duration(float64(n) / d.throughput * float64(time.Second))
+	ns := float64(n) / d.throughput * float64(time.Second)
+	if ns >= math.MaxInt64 {
+		return math.MaxInt64
+	}
+	return time.Duration(ns)
 }
 
 // Reset implements accel.Driver: the simulated hardware takes

@@ -3,6 +3,7 @@ package fakedev
 import (
 	"encoding/binary"
 	"errors"
+	"math"
 	"slices"
 	"syscall"
 	"testing"
@@ -303,5 +304,16 @@ func TestCorruptFault(t *testing.T) {
 		if dst, sum := run(); !slices.Equal(dst, step.dst) || sum != step.sum {
 			t.Fatalf("after %q: add gave %v, checksum %d; want %v and %d", step.cmd, dst, sum, step.dst, step.sum)
 		}
+	}
+}
+
+// A job's duration follows the throughput and saturates instead of
+// wrapping when it is beyond what a time.Duration holds.
+func TestJobDuration(t *testing.T) {
+	if got := (&Device{throughput: 1 << 20}).jobDuration(1 << 20); got != time.Second {
+		t.Errorf("1 MiB at 1 MiB/s: %s, want 1s", got)
+	}
+	if got := (&Device{throughput: 1}).jobDuration(3 << 34); got != math.MaxInt64 {
+		t.Errorf("48 GiB at 1 byte/s: %d ns, want the maximum %d", int64(got), int64(math.MaxInt64))
 	}
 }
