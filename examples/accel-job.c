@@ -265,6 +265,7 @@ static int run_one(const char *path, size_t kib)
 
 int main(int argc, char **argv)
 {
+	setvbuf(stdout, NULL, _IOLBF, 0); /* each line in order with stderr's, in a pipe or a pod's log too */
 	if (argc > 3 || (argc > 1 && argv[1][0] == '-')) {
 		fprintf(stderr, "usage: accel-job [COMPUTE_NODE [SIZE_KIB]]\n");
 		return 2;
