@@ -21,6 +21,7 @@ trap cleanup EXIT
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 show() { printf '$ %s\n' "$*"; "$@" || true; }
+must() { printf '$ %s\n' "$*"; "$@"; } # the demo fails with it
 
 step "Start the simulator: 4 devices on 2 NUMA nodes, nodes mounted on $DEV"
 "$BIN" sim --devices 4 --numa-nodes 2 --dir "$DEV" --log-level warn 2>"$WORK/sim.log" &
@@ -70,8 +71,8 @@ cat "$WORK/events.txt"
 step "A second driver on the same core, and the example workload computing on both"
 show "$BIN" sim ctl --dir "$DEV" add 1 fakenpu
 NPU=$("$BIN" list --dir "$DEV" | awk '$2 == "fakenpu" {print $1; exit}')
-show "$JOB" "$DEV/ac0"
-show "$JOB" "$DEV/$NPU"
+must "$JOB" "$DEV/ac0"
+must "$JOB" "$DEV/$NPU"
 show "$BIN" list --dir "$DEV"
 
 step "Silent data corruption: the device stays operational, the example's check fails"

@@ -617,6 +617,9 @@ func TestSimulatorDisabled(t *testing.T) {
 // A mixed node: the simulator starts devices of both drivers, with each
 // driver's own model.
 func TestSimulatorDrivers(t *testing.T) {
+	for _, ok := range []string{"fakenpu:256", "fakedev:128\\,fakenpu:128", "fakenpu\\,fakedev:0"} {
+		render(t, "--set", "simulator.drivers="+ok) // accepted: the binary takes each
+	}
 	r := render(t, "--set", "simulator.drivers=fakedev:2\\,fakenpu:2")
 	_, sim := daemonSets(t, r)
 	args := onlyContainer(t, sim).Args
@@ -916,6 +919,11 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		{[]string{"--set", "simulator.drivers=fakegpu:2"}, []string{"'/simulator/drivers'"}},
 		{[]string{"--set", "simulator.drivers=fakedev:01"}, []string{"'/simulator/drivers'"}},
 		{[]string{"--set", "simulator.drivers=fakedev:2;fakenpu"}, []string{"'/simulator/drivers'"}},
+		{[]string{"--set", "simulator.drivers=fakenpu:300"}, []string{"'/simulator/drivers'"}},
+		{[]string{"--set", "simulator.drivers=fakenpu:257"}, []string{"'/simulator/drivers'"}},
+		{[]string{"--set", "simulator.drivers=fakedev\\,fakedev"}, []string{"'/simulator/drivers'"}},
+		{[]string{"--set", "simulator.drivers=fakedev:+5"}, []string{"'/simulator/drivers'"}},
+		{[]string{"--set", "simulator.drivers=fakedev:200\\,fakenpu:100"}, []string{"simulator.drivers", "300 devices", "256 at most"}},
 		{[]string{"--set", "simulator.memoryBudgetMiB=-1"}, []string{"'/simulator/memoryBudgetMiB'", "minimum"}},
 		{[]string{"--set", "simulator.throughput=0"}, []string{"'/simulator/throughput'", "minimum"}},
 		{[]string{"--set", "plugin.monitorSlots=-1"}, []string{"'/plugin/monitorSlots'", "minimum"}},

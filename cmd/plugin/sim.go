@@ -26,9 +26,9 @@ func runSim(args []string, stderr io.Writer) error {
 	devices := fs.Int("devices", 4, "number of simulated devices at start, of the default driver fakedev (0-256; more can be hot-plugged with \"sim ctl add\")")
 	driverMix := fs.String("driver", "", "devices at start by driver, NAME[:COUNT][,NAME[:COUNT]...], e.g. fakedev:2,fakenpu:2 (a name alone: one device); replaces --devices")
 	dir := fs.String("dir", "/run/accel/dev", "empty directory to mount the device nodes on (created if missing)")
-	seed := fs.String("seed", "accel-sim", "seed of the device serials: same seed and slot, same serial on every run")
+	seed := fs.String("seed", "accel-sim", "seed of the device serials: same seed, slot and driver, same serial on every run")
 	model := fs.String("model", "", "model name every device reports (default: each driver's own, \"Simulated Accel SA-1\" and \"Simulated NPU SN-1\")")
-	throughput := fs.Float64("throughput", fakedev.DefaultThroughput, "bytes a device's job moves per second (fakenpu: multiply-accumulates), so jobs take real time")
+	throughput := fs.Uint64("throughput", fakedev.DefaultThroughput, "bytes a device's job moves per second (fakenpu: multiply-accumulates), 1 to 2^50, so jobs take real time (1073741824: 1 GiB/s)")
 	memGiB := fs.Uint64("memory-gib", 16, fmt.Sprintf("memory per device, GiB (1-%d)", maxMemoryGiB))
 	budgetMiB := fs.Uint64("memory-budget-mib", 1024, "device memory all devices' buffers may hold together, MiB (0: no cap). Simulated device memory is the simulator's own memory: keep this below the simulator's memory limit, or a client filling its device gets the simulator killed; past it an allocation fails with ENOMEM")
 	numa := fs.Int("numa-nodes", 1, "spread devices round-robin over this many NUMA nodes")
@@ -60,8 +60,8 @@ func runSim(args []string, stderr io.Writer) error {
 			return fmt.Errorf("--driver: %w", err)
 		}
 	}
-	if !(*throughput >= 1 && *throughput <= 1<<50) {
-		return fmt.Errorf("--throughput %g is out of range: want 1 to %d bytes per second", *throughput, int64(1<<50))
+	if *throughput < 1 || *throughput > 1<<50 {
+		return fmt.Errorf("--throughput %d is out of range: want 1 to %d bytes per second", *throughput, int64(1<<50))
 	}
 	if *budgetMiB > maxMemoryGiB<<10 {
 		return fmt.Errorf("--memory-budget-mib %d is out of range: want 0 to %d", *budgetMiB, uint64(maxMemoryGiB<<10))
@@ -107,7 +107,7 @@ func runSim(args []string, stderr io.Writer) error {
 	})
 	sim := fakedev.New(reg, fakedev.Config{
 		Seed: *seed, Model: *model, MemoryTotal: *memGiB << 30, NUMANodes: *numa,
-		ResetDuration: *resetDur, Throughput: *throughput, Logger: log,
+		ResetDuration: *resetDur, Throughput: float64(*throughput), Logger: log,
 	})
 	// The mountpoint first: a --dir that cannot be used is the error,
 	// before any device is logged as registered.

@@ -53,10 +53,16 @@ func TestSimFlagErrors(t *testing.T) {
 		{[]string{"--driver", "fakegpu:1"}, "--driver: driver list \"fakegpu:1\": unknown driver \"fakegpu\" (want one of [fakedev fakenpu])"},
 		{[]string{"--driver", "fakedev:1,fakedev:2"}, "fakedev is named twice"},
 		{[]string{"--driver", "fakedev:x"}, "count \"x\" of fakedev: want a number from 0 to 256"},
+		{[]string{"--driver", "fakedev:+5"}, "count \"+5\" of fakedev: want a number from 0 to 256"},
+		{[]string{"--driver", "fakedev:-0"}, "count \"-0\" of fakedev: want a number from 0 to 256"},
+		{[]string{"--driver", "fakedev:257"}, "count \"257\" of fakedev: want a number from 0 to 256"},
+		{[]string{"--driver", "fakenpu:256"}, "is not empty"},             // accepted, as the chart's schema
+		{[]string{"--driver", "fakedev:128,fakenpu:128"}, "is not empty"}, // accepted
+		{[]string{"--driver", "fakenpu,fakedev:0"}, "is not empty"},       // accepted
 		{[]string{"--driver", "fakedev:200,fakenpu:100"}, "300 devices in all, more than the 256"},
 		{[]string{"--driver", ""}, "empty driver list"},
 		{[]string{"--throughput", "0"}, "--throughput 0 is out of range"},
-		{[]string{"--throughput", "NaN"}, "--throughput NaN is out of range"},
+		{[]string{"--throughput", "1125899906842625"}, "--throughput 1125899906842625 is out of range"},
 		{[]string{"--memory-budget-mib", "1073741825"}, "--memory-budget-mib 1073741825 is out of range"},
 	} {
 		// A directory that is not empty: a flag wrongly accepted then

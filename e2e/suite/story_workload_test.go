@@ -3,6 +3,7 @@ package suite
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -60,7 +61,7 @@ func TestWorkload(t *testing.T) {
 	devs := map[string]string{} // device → the driver the example reported for it
 	for _, line := range strings.Split(logs, "\n") {
 		// "/dev/accel/acN: DRIVER MODEL, serial ..." starts each device's part.
-		if node, rest, ok := strings.Cut(line, ": "); ok && strings.HasPrefix(node, "/dev/accel/") {
+		if node, rest, ok := strings.Cut(line, ": "); ok && strings.HasPrefix(node, "/dev/accel/") && len(strings.Fields(rest)) > 0 {
 			devs[strings.TrimPrefix(node, "/dev/accel/")] = strings.Fields(rest)[0]
 		}
 		for _, drv := range []string{"fakedev", "fakenpu"} {
@@ -70,8 +71,9 @@ func TestWorkload(t *testing.T) {
 		}
 	}
 	slices.Sort(saw)
-	if !slices.Equal(saw, []string{"fakedev", "fakenpu"}) {
-		t.Fatalf("the pods' checks came from %v, want one from each driver", saw)
+	drivers := slices.Sorted(maps.Values(devs))
+	if !slices.Equal(saw, []string{"fakedev", "fakenpu"}) || !slices.Equal(drivers, saw) {
+		t.Fatalf("the pods' checks came from %v on devices %v, want one from each driver on its own device", saw, devs)
 	}
 
 	step("the devices' info: jobs completed and busy time from the pods' work, no memory left behind")

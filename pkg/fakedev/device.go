@@ -98,7 +98,7 @@ func newDevice(cfg Config, drv driver, slot int) *Device {
 		id: accel.Identity{
 			Driver:      drv.name,
 			Model:       model,
-			Serial:      Serial(cfg.Seed, slot),
+			Serial:      DriverSerial(cfg.Seed, drv.name, slot),
 			MemoryTotal: cfg.MemoryTotal,
 			NUMANode:    slot % cfg.NUMANodes,
 			MaxBuffers:  cfg.MaxAllocations,
@@ -203,7 +203,8 @@ func ParseDriverMix(s string) ([]DriverCount, error) {
 		n := 1
 		if hasCount {
 			v, err := strconv.Atoi(count)
-			if err != nil || v < 0 || v > accel.MaxDevices || (len(count) > 1 && count[0] == '0') {
+			digits := strings.Trim(count, "0123456789") == "" // no sign: Atoi takes "+5" and "-0"
+			if err != nil || !digits || v > accel.MaxDevices || (len(count) > 1 && count[0] == '0') {
 				return nil, fmt.Errorf("driver list %s: count %s of %s: want a number from 0 to %d", quote(s), quote(count), name, accel.MaxDevices)
 			}
 			n = v

@@ -57,6 +57,16 @@ func TestMixedDriversOnOneCore(t *testing.T) {
 	if !slices.Equal(got, want) || len(serials) != 4 {
 		t.Fatalf("devices %v (%d serials), want %v with 4 distinct serials", got, len(serials), want)
 	}
+	// fakedev keeps the serials it had alone; another driver's device in
+	// the same slot of a simulator with the same seed is another device.
+	for slot, d := range reg.Devices() {
+		if id := d.Identity(); id.Serial != DriverSerial("accel-sim", id.Driver, slot) {
+			t.Errorf("%s: serial %s, want DriverSerial(seed, %s, %d)", d.Name(), id.Serial, id.Driver, slot)
+		}
+	}
+	if DriverSerial("s", DriverName, 0) != Serial("s", 0) || DriverSerial("s", NPUDriverName, 0) == Serial("s", 0) {
+		t.Errorf("serials: fakedev must keep Serial's, fakenpu must differ from it in the same slot")
+	}
 	if out, err := s.Control(t.Context(), "add 1 fakenpu"); err != nil || out != "added ac4" || reg.Devices()[4].Identity().Driver != NPUDriverName {
 		t.Fatalf("control add 1 fakenpu: %q %v", out, err)
 	}

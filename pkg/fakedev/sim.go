@@ -74,11 +74,24 @@ func (c *Config) setDefaults() {
 	}
 }
 
-// Serial returns the serial of the device in slot of a simulator seeded
-// with seed: the same inputs give the same serial on every run.
+// Serial returns the serial of the fakedev device in slot of a simulator
+// seeded with seed: the same inputs give the same serial on every run.
 func Serial(seed string, slot int) string {
 	sum := sha256.Sum256([]byte(seed + "/" + strconv.Itoa(slot)))
 	return "SIM-" + strings.ToUpper(hex.EncodeToString(sum[:6]))
+}
+
+// DriverSerial is Serial for a device of the simulated driver driver.
+// Other drivers' serials include the driver's name, so a device ID (which
+// is the serial) never names devices of two drivers: started again with
+// the mix in another order, a slot that held a fakedev device and now
+// holds a fakenpu one is a new device to kubelet's checkpoint and to DRA
+// allocations, not the old one with another driver.
+func DriverSerial(seed, driver string, slot int) string {
+	if driver == DriverName {
+		return Serial(seed, slot) // the IDs fakedev devices had before there were two drivers
+	}
+	return Serial(seed+"/"+driver, slot)
 }
 
 // Fault is a fault that can be injected into a device.

@@ -6,6 +6,7 @@
 //	<prefix>/ac.model      the devices' model (the most common one), as a label value
 //	<prefix>/ac.drivers    the devices' drivers, sorted and joined by ".", e.g.
 //	                       "fakedev.fakenpu" on a node with both simulated drivers
+//	                       (names past 63 characters in all are left out whole)
 //	<prefix>/ac.simulated  "true" if any device is simulated
 //
 // It patches only these keys (a JSON merge patch), never other labels, and
@@ -177,10 +178,26 @@ func Labels(prefix string, devices []plugin.Device) map[string]string {
 	if v := LabelValue(model); v != "" {
 		out[prefix+"/ac.model"] = v
 	}
-	if v := LabelValue(strings.Join(slices.Sorted(maps.Keys(drivers)), ".")); v != "" {
+	if v := joinWhole(slices.Sorted(maps.Keys(drivers))); v != "" {
 		out[prefix+"/ac.drivers"] = v
 	}
 	return out
+}
+
+// joinWhole joins label values with "." up to a label value's 63
+// characters, leaving out whole names that do not fit rather than cutting
+// one into a name no driver has.
+func joinWhole(names []string) string {
+	var b strings.Builder
+	for _, n := range names {
+		if b.Len() > 0 && b.Len()+1+len(n) <= 63 {
+			b.WriteByte('.')
+			b.WriteString(n)
+		} else if b.Len() == 0 {
+			b.WriteString(n) // a LabelValue: 63 characters at most
+		}
+	}
+	return b.String()
 }
 
 var (

@@ -199,3 +199,15 @@ func TestLabelerWaitsForDiscovery(t *testing.T) {
 		t.Errorf("%d patches, want 2 (no patch before discovery reported)", c.patches)
 	}
 }
+
+// Driver names that would take ac.drivers past 63 characters are left out
+// whole, never cut into a name no driver has.
+func TestDriversLabelWholeNames(t *testing.T) {
+	a, b, c := strings.Repeat("a", 31), strings.Repeat("b", 31), strings.Repeat("c", 31)
+	if got := joinWhole([]string{a, b, c}); got != a+"."+b {
+		t.Errorf("joinWhole of three 31-character names = %q, want the first two", got)
+	}
+	if got := joinWhole([]string{"fakedev", "fakenpu"}); got != "fakedev.fakenpu" {
+		t.Errorf("joinWhole = %q", got)
+	}
+}

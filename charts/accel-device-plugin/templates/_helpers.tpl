@@ -226,6 +226,20 @@ DaemonSet (always rendered).
 {{- if and .Values.simulator.enabled (not (has (substr 1 2 $dirMode | atoi) (list 5 7))) }}
 {{- fail (printf "simulator.dirMode %q: the owner (root) needs read and search permission (r-x: 0500, 0700, 0750, ...): the plugin runs as uid 0 without capabilities, so it could not list %s nor reach the nodes" .Values.simulator.dirMode (clean .Values.devDir)) }}
 {{- end }}
+{{- if .Values.simulator.drivers }}
+{{- $total := 0 }}
+{{- range splitList "," .Values.simulator.drivers }}
+{{- $parts := splitList ":" . }}
+{{- if eq (len $parts) 2 }}
+{{- $total = add $total (index $parts 1 | atoi) }}
+{{- else }}
+{{- $total = add $total 1 }}
+{{- end }}
+{{- end }}
+{{- if gt (int $total) 256 }}
+{{- fail (printf "simulator.drivers %q starts %d devices: a simulator holds 256 at most" .Values.simulator.drivers (int $total)) }}
+{{- end }}
+{{- end }}
 {{- $ms := include "accel-device-plugin.daemonTimeoutMillis" . | atoi }}
 {{- if or (lt $ms 100) (gt $ms 60000) }}
 {{- fail (printf "plugin.daemonTimeout %q is out of range: want 100ms to 1m (every access to the device daemon is bounded by it; the default is 3s)" .Values.plugin.daemonTimeout) }}
