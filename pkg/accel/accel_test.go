@@ -365,6 +365,23 @@ func TestInfoEncoding(t *testing.T) {
 	if b[0] != 0 || b[1] != 1 || b[4] != InfoVersion || b[8] != 3 || b[12] != 3 || b[40] != 0xd2 || b[56] != 'a' || b[184] != 'S' {
 		t.Fatalf("layout changed: % x", b[:64])
 	}
+	// Version 1 (an older daemon) has no job accounting: decoded, it says
+	// so; encoded, such an Info is version 1 again with both fields zero.
+	jobs := in
+	jobs.JobsCompleted, jobs.BusyTime = 5, time.Second
+	old := jobs
+	old.NoJobAccounting = true
+	b, _ = old.MarshalBinary()
+	if b[4] != 1 || b[52] != 0 || b[248] != 0 {
+		t.Fatalf("info without job accounting: version %d, jobs byte %d, busy byte %d; want version 1 and zeros", b[4], b[52], b[248])
+	}
+	if err := out.UnmarshalBinary(b); err != nil || !out.NoJobAccounting || out.JobsCompleted != 0 || out.BusyTime != 0 {
+		t.Fatalf("version 1 decoded: %+v %v, want NoJobAccounting and no jobs", out, err)
+	}
+	b, _ = jobs.MarshalBinary()
+	if err := out.UnmarshalBinary(b); err != nil || out != jobs {
+		t.Fatalf("version 2 round trip: %+v %v, want %+v", out, err, jobs)
+	}
 	long := Info{Serial: string(make([]byte, 200))}
 	b, _ = long.MarshalBinary()
 	if b[184+63] != 0 {

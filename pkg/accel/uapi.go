@@ -220,6 +220,11 @@ type Info struct {
 	JobsCompleted uint64 `json:"jobs_completed"`
 	// BusyTime is the time the device spent running jobs.
 	BusyTime time.Duration `json:"busy_ns"`
+	// NoJobAccounting is set when the info came in layout version 1, which
+	// has neither jobs_completed nor busy_ns (an older daemon): they read
+	// 0 then, and mean "not known", not "idle". Such an Info encodes as
+	// version 1 again.
+	NoJobAccounting bool `json:"-"`
 }
 
 // MarshalBinary encodes i as struct accel_info (InfoSize bytes).
@@ -233,7 +238,11 @@ func (i *Info) encode(b []byte) {
 	le := binary.LittleEndian
 	clear(b[:InfoSize])
 	le.PutUint32(b[0:], InfoSize)
-	le.PutUint32(b[4:], InfoVersion)
+	version := uint32(InfoVersion)
+	if i.NoJobAccounting {
+		version = 1
+	}
+	le.PutUint32(b[4:], version)
 	le.PutUint32(b[8:], i.Index)
 	le.PutUint32(b[12:], uint32(i.Status))
 	le.PutUint64(b[16:], i.MemoryTotal)
@@ -247,8 +256,10 @@ func (i *Info) encode(b []byte) {
 	le.PutUint32(b[40:], uint32(i.HolderPID))
 	le.PutUint32(b[44:], i.MonitorClients)
 	le.PutUint32(b[48:], i.ResetCount)
-	le.PutUint32(b[52:], uint32(i.JobsCompleted))
-	le.PutUint64(b[248:], uint64(max(i.BusyTime, 0)))
+	if !i.NoJobAccounting { // version 1 leaves both reserved (zero)
+		le.PutUint32(b[52:], uint32(i.JobsCompleted))
+		le.PutUint64(b[248:], uint64(max(i.BusyTime, 0)))
+	}
 	putString(b[56:56+infoNameLen], i.Name)
 	putString(b[88:88+infoDriverLen], i.Driver)
 	putString(b[120:120+infoModelLen], i.Model)
@@ -304,6 +315,8 @@ func (i *Info) UnmarshalBinary(b []byte) error {
 	if version >= 2 {
 		i.JobsCompleted = uint64(le.Uint32(b[52:]))
 		i.BusyTime = time.Duration(min(le.Uint64(b[248:]), 1<<63-1))
+	} else {
+		i.NoJobAccounting = true
 	}
 	return nil
 }

@@ -201,8 +201,10 @@ func (c *deviceCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(ch, computeDesc, inUse, d.ID, d.Name)
 		gauge(ch, monitorDesc, float64(max(int(info.MonitorClients)-1, 0)), d.ID, d.Name)
 		gauge(ch, memoryDesc, float64(info.MemoryUsed), d.ID, d.Name)
-		counter(ch, jobsDesc, float64(info.JobsCompleted), d.ID, d.Name)
-		counter(ch, busyMetric.desc, info.BusyTime.Seconds(), d.ID, d.Name)
+		if !info.NoJobAccounting { // an older daemon: not known, rather than a counter stuck at 0
+			counter(ch, jobsDesc, float64(info.JobsCompleted), d.ID, d.Name)
+			counter(ch, busyMetric.desc, info.BusyTime.Seconds(), d.ID, d.Name)
+		}
 	}
 	c.kernelTelemetry(ctx, ch, snap.Devices)
 	c.holderMetrics(ctx, ch, snap)

@@ -68,6 +68,9 @@ func TestMetricsAndProbes(t *testing.T) {
 		dev.info.ComputeInUse, dev.info.MonitorClients = true, 3
 		dev.info.JobsCompleted, dev.info.BusyTime = 7, 1500*time.Millisecond
 	}, "")
+	// ac1's daemon speaks info version 1: no job accounting, so no job
+	// series for it (rather than counters stuck at 0).
+	h.mem.change(1, func(dev *memDev) { dev.info.NoJobAccounting = true }, "")
 	h.ctl(t, "fault ac1 malfunction")
 	h.kubelet.awaitList(time.Second, computeRes, 2, 1)
 
@@ -91,6 +94,11 @@ func TestMetricsAndProbes(t *testing.T) {
 	for series, v := range want {
 		if got, ok := metric(text, series); !ok || got != v {
 			t.Errorf("%s = %q (present %v), want %s", series, got, ok, v)
+		}
+	}
+	for _, name := range []string{"accel_device_jobs_completed_total", "accel_device_busy_seconds_total"} {
+		if series := fmt.Sprintf(`%s{device="ac1",id="%s"}`, name, devID(h, "ac1")); strings.Contains(text, series) {
+			t.Errorf("%s present for a device whose info has no job accounting", series)
 		}
 	}
 	if v, ok := metric(text, `accel_plugin_list_and_watch_updates_total{resource="accel.io/ac"}`); !ok || v < "2" {
