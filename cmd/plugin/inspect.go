@@ -67,9 +67,13 @@ func runList(args []string, stdout, stderr io.Writer) error {
 		if info.ComputeInUse {
 			holder = "pid " + strconv.Itoa(int(info.HolderPID))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%.1f/%.1f GiB\t%s\t%d\t%d\t%d\t%s\n", info.Name, info.Driver, info.Serial, info.Model, info.Status,
+		jobs, busy := strconv.FormatUint(info.JobsCompleted, 10), info.BusyTime.Round(time.Microsecond).String()
+		if info.NoJobAccounting { // an older daemon: not known
+			jobs, busy = "-", "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%.1f/%.1f GiB\t%s\t%d\t%d\t%s\t%s\n", info.Name, info.Driver, info.Serial, info.Model, info.Status,
 			info.NUMANode, float64(info.MemoryUsed)/(1<<30), float64(info.MemoryTotal)/(1<<30), holder,
-			info.MonitorClients, info.ResetCount, info.JobsCompleted, info.BusyTime.Round(time.Microsecond))
+			info.MonitorClients, info.ResetCount, jobs, busy)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
