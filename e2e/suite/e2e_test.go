@@ -48,6 +48,7 @@ func TestEndToEnd(t *testing.T) {
 				t.Logf("--- %s pods:\n%s", p, e.podLogsByComponent(p))
 			}
 			t.Logf("--- accel-tool:\n%s", e.logs("accel-tool"))
+			t.Logf("--- events in %s (the last %d):\n%s", namespace, maxDumpedEvents, e.namespaceEvents())
 		}
 	})
 	e.awaitChartPods(modes[0])
@@ -207,6 +208,31 @@ func (e *env) podLogsByComponent(component string) string {
 	var b strings.Builder
 	for _, p := range e.podsByComponent(component) {
 		fmt.Fprintf(&b, "== %s (%s)\n%s\n", p.Name, p.Status.Phase, e.logs(p.Name))
+	}
+	return b.String()
+}
+
+// maxDumpedEvents is how many of the namespace's events a failure prints.
+const maxDumpedEvents = 40
+
+// namespaceEvents lists the test namespace's latest events, oldest first,
+// one line each: what kubelet and the scheduler said about the pods (a
+// back-off, a failed admission, a kill), which the pods' logs do not show.
+func (e *env) namespaceEvents() string {
+	l, err := e.cs.CoreV1().Events(namespace).List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		return "list events: " + err.Error()
+	}
+	evs := l.Items
+	last := func(ev corev1.Event) time.Time {
+		return slices.MaxFunc([]time.Time{ev.LastTimestamp.Time, ev.EventTime.Time, ev.FirstTimestamp.Time}, time.Time.Compare)
+	}
+	slices.SortStableFunc(evs, func(a, b corev1.Event) int { return last(a).Compare(last(b)) })
+	evs = evs[max(len(evs)-maxDumpedEvents, 0):]
+	var b strings.Builder
+	for _, ev := range evs {
+		fmt.Fprintf(&b, "%s %s %s %s/%s (x%d): %s\n", last(ev).Format(time.RFC3339), ev.Type, ev.Reason,
+			ev.InvolvedObject.Kind, ev.InvolvedObject.Name, max(ev.Count, 1), ev.Message)
 	}
 	return b.String()
 }

@@ -59,6 +59,7 @@ func TestDRA(t *testing.T) {
 			for _, p := range []string{"plugin", "sim"} {
 				t.Logf("--- %s pods:\n%s", p, e.podLogsByComponent(p))
 			}
+			t.Logf("--- events in %s (the last %d):\n%s", namespace, maxDumpedEvents, e.namespaceEvents())
 		}
 	})
 
