@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -95,7 +96,8 @@ func (d *Device) Submit(f *File, j Job) (uint64, error) {
 	if j.Run == nil || j.Duration < 0 {
 		return 0, fmt.Errorf("submit on %s: a job needs Run and a duration of at least 0: %w", d.name, syscall.EINVAL)
 	}
-	for _, b := range append(j.Reads[:len(j.Reads):len(j.Reads)], j.Writes...) {
+	bufs := j.buffers()
+	for _, b := range bufs {
 		if b == nil || b.owner != f || b.mem != d.mem {
 			return 0, fmt.Errorf("submit on %s: a buffer the client does not hold: %w", d.name, syscall.EINVAL)
 		}
@@ -116,10 +118,10 @@ func (d *Device) Submit(f *File, j Job) (uint64, error) {
 	// them) and bring device memory up to date, then queue. A buffer
 	// freed since the driver looked it up is refused; once taken, a free
 	// leaves its memory to the job.
-	if err := d.mem.refLive(f, append(j.Reads[:len(j.Reads):len(j.Reads)], j.Writes...)); err != nil {
+	if err := d.mem.refLive(f, bufs); err != nil {
 		return 0, fmt.Errorf("submit on %s: %w", d.name, err)
 	}
-	for _, b := range uniqueBuffers(j) {
+	for _, b := range unique(bufs) {
 		d.syncMapping(b)
 	}
 
@@ -150,23 +152,27 @@ func (d *Device) Submit(f *File, j Job) (uint64, error) {
 	return jb.seq, nil
 }
 
-func uniqueBuffers(j Job) []*Buffer {
-	seen := make(map[*Buffer]bool, len(j.Reads)+len(j.Writes))
+// buffers returns the job's buffers, reads then writes, once per use (a
+// buffer both read and written appears twice, and holds two references).
+func (j Job) buffers() []*Buffer {
+	return append(j.Reads[:len(j.Reads):len(j.Reads)], j.Writes...)
+}
+
+// unique returns bufs without repeats, in order. A job has a few buffers,
+// so a scan beats a map on this path (every submit and completion).
+func unique(bufs []*Buffer) []*Buffer {
 	var out []*Buffer
-	for _, b := range append(j.Reads[:len(j.Reads):len(j.Reads)], j.Writes...) {
-		if !seen[b] {
-			seen[b] = true
+	for _, b := range bufs {
+		if !slices.Contains(out, b) {
 			out = append(out, b)
 		}
 	}
 	return out
 }
 
+// releaseBuffers drops the references Submit took for j.
 func releaseBuffers(j Job) {
-	for _, b := range j.Reads {
-		b.unref()
-	}
-	for _, b := range j.Writes {
+	for _, b := range j.buffers() {
 		b.unref()
 	}
 }
@@ -212,12 +218,8 @@ func (d *Device) runJob(ctx context.Context, jb *job) JobResult {
 		err = waitUntil(ctx, start.Add(jb.Duration))
 	}
 	res := JobResult{Value: v, Err: errnoOf(err), RunTime: time.Since(start)}
-	seen := make(map[*Buffer]bool)
-	for _, b := range jb.Writes {
-		if !seen[b] {
-			seen[b] = true
-			d.syncMapping(b)
-		}
+	for _, b := range unique(jb.Writes) {
+		d.syncMapping(b)
 	}
 	return res
 }
