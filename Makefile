@@ -66,6 +66,7 @@ image:
 example:
 	@mkdir -p $(OUT)
 	@command -v $(CC) >/dev/null || { echo "make example: no C compiler $(CC): apt-get install gcc libc6-dev" >&2; exit 1; }
+	@case "$$($(CC) -print-file-name=libc.a)" in /*) ;; *) echo "make example: no static C library (libc.a) for $(CC): apt-get install libc6-dev" >&2; exit 1;; esac
 	$(CC) -static -O2 -Wall -Wextra -Werror -I include/uapi -o $(OUT)/accel-job examples/accel-job.c
 
 ## helm: build helm from its Go module once (about 3 minutes), cached in $(TOOLS)
